@@ -1,0 +1,5 @@
+import sys
+
+from aion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,27 @@
+"""`aion inference` — serve the local model (native and OpenAI-compatible APIs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inference", help="start the inference service (default 127.0.0.1:8008)")
+    p.add_argument("--host", help="bind address (env AION_HOST)")
+    p.add_argument("--port", type=int, help="port (env AION_PORT)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.inference.main import create_app
+    from services.inference.settings import InferenceSettings
+    from shared.logging import configure_logging
+
+    overrides = {k: v for k, v in {"AION_HOST": args.host, "AION_PORT": args.port}.items() if v is not None}
+    settings = InferenceSettings(**overrides)
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,30 @@
+"""Next-token choice for a batch where every row has its own temperature, top-p and generator."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator(device="cpu")
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One row of last-position logits → a token id. Temperature 0 is greedy."""
+    if temperature <= 0.0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if top_p < 1.0:
+        sorted_probs, sorted_idx = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        keep = cumulative - sorted_probs < top_p
+        sorted_probs = sorted_probs * keep
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+        return int(sorted_idx[choice].item())
+    return int(torch.multinomial(probs, 1, generator=generator).item())

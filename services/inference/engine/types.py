@@ -1,0 +1,45 @@
+"""Plain data passed between the HTTP layer and the engine thread."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from enum import Enum
+
+_ids = itertools.count(1)
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"          # end-of-sequence token or a stop sequence
+    LENGTH = "length"      # max_new_tokens (or the context) reached
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 0.0   # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None = None   # a loaded adapter's versioned name, or None for the base weights
+    request_id: int = field(default_factory=lambda: next(_ids))
+
+
+@dataclass
+class StreamEvent:
+    """One event for one request: a text delta, or the end of the sequence."""
+
+    text: str = ""
+    finished: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    first_token_s: float | None = None

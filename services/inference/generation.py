@@ -1,0 +1,93 @@
+"""From API requests to engine requests: chat template, limits, adapter choice; and collecting output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import AionError, BadRequest
+
+from .adapters import AdapterManager
+from .engine import Engine, FinishReason, GenerationRequest, SamplingParams, StreamEvent
+from .settings import InferenceSettings
+
+
+class InvalidLimit(AionError):
+    status_code = 422
+    code = "invalid_value"
+    error_type = "invalid_request_error"
+
+
+class GenerationFailed(AionError):
+    status_code = 500
+    code = "generation_failed"
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    ms: int
+    adapter: str | None
+
+
+class GenerationService:
+    def __init__(self, engine: Engine, tokenizer: Any, settings: InferenceSettings, adapters: AdapterManager,
+                 max_context: int) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.adapters = adapters
+        self.max_context = max_context
+
+    def native_messages(self, prompt: str, system: str | None, context: str | None) -> list[dict[str, str]]:
+        """The seed's {system, context, prompt} as chat-template messages."""
+        system_text = (system or self.settings.system_prompt).strip()
+        if context and context.strip():
+            system_text = f"{system_text}\n\nContexto:\n{context.strip()}"
+        return [{"role": "system", "content": system_text}, {"role": "user", "content": prompt}]
+
+    def build(self, messages: list[dict[str, str]], *, model: str | None, max_new_tokens: int | None,
+              temperature: float | None, top_p: float | None, stop: list[str] | None,
+              seed: int | None) -> GenerationRequest:
+        adapter = self.adapters.resolve(model)
+        limit = self.settings.max_new_tokens
+        max_new = limit if max_new_tokens is None else max_new_tokens
+        if not 1 <= max_new <= limit:
+            raise InvalidLimit(f"max_new_tokens must be between 1 and {limit} (AION_MAX_NEW_TOKENS); got {max_new}")
+        if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+            raise BadRequest("the request has no user message with text")
+        prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=True)["input_ids"]
+        room = self.max_context - max_new
+        if len(prompt_ids) > room:
+            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens but only {room} fit: the context holds "
+                             f"{self.max_context} tokens and max_new_tokens is {max_new}; shorten the prompt "
+                             "or ask for fewer new tokens")
+        temp = self.settings.temperature if temperature is None else temperature
+        params = SamplingParams(max_new_tokens=max_new, temperature=temp,
+                                top_p=self.settings.top_p if top_p is None else top_p,
+                                seed=seed, stop=tuple(stop or ()))
+        return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter)
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        return self.engine.stream(request)
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        started = time.perf_counter()
+        parts: list[str] = []
+        final: StreamEvent | None = None
+        async for event in self.engine.stream(request):
+            parts.append(event.text)
+            if event.finished is not None:
+                final = event
+        assert final is not None
+        if final.finished is FinishReason.ERROR:
+            raise GenerationFailed(final.error or "generation failed")
+        return Completion(text="".join(parts), finish_reason=final.finished.value,
+                          prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
+                          ms=int((time.perf_counter() - started) * 1000), adapter=request.adapter)

@@ -1,0 +1,32 @@
+"""Prometheus metrics of the inference service, on a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class InferenceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("aion_inference_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.request_seconds = Histogram("aion_inference_request_seconds", "HTTP request latency", ["route"],
+                                         registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+        self.generated_tokens = Counter("aion_inference_generated_tokens", "Tokens generated", registry=r)
+        self.prompt_tokens = Counter("aion_inference_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.time_to_first_token = Histogram("aion_inference_time_to_first_token_seconds",
+                                             "Time from submission to the first generated token", registry=r,
+                                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.queue_depth = Gauge("aion_inference_queue_depth", "Requests waiting for a batch slot", registry=r)
+        self.running = Gauge("aion_inference_running_sequences", "Sequences in the running batch", registry=r)
+        self.batch_size = Histogram("aion_inference_batch_size", "Rows per decode step", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.finished = Counter("aion_inference_sequences_finished", "Finished sequences by reason",
+                                ["reason"], registry=r)
+        self.errors = Counter("aion_inference_errors", "Generation errors", registry=r)
+        self.adapter_active = Gauge("aion_inference_adapter_active", "1 for the adapter now active",
+                                    ["adapter"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

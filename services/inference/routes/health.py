@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from ..deps import StateDep, require_token
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(state: StateDep) -> dict:
+    """Answers while loading too (`status: loading`); generation routes answer 503 until `ready`."""
+    return state.health()
+
+
+@router.get("/metrics", dependencies=[Depends(require_token)])
+async def metrics(state: StateDep) -> Response:
+    if state.engine:
+        stats = state.engine.stats()
+        state.metrics.queue_depth.set(stats.waiting)
+        state.metrics.running.set(stats.running)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,117 @@
+"""OpenAI-compatible routes: the official `openai` client works against these unchanged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import APIRouter, Depends
+from sse_starlette import EventSourceResponse
+
+from shared.errors import BadRequest, error_body
+from shared.protocol.openai import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChoiceDelta,
+    ChoiceMessage,
+    ChunkChoice,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+    completion_id,
+)
+
+from ..deps import ReadyDep, require_token
+from ..engine import FinishReason
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+_ROLE_MAP = {"developer": "system", "tool": "user"}
+
+
+def _messages(body: ChatCompletionRequest, default_system: str) -> list[dict[str, str]]:
+    messages = [{"role": _ROLE_MAP.get(m.role, m.role), "content": m.text()} for m in body.messages]
+    if not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": default_system})
+    return messages
+
+
+def _finish(reason: FinishReason) -> str:
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
+    gen = state.generation
+    assert gen is not None
+    request = gen.build(_messages(body, state.settings.system_prompt), model=body.model,
+                        max_new_tokens=body.requested_max_tokens(), temperature=body.temperature,
+                        top_p=body.top_p, stop=body.stop, seed=body.seed)  # type: ignore[arg-type]
+    if not body.stream:
+        done = await gen.complete(request)
+        return ChatCompletionResponse(
+            model=body.model, choices=[Choice(message=ChoiceMessage(content=done.text),
+                                              finish_reason="length" if done.finish_reason == "length" else "stop")],
+            usage=Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                        total_tokens=done.prompt_tokens + done.completion_tokens))
+
+    cid = completion_id()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(delta: ChoiceDelta, finish: str | None = None) -> dict:
+        c = ChatCompletionChunk(id=cid, model=body.model, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+        return {"data": c.model_dump_json(exclude_none=True)}
+
+    async def events() -> AsyncIterator[dict]:
+        yield chunk(ChoiceDelta(role="assistant", content=""))
+        async for event in gen.stream(request):
+            if event.text:
+                yield chunk(ChoiceDelta(content=event.text))
+            if event.finished is FinishReason.ERROR:
+                yield {"data": json.dumps(error_body(event.error or "generation failed", "generation_failed",
+                                                     "server_error"))}
+            elif event.finished is not None:
+                yield chunk(ChoiceDelta(), _finish(event.finished))
+                if include_usage:
+                    usage = Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+                                  total_tokens=event.prompt_tokens + event.completion_tokens)
+                    tail = ChatCompletionChunk(id=cid, model=body.model, choices=[], usage=usage)
+                    yield {"data": tail.model_dump_json()}
+        yield {"data": "[DONE]"}
+
+    return EventSourceResponse(events(), ping=15)
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(state: ReadyDep) -> ModelList:
+    assert state.adapters is not None
+    cards = [ModelCard(id=name, parent=None if i == 0 else state.base_name)
+             for i, name in enumerate(state.adapters.model_names())]
+    if state.embedder:
+        cards.append(ModelCard(id=state.embedder.name))
+    return ModelList(data=cards)
+
+
+@router.post("/embeddings", response_model=EmbeddingResponse)
+async def embeddings(body: EmbeddingRequest, state: ReadyDep) -> EmbeddingResponse:
+    embedder = state.embedder
+    assert embedder is not None
+    texts = body.texts()
+    if not texts:
+        raise BadRequest("input must hold at least one text")
+    if len(texts) > state.settings.max_embed_inputs:
+        raise BadRequest(f"at most {state.settings.max_embed_inputs} inputs per request; got {len(texts)}")
+    if any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise BadRequest("every input must be a non-empty string")
+    if body.model not in (None, "", embedder.name):
+        raise BadRequest(f"embedding model '{body.model}' is not served; use '{embedder.name}'")
+    vectors = await anyio.to_thread.run_sync(embedder.embed, texts)
+    tokens = await anyio.to_thread.run_sync(embedder.count_tokens, texts)
+    return EmbeddingResponse(data=[EmbeddingData(index=i, embedding=v) for i, v in enumerate(vectors)],
+                             model=embedder.name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))

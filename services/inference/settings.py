@@ -1,0 +1,47 @@
+"""Typed settings of the inference service (env names fixed by the owner's notes)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Você é a AION, assistente especialista da plataforma. Responda em PT-BR, cite fontes internas "
+    "quando pertinente e mantenha objetividade."
+)
+
+
+class InferenceSettings(CommonSettings):
+    base_model: str = Field(default=DEFAULT_BASE_MODEL, validation_alias="AION_BASE_MODEL")
+    embed_model: str = Field(default=DEFAULT_EMBED_MODEL, validation_alias="AION_EMBED_MODEL")
+    adapter_dir: Path | None = Field(default=None, validation_alias="AION_ADAPTER_DIR")
+    model_cache_dir: Path | None = Field(default=None, validation_alias="AION_MODEL_CACHE_DIR")
+    host: str = Field(default="127.0.0.1", validation_alias="AION_HOST")
+    port: int = Field(default=8008, ge=1, le=65535, validation_alias="AION_PORT")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", validation_alias="AION_DEVICE")
+    load_in_4bit: Literal["auto", "true", "false"] = Field(default="auto", validation_alias="AION_LOAD_IN_4BIT")
+    max_new_tokens: int = Field(default=512, ge=1, validation_alias="AION_MAX_NEW_TOKENS")
+    temperature: float = Field(default=0.6, ge=0.0, le=2.0, validation_alias="AION_TEMPERATURE")
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0, validation_alias="AION_TOP_P")
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, validation_alias="AION_SYSTEM_PROMPT")
+    max_batch_size: int = Field(default=16, ge=1, le=256, validation_alias="AION_MAX_BATCH_SIZE")
+    max_queue: int = Field(default=64, ge=1, validation_alias="AION_MAX_QUEUE")
+    threads: int | None = Field(default=None, ge=1, validation_alias="AION_THREADS")
+    inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
+    max_embed_inputs: int = Field(default=256, ge=1, validation_alias="AION_MAX_EMBED_INPUTS")
+
+    def cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_path("models")
+
+
+@lru_cache
+def get_settings() -> InferenceSettings:
+    return InferenceSettings()

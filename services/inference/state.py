@@ -1,0 +1,138 @@
+"""What the lifespan builds: the engine, the adapters, the embedder — loaded in the background."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .adapters import AdapterManager, check_adapter
+from .embeddings import Embedder
+from .engine import Engine, StreamEvent
+from .engine.runner import ModelRunner
+from .generation import GenerationService
+from .loader import choose_device, load_causal_lm, resolve_base_model, resolve_embed_model, wants_4bit
+from .metrics import InferenceMetrics
+from .settings import InferenceSettings
+
+logger = logging.getLogger(__name__)
+
+
+def served_name(model: str) -> str:
+    """The id clients use for the base weights: a folder's name, or the hub id / default name."""
+    path = Path(model)
+    return path.name if (path.is_dir() or path.suffix == ".gguf") else model
+
+
+class InferenceState:
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self.metrics = InferenceMetrics()
+        self.status = "loading"
+        self.error: str | None = None
+        self.base_name = served_name(settings.base_model)
+        self.device: str | None = None
+        self.quantization: str | None = None
+        self.engine: Engine | None = None
+        self.adapters: AdapterManager | None = None
+        self.generation: GenerationService | None = None
+        self.embedder: Embedder | None = None
+        self.started_at = time.time()
+        self.load_seconds: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def start_loading(self) -> None:
+        self._thread = threading.Thread(target=self._load, name="aion-model-loader", daemon=True)
+        self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            import torch
+
+            if self.settings.threads:
+                torch.set_num_threads(self.settings.threads)
+            device = choose_device(self.settings.device)
+            four_bit = wants_4bit(self.settings.load_in_4bit, device)
+            path = resolve_base_model(self.settings.base_model, self.settings.cache_dir())
+            loaded = load_causal_lm(path, device, four_bit)
+            runner = ModelRunner(loaded.model, loaded.tokenizer, device)
+            engine = Engine(runner, max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
+                            on_step=self._on_step, on_finish=self._on_finish)
+            adapters = AdapterManager(runner, self.base_name, four_bit)
+            embed_path = resolve_embed_model(self.settings.embed_model)
+            self.embedder = Embedder(embed_path, device, served_name(self.settings.embed_model))
+            self.device, self.quantization = device, loaded.quantization
+            self.adapters = adapters
+            self.generation = GenerationService(engine, loaded.tokenizer, self.settings, adapters, runner.max_context)
+            engine.start()
+            self.engine = engine
+            self._load_startup_adapter()
+            self.status = "ready"
+            self.load_seconds = time.perf_counter() - started
+            logger.info("inference ready: %s on %s (%s) in %.1f s", self.base_name, device,
+                        loaded.quantization, self.load_seconds)
+        except Exception as exc:
+            logger.exception("model loading failed")
+            self.status, self.error = "error", f"{type(exc).__name__}: {exc}"
+
+    def _load_startup_adapter(self) -> None:
+        """Seed behaviour: serve AION_ADAPTER_DIR when it holds an adapter; start without it otherwise."""
+        folder = self.settings.adapter_dir
+        if not folder or not (Path(folder) / "adapter_config.json").is_file():
+            return
+        assert self.engine and self.adapters
+        adapters = self.adapters
+        try:
+            checked = check_adapter(Path(folder), self.engine.runner.model)
+            name = adapters.default_name_for(Path(folder), checked.sha256)
+            self.engine.run_op(lambda: adapters.load(checked, name, activate=True)).result()
+            self.metrics.adapter_active.labels(adapter=name).set(1)
+        except Exception as exc:
+            logger.warning("adapter in %s not loaded: %s; serving the base model", folder, exc)
+
+    def _on_step(self, rows: int) -> None:
+        self.metrics.batch_size.observe(rows)
+        self.metrics.running.set(rows)
+
+    def _on_finish(self, event: StreamEvent) -> None:
+        m = self.metrics
+        m.generated_tokens.inc(event.completion_tokens)
+        m.prompt_tokens.inc(event.prompt_tokens)
+        m.finished.labels(reason=event.finished.value if event.finished else "unknown").inc()
+        if event.first_token_s is not None:
+            m.time_to_first_token.observe(event.first_token_s)
+        if event.error:
+            m.errors.inc()
+
+    def health(self) -> dict[str, Any]:
+        adapters = self.adapters.public() if self.adapters else {"active": None, "merged": None, "adapters": []}
+        stats = self.engine.stats() if self.engine else None
+        return {
+            "status": self.status,
+            "error": self.error,
+            "base_model": self.base_name,
+            "adapter_loaded": bool(adapters["active"] or adapters["merged"]),
+            "adapter": adapters["active"] or (adapters["merged"] or {}).get("name"),
+            "merged": bool(adapters["merged"]),
+            "adapters": [a["name"] for a in adapters["adapters"]],
+            "device": self.device,
+            "quantization": self.quantization,
+            "embedding_model": self.embedder.name if self.embedder else None,
+            "max_context": self.generation.max_context if self.generation else None,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "queue": {"waiting": stats.waiting, "running": stats.running,
+                      "max_batch_size": stats.max_batch_size} if stats else None,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "load_seconds": round(self.load_seconds, 2) if self.load_seconds else None,
+        }
+
+    def shutdown(self) -> None:
+        if self.engine:
+            self.engine.stop()

@@ -1,0 +1,1 @@
+"""Wire models only: no logic beyond converting a request into parameters."""

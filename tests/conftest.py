@@ -1,0 +1,26 @@
+"""Session-wide fixtures: real services on 127.0.0.1, started once and shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fixtures.servers import ServiceProcess, run_inference
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def inference_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The real inference service on the real default models (SmolLM2-135M + MiniLM)."""
+    data = tmp_path_factory.mktemp("inference-data")
+    with run_inference(data, data / "logs") as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def inference_url(inference_server: ServiceProcess) -> str:
+    return inference_server.url
