@@ -128,7 +128,8 @@ class ModelList(BaseModel):
 class EmbeddingRequest(BaseModel):
     model: str | None = None
     input: str | list[str]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -137,7 +138,7 @@ class EmbeddingRequest(BaseModel):
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float]
+    embedding: list[float] | str  # floats, or base64 of little-endian float32 (what the openai client asks for)
 
 
 class EmbeddingResponse(BaseModel):

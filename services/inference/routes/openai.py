@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator
 
 import anyio
@@ -111,7 +113,12 @@ async def embeddings(body: EmbeddingRequest, state: ReadyDep) -> EmbeddingRespon
         raise BadRequest("every input must be a non-empty string")
     if body.model not in (None, "", embedder.name):
         raise BadRequest(f"embedding model '{body.model}' is not served; use '{embedder.name}'")
+    if body.dimensions not in (None, embedder.dimensions):
+        raise BadRequest(f"'{embedder.name}' gives {embedder.dimensions} dimensions; got dimensions={body.dimensions}")
     vectors = await anyio.to_thread.run_sync(embedder.embed, texts)
     tokens = await anyio.to_thread.run_sync(embedder.count_tokens, texts)
-    return EmbeddingResponse(data=[EmbeddingData(index=i, embedding=v) for i, v in enumerate(vectors)],
+    encoded: list[list[float] | str] = list(vectors)
+    if body.encoding_format == "base64":
+        encoded = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii") for v in vectors]
+    return EmbeddingResponse(data=[EmbeddingData(index=i, embedding=v) for i, v in enumerate(encoded)],
                              model=embedder.name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
