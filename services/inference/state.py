@@ -111,6 +111,13 @@ class InferenceState:
         if event.error:
             m.errors.inc()
 
+    def served_model_name(self, adapter: str | None) -> str:
+        if adapter:
+            return adapter
+        if self.adapters and self.adapters.merged:
+            return self.adapters.merged.name
+        return self.base_name
+
     def health(self) -> dict[str, Any]:
         adapters = self.adapters.public() if self.adapters else {"active": None, "merged": None, "adapters": []}
         stats = self.engine.stats() if self.engine else None

@@ -55,10 +55,12 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
     request = gen.build(_messages(body, state.settings.system_prompt), model=body.model,
                         max_new_tokens=body.requested_max_tokens(), temperature=body.temperature,
                         top_p=body.top_p, stop=body.stop, seed=body.seed)  # type: ignore[arg-type]
+    # Report what really served the request (the adapter's versioned name), as OpenAI reports snapshots.
+    served = state.served_model_name(request.adapter)
     if not body.stream:
         done = await gen.complete(request)
         return ChatCompletionResponse(
-            model=body.model, choices=[Choice(message=ChoiceMessage(content=done.text),
+            model=served, choices=[Choice(message=ChoiceMessage(content=done.text),
                                               finish_reason="length" if done.finish_reason == "length" else "stop")],
             usage=Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                         total_tokens=done.prompt_tokens + done.completion_tokens))
@@ -67,7 +69,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: ChoiceDelta, finish: str | None = None) -> dict:
-        c = ChatCompletionChunk(id=cid, model=body.model, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+        c = ChatCompletionChunk(id=cid, model=served, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
         return {"data": c.model_dump_json(exclude_none=True)}
 
     async def events() -> AsyncIterator[dict]:
@@ -83,7 +85,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
                 if include_usage:
                     usage = Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
                                   total_tokens=event.prompt_tokens + event.completion_tokens)
-                    tail = ChatCompletionChunk(id=cid, model=body.model, choices=[], usage=usage)
+                    tail = ChatCompletionChunk(id=cid, model=served, choices=[], usage=usage)
                     yield {"data": tail.model_dump_json()}
         yield {"data": "[DONE]"}
 

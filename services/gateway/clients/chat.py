@@ -1,0 +1,107 @@
+"""One client for any OpenAI-compatible Chat Completions API: the local inference service or the fallback.
+
+The gateway speaks only this dialect to models, so vLLM, TGI or Ollama can replace the local service
+by changing one URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+
+
+class ChatUnavailable(Exception):
+    """The model endpoint failed, timed out or refused; the caller decides what happens next."""
+
+
+@dataclass
+class ChatDelta:
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str | None = None
+
+
+@dataclass
+class ChatResult:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str
+
+
+class ChatClient:
+    def __init__(self, *, base_url: str, api_key: str | None, model: str, timeout_s: float,
+                 max_retries: int, request_id_header: str = "x-request-id") -> None:
+        self.model = model
+        self.base_url = base_url
+        self._header = request_id_header
+        # The openai client retries 429/5xx/connection errors with backoff; timeouts are per request.
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused",
+                                          timeout=timeout_s, max_retries=max_retries)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _headers(self, request_id: str | None) -> dict[str, str]:
+        return {self._header: request_id} if request_id else {}
+
+    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+                       request_id: str | None = None) -> ChatResult:
+        try:
+            resp = await self._client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
+                temperature=temperature, extra_headers=self._headers(request_id))
+        except openai.OpenAIError as exc:
+            raise ChatUnavailable(_describe(exc)) from exc
+        choice = resp.choices[0] if resp.choices else None
+        return ChatResult(text=(choice.message.content or "") if choice else "",
+                          finish_reason=choice.finish_reason if choice else None,
+                          prompt_tokens=resp.usage.prompt_tokens if resp.usage else None,
+                          completion_tokens=resp.usage.completion_tokens if resp.usage else None,
+                          model=resp.model or self.model)
+
+    async def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+                     request_id: str | None = None) -> AsyncIterator[ChatDelta]:
+        """Yield text deltas, then one delta carrying usage if the server sends it."""
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
+                temperature=temperature, stream=True, stream_options={"include_usage": True},
+                extra_headers=self._headers(request_id))
+        except openai.OpenAIError as exc:
+            raise ChatUnavailable(_describe(exc)) from exc
+        try:
+            async for chunk in stream:
+                if getattr(chunk, "error", None):
+                    raise ChatUnavailable(f"stream error from {self.base_url}: {chunk.error}")  # type: ignore[attr-defined]
+                delta = ChatDelta(model=chunk.model or None)
+                if chunk.choices:
+                    delta.text = chunk.choices[0].delta.content or ""
+                    delta.finish_reason = chunk.choices[0].finish_reason
+                if chunk.usage:
+                    delta.prompt_tokens = chunk.usage.prompt_tokens
+                    delta.completion_tokens = chunk.usage.completion_tokens
+                if delta.text or delta.finish_reason or delta.prompt_tokens is not None:
+                    yield delta
+        except openai.OpenAIError as exc:
+            raise ChatUnavailable(_describe(exc)) from exc
+        except (ValueError, KeyError, httpx.HTTPError) as exc:  # a malformed or cut stream
+            raise ChatUnavailable(f"broken stream from {self.base_url}: {exc}") from exc
+        finally:
+            await stream.close()
+
+
+def _describe(exc: openai.OpenAIError) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"connection failed: {exc.__cause__ or exc}"
+    return str(exc)

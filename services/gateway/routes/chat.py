@@ -1,0 +1,171 @@
+"""Chat over HTTP: JSON, SSE (GET as in the seed, POST with history) and an OpenAI-compatible route."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+
+from shared.errors import BadRequest, ServiceUnavailable
+from shared.logging import request_id_var
+from shared.protocol.openai import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChoiceDelta,
+    ChoiceMessage,
+    ChunkChoice,
+    Usage,
+    completion_id,
+)
+
+from ..schemas.chat import ChatRequest, ChatResponse
+from ..services.answer import AnswerEvent, AnswerRequest, AnswerService
+
+router = APIRouter()
+
+GATEWAY_MODEL = "aion"
+
+
+def get_answer_service(request: Request) -> AnswerService:
+    return request.app.state.answer
+
+
+AnswerDep = Annotated[AnswerService, Depends(get_answer_service)]
+
+
+def _settings(request: Request) -> Any:
+    return request.app.state.settings
+
+
+def _tenant(request: Request) -> str:
+    # One place decides the tenant; with API keys it comes from the key, never from the body.
+    return getattr(request.state, "tenant_id", None) or _settings(request).tenant_id
+
+
+def _answer_request(request: Request, body: ChatRequest) -> AnswerRequest:
+    settings = _settings(request)
+    if len(body.message) > settings.max_question_chars:
+        raise BadRequest(f"the question has {len(body.message)} characters; the limit is "
+                         f"{settings.max_question_chars} (AION_MAX_QUESTION_CHARS)")
+    tau = settings.tau_confidence if body.tau is None else body.tau
+    return AnswerRequest(question=body.message.strip(), tenant_id=_tenant(request),
+                         request_id=request_id_var.get() or uuid.uuid4().hex, tau=tau,
+                         force_fallback=body.forceFallback,
+                         history=[t.model_dump() for t in body.history])
+
+
+def _sse(events: AsyncIterator[AnswerEvent]) -> EventSourceResponse:
+    async def frames() -> AsyncIterator[dict]:
+        async for event in events:
+            yield {"event": event.type, "data": json.dumps(event.data, ensure_ascii=False)}
+
+    return EventSourceResponse(frames(), ping=15, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _collect(events: AsyncIterator[AnswerEvent]) -> dict[str, Any]:
+    parts: list[str] = []
+    sources: list[dict] = []
+    confidence = 0.0
+    done: dict[str, Any] | None = None
+    error: str | None = None
+    async for event in events:
+        if event.type == "sources":
+            sources, confidence = event.data["sources"], event.data["C"]
+        elif event.type == "token":
+            parts.append(event.data["text"])
+        elif event.type == "warn" and event.data.get("restart"):
+            parts.clear()  # the answer starts over on another model
+        elif event.type == "error":
+            error = event.data["message"]
+        elif event.type == "done":
+            done = event.data
+    if done is None:
+        raise ServiceUnavailable(error or "no model could answer; retry shortly")
+    return {"text": "".join(parts).strip(), "sources": sources, "C": confidence, **done}
+
+
+@router.post("/api/ai/chat", response_model=ChatResponse)
+async def chat(body: ChatRequest, request: Request, answers: AnswerDep) -> dict[str, Any]:
+    """The seed's route: {message, forceFallback, tau} → {text, used, C, sources, request_id, usage}."""
+    return await _collect(answers.run(_answer_request(request, body)))
+
+
+@router.get("/api/ai/chat/stream")
+async def chat_stream_get(request: Request, answers: AnswerDep,
+                          q: Annotated[str, Query(description="the question")] = "",
+                          tau: Annotated[float | None, Query()] = None,
+                          forceFallback: Annotated[bool, Query()] = False) -> EventSourceResponse:  # noqa: N803
+    """SSE: `sources`, `warn`…, `token`…, then `done` (or `error`)."""
+    try:
+        body = ChatRequest(message=q, tau=tau, forceFallback=forceFallback)
+    except ValidationError as exc:
+        raise BadRequest("; ".join(f"{'.'.join(map(str, e['loc'])) or 'q'}: {e['msg']}" for e in exc.errors())
+                         .replace("message:", "q:")) from exc
+    return _sse(answers.run(_answer_request(request, body)))
+
+
+@router.post("/api/ai/chat/stream")
+async def chat_stream_post(body: ChatRequest, request: Request, answers: AnswerDep) -> EventSourceResponse:
+    """The same stream, with the conversation so far in the body (what the chat page uses)."""
+    return _sse(answers.run(_answer_request(request, body)))
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def openai_chat(body: ChatCompletionRequest, request: Request, answers: AnswerDep):
+    """Grounded answers for any OpenAI client: model `aion`; sources ride in an extra `sources` field."""
+    if body.model != GATEWAY_MODEL:
+        raise BadRequest(f"model '{body.model}' is not served here; use '{GATEWAY_MODEL}'")
+    turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise BadRequest("the last message must be a user message with the question")
+    chat_body = ChatRequest(message=turns[-1]["content"], history=turns[:-1][-20:])
+    answer_request = _answer_request(request, chat_body)
+    if not body.stream:
+        out = await _collect(answers.run(answer_request))
+        usage = out["usage"]
+        return ChatCompletionResponse(
+            model=GATEWAY_MODEL, choices=[Choice(message=ChoiceMessage(content=out["text"]), finish_reason="stop")],
+            usage=Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+                        total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),
+            sources=out["sources"], aion={"used": out["used"], "C": out["C"], "request_id": out["request_id"],
+                                          "warnings": out["warnings"]})
+
+    cid, created = completion_id(), int(time.time())
+
+    async def chunks() -> AsyncIterator[dict]:
+        async for event in answers.run(answer_request):
+            if event.type == "sources":
+                first = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL,
+                                            choices=[ChunkChoice(delta=ChoiceDelta(role="assistant", content=""))],
+                                            sources=event.data["sources"], aion={"C": event.data["C"]})
+                yield {"data": first.model_dump_json(exclude_none=True)}
+            elif event.type == "token":
+                c = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL,
+                                        choices=[ChunkChoice(delta=ChoiceDelta(content=event.data["text"]))])
+                yield {"data": c.model_dump_json(exclude_none=True)}
+            elif event.type == "warn":
+                c = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL, choices=[], aion={"warn": event.data})
+                yield {"data": c.model_dump_json(exclude_none=True)}
+            elif event.type == "error":
+                yield {"data": json.dumps({"error": {"message": event.data["message"], "type": "server_error",
+                                                     "code": "answer_failed"}})}
+            elif event.type == "done":
+                usage = event.data["usage"]
+                c = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL,
+                                        choices=[ChunkChoice(delta=ChoiceDelta(), finish_reason="stop")],
+                                        usage=Usage(prompt_tokens=usage["prompt_tokens"],
+                                                    completion_tokens=usage["completion_tokens"],
+                                                    total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),
+                                        aion={"used": event.data["used"], "request_id": event.data["request_id"]})
+                yield {"data": c.model_dump_json(exclude_none=True)}
+        yield {"data": "[DONE]"}
+
+    return EventSourceResponse(chunks(), ping=15)

@@ -1,0 +1,19 @@
+"""Database access shared by every AION process: engine, sessions, ORM models, embedded Postgres."""
+
+from .base import Base
+from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
+from .models import EMBEDDING_DIM, AiEvent, Chunk, Document
+from .settings import DatabaseSettings
+
+__all__ = [
+    "EMBEDDING_DIM",
+    "AiEvent",
+    "Base",
+    "Chunk",
+    "DatabaseSettings",
+    "Document",
+    "make_async_engine",
+    "make_session_factory",
+    "make_sync_engine",
+    "sqlalchemy_url",
+]
