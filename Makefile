@@ -30,7 +30,9 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m bench.run_all
+	# Benchmark-only tools (llama-cpp-python compiles llama.cpp: ~7 min the first time on 2 cores).
+	$(PY) -m pip install -q -r requirements/bench.txt
+	$(PY) -m bench.run_all $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

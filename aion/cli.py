@@ -8,7 +8,16 @@ import sys
 
 # Each module defines register(subparsers) and sets `func` on its parser(s).
 COMMAND_MODULES = [
+    "aion.commands.up",
     "aion.commands.inference",
+    "aion.commands.gateway",
+    "aion.commands.scheduler",
+    "aion.commands.trainer",
+    "aion.commands.db",
+    "aion.commands.ingest",
+    "aion.commands.search",
+    "aion.commands.ask",
+    "aion.commands.export",
 ]
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from tests.fixtures.servers import ServiceProcess, run_inference
 
+pytest_plugins = ["tests.fixtures.postgres"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

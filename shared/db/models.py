@@ -7,7 +7,19 @@ from datetime import datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import BigInteger, DateTime, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -33,13 +45,14 @@ class Document(Base):
     mime_type: Mapped[str] = mapped_column(String(128), nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    chunk_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     meta: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
+    # lazy="raise": an implicit load would be blocking IO under asyncio; load chunks explicitly.
     chunks: Mapped[list[Chunk]] = relationship(back_populates="document", passive_deletes=True,
-                                               order_by="Chunk.ord")
+                                               order_by="Chunk.ord", lazy="raise")
 
 
 class Chunk(Base):
@@ -52,7 +65,7 @@ class Chunk(Base):
               postgresql_ops={"embedding": "vector_cosine_ops"}),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
     document_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("documents.id", ondelete="CASCADE"), nullable=False)
@@ -64,7 +77,7 @@ class Chunk(Base):
     embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
-    document: Mapped[Document] = relationship(back_populates="chunks")
+    document: Mapped[Document] = relationship(back_populates="chunks", lazy="raise")
 
 
 class AiEvent(Base):
@@ -73,7 +86,7 @@ class AiEvent(Base):
     __tablename__ = "ai_events"
     __table_args__ = (Index("ix_ai_events_tenant_kind_created", "tenant_id", "kind", "created_at"),)
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
     kind: Mapped[str] = mapped_column(String(32), nullable=False)
     value: Mapped[float | None] = mapped_column(Double)

@@ -27,3 +27,7 @@ def test_every_kind_is_scrubbed(text: str, placeholder: str, secret: str) -> Non
 def test_ordinary_numbers_survive() -> None:
     text = "O pedido 1234567890123 custa R$ 1.250,00 em 2026, versão 3.11.7, passo 42."
     assert scrub(text) == text
+
+
+def test_phone_at_the_end_of_a_sentence() -> None:
+    assert scrub("ligue (11) 98765-4321.") == "ligue [TELEFONE]."

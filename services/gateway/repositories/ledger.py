@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @dataclass
@@ -17,34 +17,34 @@ class PeriodTotals:
     fallback_calls: int
 
 
-def lock_tenant_budget(session: Session, tenant_id: str) -> None:
+async def lock_tenant_budget(session: AsyncSession, tenant_id: str) -> None:
     """Serialize budget decisions of one tenant until the transaction ends (no race can overspend)."""
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtext('aion-budget:' || :t))"), {"t": tenant_id})
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('aion-budget:' || :t))"), {"t": tenant_id})
 
 
-def period_totals(session: Session, tenant_id: str, period_start: datetime) -> PeriodTotals:
-    row = session.execute(text("""
+async def period_totals(session: AsyncSession, tenant_id: str, period_start: datetime) -> PeriodTotals:
+    row = (await session.execute(text("""
         SELECT coalesce(sum(cost_usd) FILTER (WHERE status IN ('settled', 'failed', 'expired')), 0),
                coalesce(sum(reserved_usd) FILTER (WHERE status = 'reserved'), 0),
                count(*) FILTER (WHERE status IN ('reserved', 'settled'))
         FROM fallback_ledger WHERE tenant_id = :t AND period_start = :p
-    """), {"t": tenant_id, "p": period_start}).one()
+    """), {"t": tenant_id, "p": period_start})).one()
     return PeriodTotals(spent_usd=float(row[0]), reserved_usd=float(row[1]), fallback_calls=int(row[2]))
 
 
-def insert_reservation(session: Session, *, tenant_id: str, request_id: str, model: str,
+async def insert_reservation(session: AsyncSession, *, tenant_id: str, request_id: str, model: str,
                        period_start: datetime, reserved_usd: float) -> uuid.UUID:
     entry_id = uuid.uuid4()
-    session.execute(text("""
+    await session.execute(text("""
         INSERT INTO fallback_ledger (id, tenant_id, request_id, model, period_start, status, reserved_usd)
         VALUES (:id, :t, :r, :m, :p, 'reserved', :usd)
     """), {"id": entry_id, "t": tenant_id, "r": request_id, "m": model, "p": period_start, "usd": reserved_usd})
     return entry_id
 
 
-def settle(session: Session, entry_id: uuid.UUID, *, status: str, cost_usd: float, prompt_tokens: int,
+async def settle(session: AsyncSession, entry_id: uuid.UUID, *, status: str, cost_usd: float, prompt_tokens: int,
            completion_tokens: int, usage_estimated: bool, error: str | None) -> bool:
-    result = session.execute(text("""
+    result = await session.execute(text("""
         UPDATE fallback_ledger
         SET status = :s, cost_usd = :c, prompt_tokens = :pt, completion_tokens = :ct,
             usage_estimated = :est, error = :e, settled_at = now()
@@ -54,9 +54,9 @@ def settle(session: Session, entry_id: uuid.UUID, *, status: str, cost_usd: floa
     return bool(result.rowcount)
 
 
-def expire_stale(session: Session, tenant_id: str, older_than_s: float) -> int:
+async def expire_stale(session: AsyncSession, tenant_id: str, older_than_s: float) -> int:
     """Reservations whose process died mid-call: count them as spent in full (never under-count)."""
-    result = session.execute(text("""
+    result = await session.execute(text("""
         UPDATE fallback_ledger SET status = 'expired', cost_usd = reserved_usd, settled_at = now(),
                error = 'reservation expired: the call never settled'
         WHERE tenant_id = :t AND status = 'reserved' AND created_at < now() - make_interval(secs => :age)
@@ -64,16 +64,16 @@ def expire_stale(session: Session, tenant_id: str, older_than_s: float) -> int:
     return int(result.rowcount or 0)
 
 
-def answers_in_period(session: Session, tenant_id: str, period_start: datetime) -> int:
-    return int(session.execute(text("""
+async def answers_in_period(session: AsyncSession, tenant_id: str, period_start: datetime) -> int:
+    return int((await session.execute(text("""
         SELECT count(*) FROM ai_events WHERE tenant_id = :t AND kind = 'answer' AND created_at >= :p
-    """), {"t": tenant_id, "p": period_start}).scalar_one())
+    """), {"t": tenant_id, "p": period_start})).scalar_one())
 
 
-def spend_by_day(session: Session, tenant_id: str, since: datetime) -> list[tuple[str, float, int]]:
-    rows = session.execute(text("""
+async def spend_by_day(session: AsyncSession, tenant_id: str, since: datetime) -> list[tuple[str, float, int]]:
+    rows = (await session.execute(text("""
         SELECT to_char(date_trunc('day', created_at), 'YYYY-MM-DD'), coalesce(sum(cost_usd), 0), count(*)
         FROM fallback_ledger WHERE tenant_id = :t AND created_at >= :s
         GROUP BY 1 ORDER BY 1
-    """), {"t": tenant_id, "s": since}).all()
+    """), {"t": tenant_id, "s": since})).all()
     return [(r[0], float(r[1]), int(r[2])) for r in rows]

@@ -26,7 +26,8 @@ from shared.protocol.openai import (
     completion_id,
 )
 
-from ..schemas.chat import ChatRequest, ChatResponse
+from ..chat_schemas import ChatRequest, ChatResponse
+from ..deps import StateDep
 from ..services.answer import AnswerEvent, AnswerRequest, AnswerService
 
 router = APIRouter()
@@ -34,15 +35,15 @@ router = APIRouter()
 GATEWAY_MODEL = "aion"
 
 
-def get_answer_service(request: Request) -> AnswerService:
-    return request.app.state.answer
+def get_answer_service(state: StateDep) -> AnswerService:
+    return state.answers
 
 
 AnswerDep = Annotated[AnswerService, Depends(get_answer_service)]
 
 
 def _settings(request: Request) -> Any:
-    return request.app.state.settings
+    return request.app.state.gateway.settings
 
 
 def _tenant(request: Request) -> str:
@@ -52,9 +53,9 @@ def _tenant(request: Request) -> str:
 
 def _answer_request(request: Request, body: ChatRequest) -> AnswerRequest:
     settings = _settings(request)
-    if len(body.message) > settings.max_question_chars:
+    if len(body.message) > settings.max_query_chars:
         raise BadRequest(f"the question has {len(body.message)} characters; the limit is "
-                         f"{settings.max_question_chars} (AION_MAX_QUESTION_CHARS)")
+                         f"{settings.max_query_chars} (AION_MAX_QUERY_CHARS)")
     tau = settings.tau_confidence if body.tau is None else body.tau
     return AnswerRequest(question=body.message.strip(), tenant_id=_tenant(request),
                          request_id=request_id_var.get() or uuid.uuid4().hex, tau=tau,

@@ -70,7 +70,7 @@ class AnswerPolicy:
 
 
 RetrieveFn = Callable[[str, str], Awaitable[RetrievedContext]]      # (tenant_id, question)
-LogEventFn = Callable[[str, str, float, dict[str, Any], str], None]  # (tenant, kind, value, meta, request_id)
+LogEventFn = Callable[[str, str, float, dict[str, Any], str], Awaitable[None]]  # (tenant, kind, value, meta, rid)
 
 
 @dataclass
@@ -125,7 +125,7 @@ class AnswerService:
         finally:
             # Shielded: a client that went away cancels the generation, never the record of it.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._log_answer, req, context, out, started)
+                await self._log_answer(req, context, out, started)
         if out.complete:
             yield AnswerEvent("done", self._done_payload(req, context, out, started))
 
@@ -191,10 +191,9 @@ class AnswerService:
             return Denial("fallback_disabled", "no fallback is configured (set OPENAI_API_KEY or "
                                                "AION_FALLBACK_BASE_URL)")
         price = self._price(self.fallback.model)
-        return await anyio.to_thread.run_sync(lambda: self.budget.reserve(
+        return await self.budget.reserve(
             tenant_id=req.tenant_id, request_id=req.request_id, model=self.fallback.model, price=price,
-            prompt_tokens=estimate_messages_tokens(messages),
-            max_completion_tokens=self.policy.fallback_max_tokens))
+            prompt_tokens=estimate_messages_tokens(messages), max_completion_tokens=self.policy.fallback_max_tokens)
 
     def _price(self, model: str) -> Price:
         return price_for(model, self.policy.prices, self.policy.unknown_price)
@@ -245,22 +244,22 @@ class AnswerService:
             status = "failed" if failed or not out.complete else "settled"
             prompt_tokens, completion_tokens = usage
 
-            def record() -> float:
-                cost = self.budget.settle(reservation, prompt_tokens=prompt_tokens,
+            async def record() -> float:
+                cost = await self.budget.settle(reservation, prompt_tokens=prompt_tokens,
                                           completion_tokens=completion_tokens, usage_estimated=estimated,
                                           failed=status == "failed", error=failed)
-                self.log_event(req.tenant_id, "fallback", cost, {
+                await self.log_event(req.tenant_id, "fallback", cost, {
                     "model": reservation.model, "status": status, "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens, "estimated": estimated, "error": failed},
                     req.request_id)
                 return cost
 
             with anyio.CancelScope(shield=True):
-                out.cost_usd = await anyio.to_thread.run_sync(record)
+                out.cost_usd = await record()
             out.prompt_tokens, out.completion_tokens, out.usage_estimated = prompt_tokens, completion_tokens, estimated
 
     # -- the record ----------------------------------------------------------------------------------
-    def _log_answer(self, req: AnswerRequest, context: RetrievedContext | None, out: _Outcome,
+    async def _log_answer(self, req: AnswerRequest, context: RetrievedContext | None, out: _Outcome,
                     started: float) -> None:
         meta = {
             "prompt": req.question, "reply": "".join(out.parts), "used": out.used, "source": out.used,
@@ -274,6 +273,6 @@ class AnswerService:
             "history_turns": len(req.history),
         }
         try:
-            self.log_event(req.tenant_id, "answer", 1.0 if out.complete else 0.0, meta, req.request_id)
+            await self.log_event(req.tenant_id, "answer", 1.0 if out.complete else 0.0, meta, req.request_id)
         except Exception:
             logger.exception("could not log the answer event for request %s", req.request_id)

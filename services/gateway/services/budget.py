@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..repositories import ledger
 from .pricing import Price
@@ -51,49 +51,49 @@ def period_start(period: str, now: datetime | None = None) -> datetime:
 
 
 class BudgetGuard:
-    def __init__(self, session_factory: sessionmaker[Session], policy: BudgetPolicy) -> None:
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], policy: BudgetPolicy) -> None:
         self.session_factory = session_factory
         self.policy = policy
 
-    def reserve(self, *, tenant_id: str, request_id: str, model: str, price: Price, prompt_tokens: int,
+    async def reserve(self, *, tenant_id: str, request_id: str, model: str, price: Price, prompt_tokens: int,
                 max_completion_tokens: int) -> Reservation | Denial:
         worst_case = price.cost(prompt_tokens, max_completion_tokens)
         start = period_start(self.policy.period)
-        with self.session_factory.begin() as session:
-            ledger.lock_tenant_budget(session, tenant_id)
-            ledger.expire_stale(session, tenant_id, self.policy.stale_reservation_s)
-            totals = ledger.period_totals(session, tenant_id, start)
+        async with self.session_factory.begin() as session:
+            await ledger.lock_tenant_budget(session, tenant_id)
+            await ledger.expire_stale(session, tenant_id, self.policy.stale_reservation_s)
+            totals = await ledger.period_totals(session, tenant_id, start)
             committed = totals.spent_usd + totals.reserved_usd
             if committed + worst_case > self.policy.cap_usd:
                 return Denial("budget_exhausted",
                               f"the fallback budget of ${self.policy.cap_usd:.2f} per {self.policy.period} is spent "
                               f"(${committed:.4f} used or reserved; this call could cost ${worst_case:.4f})")
-            answers = ledger.answers_in_period(session, tenant_id, start)
+            answers = await ledger.answers_in_period(session, tenant_id, start)
             if answers >= self.policy.share_min_answers:
                 share = (totals.fallback_calls + 1) / (answers + 1)
                 if share > self.policy.max_fallback_share:
                     return Denial("fallback_share_cap",
                                   f"{totals.fallback_calls} of {answers} answers this {self.policy.period} used the "
                                   f"fallback; the cap is {self.policy.max_fallback_share:.0%} (AION_TAU_FALLBACK)")
-            entry = ledger.insert_reservation(session, tenant_id=tenant_id, request_id=request_id, model=model,
+            entry = await ledger.insert_reservation(session, tenant_id=tenant_id, request_id=request_id, model=model,
                                               period_start=start, reserved_usd=worst_case)
         return Reservation(entry_id=entry, model=model, reserved_usd=worst_case, price=price)
 
-    def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int,
+    async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int,
                usage_estimated: bool, failed: bool = False, error: str | None = None) -> float:
         """Replace the reservation by the real cost; a call that produced nothing costs nothing."""
         cost = reservation.price.cost(prompt_tokens, completion_tokens)
-        with self.session_factory.begin() as session:
-            ledger.settle(session, reservation.entry_id, status="failed" if failed else "settled", cost_usd=cost,
+        async with self.session_factory.begin() as session:
+            await ledger.settle(session, reservation.entry_id, status="failed" if failed else "settled", cost_usd=cost,
                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                           usage_estimated=usage_estimated, error=error)
         return cost
 
-    def status(self, tenant_id: str) -> dict:
+    async def status(self, tenant_id: str) -> dict:
         start = period_start(self.policy.period)
-        with self.session_factory() as session:
-            totals = ledger.period_totals(session, tenant_id, start)
-            answers = ledger.answers_in_period(session, tenant_id, start)
+        async with self.session_factory() as session:
+            totals = await ledger.period_totals(session, tenant_id, start)
+            answers = await ledger.answers_in_period(session, tenant_id, start)
         remaining = max(0.0, self.policy.cap_usd - totals.spent_usd - totals.reserved_usd)
         return {"cap_usd": self.policy.cap_usd, "spent_usd": round(totals.spent_usd, 6),
                 "reserved_usd": round(totals.reserved_usd, 6), "remaining_usd": round(remaining, 6),

@@ -14,7 +14,7 @@ _CPF = re.compile(r"\b\d{3}\.?\d{3}\.?\d{3}-?\d{2}\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _IPV4 = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
 _IPV6 = re.compile(r"\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|\b(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:?){1,6}\b")
-_PHONE = re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(?\d{2,3}\)?[\s.-]?)?(?:9\s?)?\d{4}[\s.-]?\d{4}(?![\w.])")
+_PHONE = re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(?\d{2,3}\)?[\s.-]?)?(?:9\s?)?\d{4}[\s.-]?\d{4}(?!\w|\.\d)")
 
 PLACEHOLDERS = {"email": "[EMAIL]", "cpf": "[CPF]", "cnpj": "[CNPJ]", "card": "[CARTAO]", "ip": "[IP]",
                 "phone": "[TELEFONE]"}

@@ -67,6 +67,13 @@ class BatchCache:
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], dim=1)
         return self.mask
 
+    def remove_rows(self, dead: list[int]) -> list[int]:
+        """Drop rows, keeping the others in order. Returns, for each new row, its old index."""
+        gone = set(dead)
+        keep = [row for row in range(self.rows) if row not in gone]
+        self.keep_rows(keep)
+        return keep
+
     def keep_rows(self, keep: list[int]) -> None:
         if not keep:
             self.layers, self.mask = [], None

@@ -21,7 +21,6 @@ import torch
 
 from shared.errors import ServiceUnavailable
 
-from .batch import BatchCache
 from .detokenizer import IncrementalDetokenizer, StopMatcher
 from .runner import ModelRunner
 from .sampling import make_generator, sample_row
@@ -87,7 +86,7 @@ class Engine:
         self._ops: deque[_Op] = deque()
         self._handles: dict[int, _Handle] = {}
         self._running: list[_Sequence] = []
-        self._batch = BatchCache(runner.config)
+        self._batch = runner.new_batch(max_batch_size)
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -229,6 +228,8 @@ class Engine:
         seq = _Sequence(handle=handle, generator=make_generator(request.params.seed),
                         detok=IncrementalDetokenizer(self.runner.tokenizer),
                         stops=StopMatcher(request.params.stop))
+        if self._batch.rows == 0 and not self.runner.fits(self._batch):
+            self._batch = self.runner.new_batch(self.max_batch_size)
         self._batch.append_row(layers, len(request.prompt_ids))
         self._running.append(seq)
         self._accept_token(seq, logits)
@@ -277,20 +278,19 @@ class Engine:
         return None
 
     def _retire_finished(self) -> None:
-        keep: list[int] = []
-        survivors: list[_Sequence] = []
+        dead: list[int] = []
         for row, seq in enumerate(self._running):
             reason = self._finish_reason(seq)
             if reason is None:
-                keep.append(row)
-                survivors.append(seq)
                 continue
+            dead.append(row)
             if reason is FinishReason.LENGTH:
                 self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
             self._finish_handle(seq.handle, reason, seq.generated, seq.first_token_s)
-        if len(survivors) != len(self._running):
-            self._running = survivors
-            self._batch.keep_rows(keep)
+        if dead:
+            # the cache may move rows around to fill the holes; the sequences follow their rows
+            order = self._batch.remove_rows(dead)
+            self._running = [self._running[old] for old in order]
 
     def _drop_cancelled(self) -> None:
         if any(s.handle.cancelled.is_set() for s in self._running):
@@ -314,7 +314,7 @@ class Engine:
         for seq in self._running:
             self._finish_handle(seq.handle, FinishReason.ERROR, seq.generated, seq.first_token_s, error=message)
         self._running = []
-        self._batch = BatchCache(self.runner.config)
+        self._batch = self.runner.new_batch(self.max_batch_size)
         with self._wake:
             waiting, self._waiting = list(self._waiting), deque()
         for handle in waiting:

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
 from .batch import BatchCache
+from .decoder import BASE_ADAPTER, FusedWeights, LlamaDecoder, unsupported_reason
+from .kvcache import SlotCache
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+logger = logging.getLogger(__name__)
+
+Batch = BatchCache | SlotCache
 
 
 class ModelRunner:
-    """Owns the model object. Only the engine thread calls it."""
+    """Owns the model object. Only the engine thread calls it.
 
-    def __init__(self, model: Any, tokenizer: Any, device: str) -> None:
-        self.model = model
+    Whoever changes the weights must assign `runner.model` (even the same object): the fast
+    decoder keeps fused copies of some weights and rebuilds them on that assignment.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, device: str, *, fast_decode: bool = True,
+                 packed_weights: bool = True) -> None:
         self.tokenizer = tokenizer
         self.device = device
         self.peft_wrapped = False
+        self._fast_decode = fast_decode
+        self._packed_weights = packed_weights
+        self._decoder: LlamaDecoder | None = None
+        self._decoder_key: tuple[Any, ...] | None = None
+        self.model = model
         config = model.config
         self.max_context = int(getattr(config, "max_position_embeddings", 2048))
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -29,13 +43,53 @@ class ModelRunner:
         self.eos_ids = frozenset(eos_ids)
 
     @property
+    def model(self) -> Any:
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self._model = model
+        reason = unsupported_reason(model) if self._fast_decode else "disabled"
+        if reason and self._fast_decode:
+            logger.info("fast decode path not used: %s; decoding through the model's forward", reason)
+        self.fast = reason is None
+        # The weights may have changed (a merge edits them in place): forget every fused copy, and
+        # build the decoder now rather than in the first request's decode step.
+        self._weights = FusedWeights(self._packed_weights)
+        self._decoder, self._decoder_key = None, None
+        if self.fast:
+            self._fast_decoder()
+
+    @property
     def config(self) -> Any:
         return self.model.config
 
-    def _adapter_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
+    def new_batch(self, max_rows: int) -> Batch:
+        """An empty running batch of the kind this runner decodes."""
+        if self.fast:
+            return SlotCache(max_rows, self.max_context)
+        return BatchCache(self.config)
+
+    def fits(self, batch: Batch) -> bool:
+        return isinstance(batch, SlotCache) == self.fast
+
+    def _adapter_names(self, adapters: list[str | None]) -> list[str] | None:
         if not self.peft_wrapped:
-            return {}
-        return {"adapter_names": [a or BASE_ADAPTER for a in adapters]}
+            return None
+        return [a or BASE_ADAPTER for a in adapters]
+
+    def _adapter_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
+        names = self._adapter_names(adapters)
+        return {} if names is None else {"adapter_names": names}
+
+    def _fast_decoder(self) -> LlamaDecoder:
+        # Loading or deleting an adapter on a PEFT model adds or removes LoRA layers in place:
+        # rebuild when the set of adapters changes too.
+        key = (id(self._model), tuple(sorted(getattr(self._model, "peft_config", {}) or {})))
+        if self._decoder is None or key != self._decoder_key:
+            self._decoder = LlamaDecoder(self._model, self._weights)
+            self._decoder_key = key
+        return self._decoder
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -48,8 +102,10 @@ class ModelRunner:
         return out.logits[0, -1], layers
 
     @torch.inference_mode()
-    def decode(self, batch: BatchCache, tokens: list[int], adapters: list[str | None]) -> torch.Tensor:
+    def decode(self, batch: Batch, tokens: list[int], adapters: list[str | None]) -> torch.Tensor:
         """Feed each row its last token; return next-token logits (rows, vocab)."""
+        if isinstance(batch, SlotCache):
+            return self._fast_decoder().step(batch, tokens, self._adapter_names(adapters))
         positions = batch.positions()
         mask = batch.extend_mask()
         input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each `*_bench.py` module here runs on its own; `run_all` runs them all."""

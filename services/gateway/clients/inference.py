@@ -1,0 +1,85 @@
+"""Embeddings from the inference service over its OpenAI-compatible HTTP API (the gateway has no torch)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import httpx
+import numpy as np
+
+from shared.errors import ServiceUnavailable
+from shared.protocol.openai import EmbeddingRequest, EmbeddingResponse
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceClient:
+    """Talks to `aion inference` (or any OpenAI-compatible server) on behalf of the gateway."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, *, token: str | None = None,
+                 batch_size: int = 128, expected_dim: int | None = None) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.batch_size = batch_size
+        self.expected_dim = expected_dim
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _unavailable(self, what: str) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"the inference service at {self.base_url} {what}; start it with `aion inference` or fix "
+            "AION_LOCAL_LLM_URL", code="inference_unavailable", headers={"Retry-After": "5"})
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Normalized embeddings of `texts` as a float32 matrix, in as few calls as the batch size allows."""
+        if not texts:
+            return np.zeros((0, self.expected_dim or 0), dtype=np.float32)
+        parts = [await self._embed_batch(texts[i:i + self.batch_size])
+                 for i in range(0, len(texts), self.batch_size)]
+        return np.vstack(parts)
+
+    async def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        # base64 float32 is ~4x smaller than JSON floats and decodes without parsing numbers.
+        body = EmbeddingRequest(input=texts, encoding_format="base64").model_dump(exclude_none=True)
+        try:
+            response = await self.http.post(f"{self.base_url}/v1/embeddings", json=body, headers=self.headers)
+        except httpx.TimeoutException as exc:
+            raise self._unavailable("did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise self._unavailable(f"is not reachable ({type(exc).__name__})") from exc
+        if response.status_code in (401, 403):
+            raise self._unavailable("refused the gateway's token (check AION_INFERENCE_TOKEN on both sides)")
+        if response.status_code != 200:
+            raise self._unavailable(f"answered {response.status_code}: {_error_message(response)}")
+        parsed = EmbeddingResponse.model_validate_json(response.content)
+        rows = sorted(parsed.data, key=lambda d: d.index)
+        if len(rows) != len(texts):
+            raise self._unavailable(f"returned {len(rows)} embeddings for {len(texts)} inputs")
+        matrix = np.vstack([_decode(row.embedding) for row in rows])
+        if self.expected_dim and matrix.shape[1] != self.expected_dim:
+            raise ServiceUnavailable(
+                f"the embedding model '{parsed.model}' gives {matrix.shape[1]} dimensions but the knowledge "
+                f"base stores {self.expected_dim}; serve a {self.expected_dim}-dimension model",
+                code="embedding_dimension_mismatch")
+        return matrix
+
+    async def health(self) -> str:
+        """`ready`, `loading`, or `unreachable` — for the gateway's own /health."""
+        try:
+            response = await self.http.get(f"{self.base_url}/health", timeout=2.0)
+            return str(response.json().get("status", "unknown")) if response.status_code == 200 else "unreachable"
+        except (httpx.HTTPError, ValueError):
+            return "unreachable"
+
+
+def _decode(embedding: list[float] | str) -> np.ndarray:
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]

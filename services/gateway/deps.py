@@ -1,0 +1,58 @@
+"""Typed dependencies: routes receive settings, a unit-of-work session, the inference client, the tenant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .clients.inference import InferenceClient
+from .settings import GatewaySettings
+from .state import GatewayState
+
+
+def get_state(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+StateDep = Annotated[GatewayState, Depends(get_state)]
+
+
+def get_gateway_settings(state: StateDep) -> GatewaySettings:
+    return state.settings
+
+
+SettingsDep = Annotated[GatewaySettings, Depends(get_gateway_settings)]
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    """One unit of work per request: commit when the route returns, roll back when it raises."""
+    async with state.sessions() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await session.commit()
+
+
+# scope="function": the commit happens before the response is sent, so a failed commit is reported
+# to the client instead of after it was told "ok".
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def get_inference(state: StateDep) -> InferenceClient:
+    return state.inference
+
+
+InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
+
+
+def get_tenant(state: StateDep) -> str:
+    """The tenant of this request: PRIMARY_TENANT_ID (API keys will carry it; never the request body)."""
+    return state.settings.tenant_id
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

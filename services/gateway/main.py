@@ -1,0 +1,84 @@
+"""The gateway app: documents, retrieval and (later) chat over one Postgres + pgvector and the inference service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from shared.db import EMBEDDING_DIM, make_async_engine, make_session_factory
+from shared.db.migrate import upgrade
+from shared.errors import error_body, install_error_handlers
+from shared.logging import RequestIdMiddleware
+
+from .clients.inference import InferenceClient
+from .chat_setup import build_chat
+from .routes import chat as chat_routes
+from .routes import documents, feedback, health, metrics, search, training
+from .services.tokens import load_token_counter
+from .settings import GatewaySettings, get_settings
+from .state import GatewayState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Starting an embedded Postgres and migrating block for a few seconds: keep them off the loop.
+        url = await anyio.to_thread.run_sync(settings.resolve_database_url)
+        if settings.migrate_on_start:
+            await anyio.to_thread.run_sync(upgrade, url)
+        engine = make_async_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                                   hnsw_ef_search=settings.hnsw_ef_search,
+                                   connect_timeout_s=settings.db_connect_timeout_s)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.inference_timeout_s, connect=5.0),
+                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        counter = await anyio.to_thread.run_sync(load_token_counter, settings.tokenizer)
+        sessions = make_session_factory(engine)
+        inference = InferenceClient(http, settings.local_llm_url, token=settings.inference_token,
+                                    batch_size=settings.embed_batch_size, expected_dim=EMBEDDING_DIM)
+        chat = build_chat(settings, sessions, inference)
+        app.state.gateway = GatewayState(
+            settings=settings, database_url=url, engine=engine, sessions=sessions, http=http, inference=inference,
+            token_counter=counter, chat=chat)
+
+        logger.info("gateway ready: inference at %s, chunk sizes by %s, tenant %s", settings.local_llm_url,
+                    counter.name, settings.tenant_id)
+        try:
+            yield
+        finally:
+            await chat.close()
+            await http.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="AION gateway", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    _install_database_errors(app)
+    app.add_middleware(RequestIdMiddleware)
+    for module in (health, documents, search, chat_routes, feedback, metrics, training):
+        app.include_router(module.router)
+    return app
+
+
+def _install_database_errors(app: FastAPI) -> None:
+    """A database that is down or restarting is a 503 the client can retry, not a 500."""
+
+    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+            logger.exception("database error")
+            return JSONResponse(error_body("internal error; see the service log", "internal_error", "server_error"),
+                                status_code=500)
+        logger.warning("database unavailable: %s", exc.__class__.__name__)
+        return JSONResponse(error_body("the database is unavailable; retry in a few seconds", "database_unavailable",
+                                       "server_error"), status_code=503, headers={"Retry-After": "2"})
+
+    app.add_exception_handler(DBAPIError, _unavailable)

@@ -1,0 +1,61 @@
+"""Promotion and rollback: an adapter serves by default only after the inference service loaded it and
+a smoke generation on it succeeded; a rejected candidate is never served."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.errors import Conflict, NotFound
+
+from ..clients.inference_admin import InferenceAdmin
+from ..repositories import adapters as repo
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_NAME_FILE = "aion_adapter.json"  # lets a restarted inference service serve it under the same name
+
+
+def point_active_link(link: Path, target: Path) -> None:
+    """Swap the `active` symlink atomically, so AION_ADAPTER_DIR always names a whole adapter."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target.resolve(), tmp)
+    os.replace(tmp, link)
+
+
+async def activate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceAdmin, *, tenant_id: str,
+                   name: str, active_link: Path | None) -> dict:
+    """Load (if needed), smoke-test, then make `name` the adapter served by default."""
+    async with session_factory() as session:
+        adapter = await repo.get(session, tenant_id, name)
+    if adapter is None:
+        raise NotFound(f"adapter '{name}' is not in the registry; see GET /api/ai/adapters")
+    if adapter["status"] == "rejected":
+        raise Conflict(f"adapter '{name}' was rejected by the evaluation gate and is never served")
+    if not Path(adapter["path"]).is_dir():
+        raise Conflict(f"adapter '{name}' has no files at {adapter['path']} any more")
+    await admin.load(adapter["path"], name, activate=False)
+    await admin.smoke(name)
+    await admin.activate(name)
+    async with session_factory.begin() as session:
+        await repo.make_active(session, tenant_id, name)
+    if active_link is not None:
+        point_active_link(active_link, Path(adapter["path"]))
+    logger.info("adapter %s is now active", name)
+    return {"ok": True, "active": name}
+
+
+async def deactivate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceAdmin, *,
+                     tenant_id: str, active_link: Path | None) -> dict:
+    """Serve the base weights again."""
+    await admin.activate(None)
+    async with session_factory.begin() as session:
+        await repo.deactivate_all(session, tenant_id)
+    if active_link is not None and active_link.is_symlink():
+        active_link.unlink()
+    return {"ok": True, "active": None}

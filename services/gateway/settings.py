@@ -1,0 +1,133 @@
+"""Typed settings of the gateway (env names fixed by the owner's notes where they exist)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.db.settings import DatabaseSettings
+
+from .services.pricing import DEFAULT_PRICES
+from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
+
+
+class GatewaySettings(DatabaseSettings):
+    host: str = Field(default="127.0.0.1", validation_alias="AION_GATEWAY_HOST")
+    port: int = Field(default=3000, ge=1, le=65535, validation_alias="AION_GATEWAY_PORT")
+    migrate_on_start: bool = Field(default=True, validation_alias="AION_DB_MIGRATE_ON_START")
+
+    # Inference service (OpenAI dialect); the token is sent as a Bearer when set.
+    local_llm_url: str = Field(default="http://127.0.0.1:8008", validation_alias="AION_LOCAL_LLM_URL")
+    inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
+    inference_timeout_s: float = Field(default=120.0, gt=0, validation_alias="AION_INFERENCE_TIMEOUT")
+    # The inference service takes at most 256 inputs per call; fewer per call keeps each reply small.
+    embed_batch_size: int = Field(default=128, ge=1, le=256, validation_alias="AION_EMBED_BATCH_SIZE")
+
+    # Ingestion.
+    chunk_tokens: int = Field(default=200, ge=32, le=2048, validation_alias="AION_CHUNK_TOKENS")
+    chunk_overlap: int = Field(default=40, ge=0, le=1024, validation_alias="AION_CHUNK_OVERLAP")
+    # "auto": the embedding model's own tokenizer when its files are installed, else an estimate.
+    tokenizer: str = Field(default="auto", validation_alias="AION_TOKENIZER")
+    max_upload_mb: float = Field(default=20.0, gt=0, validation_alias="AION_MAX_UPLOAD_MB")
+    max_upload_files: int = Field(default=32, ge=1, le=1000, validation_alias="AION_MAX_UPLOAD_FILES")
+
+    # Retrieval (seed defaults: ANN top 24 -> MMR 8, lambda 0.7).
+    top_n: int = Field(default=24, ge=1, le=200, validation_alias="AION_TOP_N")
+    top_k: int = Field(default=8, ge=1, le=50, validation_alias="AION_TOP_K")
+    mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0, validation_alias="AION_MMR_LAMBDA")
+    # Passages this similar to one already chosen are near-copies and are skipped (see services/mmr.py).
+    mmr_duplicate_similarity: float = Field(default=0.93, gt=0.0, le=1.0, validation_alias="AION_MMR_DUPLICATE_SIM")
+    hnsw_ef_search: int = Field(default=40, ge=1, le=1000, validation_alias="AION_HNSW_EF_SEARCH")
+    max_query_chars: int = Field(default=2000, ge=1, validation_alias="AION_MAX_QUERY_CHARS")
+
+    # Answer routing (seed names): local when C >= tau, else the budgeted fallback.
+    tau_confidence: float = Field(default=0.62, ge=0.0, le=1.0, validation_alias="AION_TAU_CONFIDENCE")
+    # The most the fallback's share of answers in a budget period may reach.
+    tau_fallback: float = Field(default=0.18, ge=0.0, le=1.0, validation_alias="AION_TAU_FALLBACK")
+    # Kept for the seed's retrieval-quality alarm (nDCG); read but not yet used by the answer path.
+    tau_ndcg: float = Field(default=0.82, ge=0.0, le=1.0, validation_alias="AION_TAU_NDCG")
+    rag_system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
+
+    # The local model, spoken to in the OpenAI dialect (so vLLM/TGI/Ollama can stand in for it).
+    local_chat_url: str | None = Field(default=None, validation_alias="AION_LOCAL_CHAT_URL")
+    local_model: str = Field(default="default", validation_alias="AION_LOCAL_MODEL")
+    local_max_tokens: int = Field(default=512, ge=1, le=8192, validation_alias="AION_LOCAL_MAX_TOKENS")
+    local_temperature: float = Field(default=0.5, ge=0.0, le=2.0, validation_alias="AION_LOCAL_TEMPERATURE")
+    local_retries: int = Field(default=1, ge=0, le=5, validation_alias="AION_LOCAL_RETRIES")
+
+    # The paid fallback: any OpenAI-compatible API; off unless a key or a base URL is given.
+    openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    fallback_base_url: str | None = Field(default=None, validation_alias="AION_FALLBACK_BASE_URL")
+    fallback_model: str = Field(default="gpt-4o-mini", validation_alias="AION_FALLBACK_MODEL")
+    fallback_timeout_s: float = Field(default=60.0, gt=0, validation_alias="AION_FALLBACK_TIMEOUT")
+    fallback_retries: int = Field(default=2, ge=0, le=10, validation_alias="AION_FALLBACK_RETRIES")
+    fallback_max_tokens: int = Field(default=512, ge=1, le=16384, validation_alias="AION_FALLBACK_MAX_TOKENS")
+    fallback_temperature: float = Field(default=0.3, ge=0.0, le=2.0, validation_alias="AION_FALLBACK_TEMPERATURE")
+    # USD per million (input, output) tokens, by model name or prefix; JSON in the environment.
+    fallback_prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(DEFAULT_PRICES),
+                                                            validation_alias="AION_FALLBACK_PRICES")
+    # For a model missing from the table: deliberately expensive, so an unknown price never under-bills.
+    fallback_unknown_price: tuple[float, float] = Field(default=(10.0, 30.0),
+                                                        validation_alias="AION_FALLBACK_UNKNOWN_PRICE")
+
+    # Budget: a USD cap per period, enforced atomically in Postgres.
+    budget_usd: float = Field(default=5.0, ge=0.0, validation_alias="AION_BUDGET_USD")
+    budget_period: Literal["month", "day"] = Field(default="month", validation_alias="AION_BUDGET_PERIOD")
+    # The share cap (AION_TAU_FALLBACK) applies once a period has this many answers.
+    fallback_share_min_answers: int = Field(default=20, ge=0, validation_alias="AION_FALLBACK_SHARE_MIN_ANSWERS")
+    stale_reservation_s: float = Field(default=600.0, gt=0, validation_alias="AION_BUDGET_STALE_RESERVATION_SECONDS")
+
+    # Learning loop: the export file (seed name) and where adapters live.
+    events_jsonl: Path | None = Field(default=None, validation_alias="AION_EVENTS_JSONL")
+    train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
+    adapter_dir: Path | None = Field(default=None, validation_alias="AION_ADAPTER_DIR")
+
+    @field_validator("fallback_prices", "fallback_unknown_price", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"must be JSON, e.g. {{\"gpt-4o-mini\": [0.15, 0.6]}}: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySettings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"AION_CHUNK_OVERLAP ({self.chunk_overlap}) must be below AION_CHUNK_TOKENS "
+                             f"({self.chunk_tokens})")
+        if self.top_k > self.top_n:
+            raise ValueError(f"AION_TOP_K ({self.top_k}) must not exceed AION_TOP_N ({self.top_n})")
+        return self
+
+    def chat_url(self) -> str:
+        return self.local_chat_url or self.local_llm_url.rstrip("/") + "/v1"
+
+    def fallback_enabled(self) -> bool:
+        return bool(self.openai_api_key or self.fallback_base_url)
+
+    def fallback_url(self) -> str:
+        return self.fallback_base_url or "https://api.openai.com/v1"
+
+    def export_path(self) -> Path:
+        """AION_EVENTS_JSONL, or <AION_DATA_DIR>/trainer/events.jsonl (data stays out of the source tree)."""
+        return (self.events_jsonl or self.data_dir / "trainer" / "events.jsonl").expanduser()
+
+    def active_adapter_link(self) -> Path:
+        """AION_ADAPTER_DIR: the symlink to the active adapter that a restarted inference serves."""
+        root = (self.train_root or self.data_dir / "trainer").expanduser()
+        return (self.adapter_dir or root / "adapters" / "active").expanduser()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> GatewaySettings:
+    return GatewaySettings()

@@ -1,0 +1,45 @@
+"""What the lifespan builds once and routes reach through dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .chat_setup import ChatParts
+from .clients.inference import InferenceClient
+from .clients.inference_admin import InferenceAdmin
+from .services.answer import AnswerService
+from .services.budget import BudgetGuard
+from .services.export import Exporter
+from .services.tokens import TokenCounter
+from .settings import GatewaySettings
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    database_url: str
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+    inference: InferenceClient
+    token_counter: TokenCounter
+    chat: ChatParts
+
+    @property
+    def answers(self) -> AnswerService:
+        return self.chat.answers
+
+    @property
+    def budget(self) -> BudgetGuard:
+        return self.chat.budget
+
+    @property
+    def exporter(self) -> Exporter:
+        return self.chat.exporter
+
+    @property
+    def admin(self) -> InferenceAdmin:
+        return self.chat.admin

@@ -1,0 +1,269 @@
+"""CPU kernels for decode steps: block-quantized matrix products and slot-cache attention.
+
+Weights: a weight matrix is packed only when every block of 32 values is *exactly* d*q + m (4-bit q) or
+d*q (8-bit q), as the fp32 weights converted from the GGUF checkpoint are; anything else (a merged
+LoRA, a model that never was quantized) keeps its fp32 matrix. So packing never changes a weight,
+only how many bytes a decode step reads. Attention: each row reads exactly its own cached positions,
+so a row's result does not depend on what else is in the batch.
+
+The kernels (cpu_kernels.c) are compiled once with the system C compiler and reused from a cache
+folder; without a compiler or AVX-512 the decoder uses fp32 weights and torch's SDPA instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+BLOCK = 32
+_SOURCE = Path(__file__).with_name("cpu_kernels.c")
+_CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "fma", "f16c")  # as /proc/cpuinfo names them
+_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "fma", "f16c")      # as gcc names them
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_load_error: str | None = None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("AION_KERNEL_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    base = Path(root) if root else Path.home() / ".cache"
+    return (base if os.environ.get("AION_KERNEL_CACHE_DIR") else base / "aion" / "kernels")
+
+
+def _compile(target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cpu-kernels-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    cc = os.environ.get("CC", "cc")
+    # -fopenmp links libgomp.so.1, the same soname torch loads: one thread pool for both.
+    cmd = [cc, "-O3", *(f"-m{flag}" for flag in _FLAGS), "-fopenmp", "-shared", "-fPIC",
+           str(_SOURCE), "-o", tmp, "-lm"]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def kernel() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None (with the reason logged once) when it cannot be had."""
+    global _library, _load_error
+    with _lock:
+        if _library is not None or _load_error is not None:
+            return _library
+        try:
+            if os.environ.get("AION_QUANTIZED_DECODE", "1") == "0":
+                raise RuntimeError("disabled by AION_QUANTIZED_DECODE=0")
+            if not set(_CPU_FLAGS) <= _cpu_flags():
+                raise RuntimeError("the CPU lacks AVX-512")
+            source = _SOURCE.read_bytes()
+            digest = hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
+            target = _cache_dir() / f"cpu-kernels-{digest}.so"
+            if not target.exists():
+                _compile(target)
+            lib = ctypes.CDLL(str(target))
+            i64, ptr = ctypes.c_int64, ctypes.c_void_p
+            lib.q4_matmul.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
+            lib.q8_matmul.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
+            lib.q4_matmul.restype = lib.q8_matmul.restype = None
+            lib.q4_pack.argtypes = [ptr, i64, ptr, ptr, ptr, ctypes.c_int]
+            lib.q8_pack.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int]
+            lib.q4_pack.restype = lib.q8_pack.restype = i64
+            lib.attend.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, i64,
+                                   ctypes.c_int]
+            lib.attend.restype = ctypes.c_int
+            lib.rms_norm.argtypes = [ptr, ptr, i64, i64, ctypes.c_float, ptr]
+            lib.rms_norm.restype = None
+            lib.decode_work_floats.argtypes = [i64] * 7
+            lib.decode_work_floats.restype = i64
+            lib.decode_layers.argtypes = [i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float,
+                                          ctypes.c_float, ptr, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_int]
+            lib.decode_layers.restype = ctypes.c_int
+            _library = lib
+        except Exception as exc:  # no compiler, no AVX-512, read-only home...: decode in fp32
+            _load_error = f"{type(exc).__name__}: {exc}"
+            logger.info("block-quantized decode kernel unavailable (%s); decoding with fp32 weights", _load_error)
+        return _library
+
+
+@dataclass
+class PackedLinear:
+    """A (out, in) weight kept as exact 4-bit or 8-bit blocks."""
+
+    bits: int
+    out_features: int
+    in_features: int
+    qs: torch.Tensor
+    d: torch.Tensor
+    m: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows, in) fp32 contiguous -> (rows, out)."""
+        lib = _library
+        assert lib is not None
+        rows = x.shape[0]
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty(rows, self.out_features, dtype=torch.float32)
+        threads = torch.get_num_threads()
+        if self.bits == 4:
+            assert self.m is not None
+            lib.q4_matmul(x.data_ptr(), self.in_features, self.qs.data_ptr(), self.d.data_ptr(),
+                          self.m.data_ptr(), rows, self.out_features, self.in_features, y.data_ptr(),
+                          self.out_features, threads)
+        else:
+            lib.q8_matmul(x.data_ptr(), self.in_features, self.qs.data_ptr(), self.d.data_ptr(), rows,
+                          self.out_features, self.in_features, y.data_ptr(), self.out_features, threads)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
+           scale: float) -> torch.Tensor:
+    """Decode attention over a SlotCache layer: q (rows, heads, dim) fp32; keys/values (row capacity,
+    capacity, kv heads, dim); lengths (rows,) int64 positions each row attends to. -> (rows, heads, dim)."""
+    lib = _library
+    assert lib is not None
+    rows, heads, dim = q.shape
+    kv_heads, capacity = keys.shape[2], keys.shape[1]
+    longest = int(lengths.max())
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    stride = (heads // kv_heads) * longest
+    scratch = torch.empty(rows * kv_heads * stride, dtype=torch.float32)
+    rc = lib.attend(q.data_ptr(), keys.data_ptr(), values.data_ptr(), lengths.data_ptr(), rows, heads, kv_heads,
+                    dim, capacity, scale, out.data_ptr(), scratch.data_ptr(), stride, torch.get_num_threads())
+    if rc != 0:
+        raise ValueError(f"attention kernel does not support {heads} heads / {kv_heads} KV heads of {dim}")
+    return out
+
+
+class _QMat(ctypes.Structure):
+    _fields_ = [("bits", ctypes.c_int64), ("out_features", ctypes.c_int64), ("in_features", ctypes.c_int64),
+                ("qs", ctypes.c_void_p), ("d", ctypes.c_void_p), ("m", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+
+
+class _QLayer(ctypes.Structure):
+    _fields_ = [("norm_in", ctypes.c_void_p), ("norm_post", ctypes.c_void_p), ("qkv", _QMat), ("o", _QMat),
+                ("gate_up", _QMat), ("down", _QMat)]
+
+
+def _qmat(p: PackedLinear) -> _QMat:
+    return _QMat(p.bits, p.out_features, p.in_features, p.qs.data_ptr(), p.d.data_ptr(),
+                 p.m.data_ptr() if p.m is not None else None, p.bias.data_ptr() if p.bias is not None else None)
+
+
+@dataclass
+class LayerWeights:
+    norm_in: torch.Tensor
+    norm_post: torch.Tensor
+    qkv: PackedLinear
+    o: PackedLinear
+    gate_up: PackedLinear
+    down: PackedLinear
+
+
+class NativeLayers:
+    """Every decoder layer of a Llama model with packed projections, run by one C call per step."""
+
+    def __init__(self, layers: list[LayerWeights], heads: int, kv_heads: int, head_dim: int, eps: float,
+                 scale: float) -> None:
+        self.layers = layers  # keeps every pointer below alive
+        self.norms = [(lw.norm_in.detach().float().contiguous(), lw.norm_post.detach().float().contiguous())
+                      for lw in layers]
+        self._table = (_QLayer * len(layers))(*[
+            _QLayer(n_in.data_ptr(), n_post.data_ptr(), _qmat(lw.qkv), _qmat(lw.o), _qmat(lw.gate_up),
+                    _qmat(lw.down)) for lw, (n_in, n_post) in zip(layers, self.norms, strict=True)])
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.hidden = layers[0].o.out_features
+        self.inter = layers[0].down.in_features
+        self.eps, self.scale = eps, scale
+        self._work = torch.empty(0)
+        self._caches: tuple[list[torch.Tensor], list[torch.Tensor], ctypes.Array, ctypes.Array] | None = None
+
+    def _cache_pointers(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> tuple[ctypes.Array, ctypes.Array]:
+        cached = self._caches
+        if cached is None or cached[0][0] is not keys[0] or cached[1][0] is not values[0]:
+            arrays = ((ctypes.c_void_p * len(keys))(*[k.data_ptr() for k in keys]),
+                      (ctypes.c_void_p * len(values))(*[v.data_ptr() for v in values]))
+            self._caches = cached = (list(keys), list(values), *arrays)
+        return cached[2], cached[3]
+
+    def run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, seen: torch.Tensor,
+            max_seen: int, keys: list[torch.Tensor], values: list[torch.Tensor], capacity: int) -> None:
+        """x (rows, hidden) fp32 contiguous, updated in place; cos/sin (rows, head dim) contiguous."""
+        lib = _library
+        assert lib is not None
+        rows = x.shape[0]
+        need = lib.decode_work_floats(rows, self.heads, self.kv_heads, self.head_dim, self.hidden, self.inter,
+                                      max_seen)
+        if self._work.numel() < need:
+            self._work = torch.empty(max(need, 2 * self._work.numel()), dtype=torch.float32)
+        key_ptrs, value_ptrs = self._cache_pointers(keys, values)
+        rc = lib.decode_layers(rows, len(self.layers), self._table, key_ptrs, value_ptrs, capacity, self.heads,
+                               self.kv_heads, self.head_dim, self.hidden, self.inter, self.eps, self.scale,
+                               x.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(), seen.data_ptr(),
+                               max_seen, self._work.data_ptr(), torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError("the native decode step refused the model's attention shape")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of each row of a contiguous fp32 (rows, n) tensor, as the native decode step computes it."""
+    lib = _library
+    assert lib is not None
+    out = torch.empty_like(x)
+    lib.rms_norm(x.data_ptr(), weight.data_ptr(), x.shape[0], x.shape[1], eps, out.data_ptr())
+    return out
+
+
+def attention_supported(heads: int, kv_heads: int, dim: int, dtype: torch.dtype, device: torch.device) -> bool:
+    return (kernel() is not None and dtype == torch.float32 and device.type == "cpu" and dim % 16 == 0
+            and dim <= 256 and heads % kv_heads == 0 and heads // kv_heads <= 16)
+
+
+def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedLinear | None:
+    """An exact packed copy of an fp32 CPU weight (4-bit if possible, else 8-bit), or None."""
+    lib = kernel()
+    if lib is None or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return None
+    out_features, in_features = weight.shape
+    if in_features % BLOCK:
+        return None
+    w = weight.detach().contiguous()
+    blocks = w.numel() // BLOCK
+    threads = torch.get_num_threads()
+    packed_bias = None if bias is None else bias.detach().float().contiguous()
+    d = torch.empty(out_features, in_features // BLOCK, dtype=torch.float32)
+    m = torch.empty_like(d)
+    qs4 = torch.empty(out_features, in_features // 2, dtype=torch.uint8)
+    if lib.q4_pack(w.data_ptr(), blocks, qs4.data_ptr(), d.data_ptr(), m.data_ptr(), threads) == 0:
+        return PackedLinear(4, out_features, in_features, qs4, d, m, packed_bias)
+    qs8 = torch.empty(out_features, in_features, dtype=torch.int8)
+    if lib.q8_pack(w.data_ptr(), blocks, qs8.data_ptr(), d.data_ptr(), threads) == 0:
+        return PackedLinear(8, out_features, in_features, qs8, d, None, packed_bias)
+    return None

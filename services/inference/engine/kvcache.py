@@ -1,0 +1,107 @@
+"""A preallocated, growable KV cache for the running batch: one slot per row, written in place.
+
+The transformers `DynamicCache` grows by `torch.cat` on every decode step, which copies the whole
+cache of every layer once per generated token (and a left-padded batch copies it again whenever a
+row joins or leaves). Here each row owns a slot; a decode step writes one position per row with
+`index_copy_`, attention reads a view of the first `max(length) + 1` positions, a joining row is
+copied in once, and a leaving row is replaced by the last row (one row copied, not the batch).
+Rows are right-padded: row i holds `lengths[i]` real positions, the rest is masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MIN_ROWS = 4
+_MIN_LENGTH = 256
+
+
+def _grow(current: int, need: int, floor: int, ceiling: int) -> int:
+    size = max(current, floor)
+    while size < need:
+        size *= 2
+    return max(min(size, ceiling), need)
+
+
+class SlotCache:
+    """Keys and values of every layer for up to `max_rows` sequences, with per-row lengths.
+
+    Layout per layer: (rows, positions, kv heads, head dim), so that the position each row writes
+    next is one row of a flat (rows * positions, kv heads * head dim) view.
+    """
+
+    def __init__(self, max_rows: int, max_length: int) -> None:
+        self.max_rows = max_rows
+        self.max_length = max_length
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths: list[int] = []
+        self._spec: tuple[int, int, int, torch.dtype, torch.device] | None = None  # layers, heads, dim, ...
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def row_capacity(self) -> int:
+        return self.keys[0].shape[0] if self.keys else 0
+
+    @property
+    def capacity(self) -> int:
+        """Positions each row has room for."""
+        return self.keys[0].shape[1] if self.keys else 0
+
+    def _reserve(self, rows: int, length: int) -> None:
+        """Room for `rows` rows of `length` positions; grows geometrically, copying once, when short."""
+        if length > self.max_length:
+            raise ValueError(f"a sequence of {length} positions exceeds the context of {self.max_length}")
+        if self.keys and rows <= self.row_capacity and length <= self.capacity:
+            return
+        assert self._spec is not None
+        layers, heads, dim, dtype, device = self._spec
+        shape = (_grow(self.row_capacity, rows, _MIN_ROWS, self.max_rows),
+                 _grow(self.capacity, length, _MIN_LENGTH, self.max_length), heads, dim)
+        # zeros, not empty: masked positions still meet the attention kernels, so they must be finite
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        if self.keys and self.lengths:
+            n, t = self.rows, max(self.lengths)
+            for new, old in zip(keys + values, self.keys + self.values, strict=True):
+                new[:n, :t].copy_(old[:n, :t])
+        self.keys, self.values = keys, values
+
+    def append_row(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Copy one freshly prefilled sequence (batch of one, (1, heads, length, dim)) into the next slot."""
+        k0 = layers[0][0]
+        self._spec = (len(layers), k0.shape[1], k0.shape[3], k0.dtype, k0.device)
+        self._reserve(self.rows + 1, length + 1)  # + the position the next decode step writes
+        row = self.rows
+        for (k, v), ck, cv in zip(layers, self.keys, self.values, strict=True):
+            ck[row, :length].copy_(k[0].transpose(0, 1))
+            cv[row, :length].copy_(v[0].transpose(0, 1))
+        self.lengths.append(length)
+
+    def remove_rows(self, dead: list[int]) -> list[int]:
+        """Drop rows; the last live rows move into the holes. Returns, for each new row, its old index."""
+        order = list(range(self.rows))
+        for row in sorted(dead, reverse=True):
+            last = len(order) - 1
+            if row != last:
+                n = self.lengths[last]
+                for cache in self.keys + self.values:
+                    cache[row, :n].copy_(cache[last, :n])
+                self.lengths[row] = n
+                order[row] = order[last]
+            order.pop()
+            self.lengths.pop()
+        if not self.lengths and self.capacity > 4 * _MIN_LENGTH:
+            self.keys, self.values = [], []  # one long request must not pin its memory for good
+        return order
+
+    def reserve_step(self) -> None:
+        """Room for the position that the next decode step writes in every row."""
+        self._reserve(self.rows, max(self.lengths) + 1)
+
+    def advance(self) -> None:
+        """Every row now holds the position the decode step just wrote."""
+        self.lengths = [n + 1 for n in self.lengths]

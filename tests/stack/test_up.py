@@ -1,0 +1,303 @@
+"""`aion up` and its supervisor: start, readiness, prefixed logs, clean stop, crashes reported.
+
+The end-to-end tests run `aion up --services inference` (the real model) as a separate process and
+drive it with signals, as a terminal would; the supervisor tests use tiny stand-in services to cover
+ordering, one-shot jobs and process-group cleanup in a second or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from aion.commands import up
+from aion.supervisor import ServiceSpec, Supervisor
+from tests.fixtures.servers import REPO, base_env, free_port
+
+TOKEN = "test-token-0123456789"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+class UpProcess:
+    """`aion up` in its own session, its output collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "aion", "up", *args], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self.stderr = ""
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-60:]))
+
+    def finish(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self.wait_for_eof()
+        assert self.proc.stderr
+        self.stderr = self.proc.stderr.read()
+        return code
+
+    def wait_for_eof(self) -> None:
+        while (line := self._queue.get(timeout=10)) is not None:
+            self.lines.append(line)
+
+    def descendants(self) -> list[int]:
+        return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            for pid in self.descendants():
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def up_inference(tmp_path: Path) -> Iterator[tuple[UpProcess, int]]:
+    port = free_port()
+    env = base_env(tmp_path / "data", AION_INFERENCE_TOKEN=TOKEN)
+    process = UpProcess(["--services", "inference", "--inference-port", str(port), "--grace", "15"], env)
+    try:
+        yield process, port
+    finally:
+        process.kill()
+
+
+def test_up_starts_inference_reports_ready_and_sigint_leaves_nothing(up_inference) -> None:
+    process, port = up_inference
+    process.wait_for(r"^\[up\]\s+all services are ready", timeout=600)
+    process.wait_for(rf"^\[up\]\s+inference\s+http://127\.0\.0\.1:{port}", timeout=5)
+    assert any(line.startswith("[inference]") for line in process.lines), "child output is prefixed"
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/health", timeout=5).json()["status"] == "ready"
+    # The token reaches the child: the API is closed without it.
+    assert httpx.get(f"{base}/v1/models", timeout=5).status_code == 401
+    assert httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).status_code == 200
+
+    pids = process.descendants()
+    assert pids, "the services run as child processes"
+    process.proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground process
+    assert process.finish(timeout=60) == 0, process.stderr
+    assert not wait_gone(pids), "a child outlived `aion up`"
+    assert any(re.match(r"^\[up\]\s+stopping inference", line) for line in process.lines)
+    assert up._port_free("127.0.0.1", port)
+
+
+def test_a_crashed_service_is_reported_and_stops_the_stack(up_inference) -> None:
+    process, _ = up_inference
+    process.wait_for(r"^\[up\]\s+all services are ready", timeout=600)
+    (child,) = [p for p in psutil.Process(process.proc.pid).children() if "inference" in " ".join(p.cmdline())]
+    child.send_signal(signal.SIGKILL)
+    assert process.finish(timeout=60) == 1
+    assert any("FAILED: inference was killed by SIGKILL while the stack was running" in line
+               for line in process.lines), "\n".join(process.lines[-20:])
+    assert "inference was killed by SIGKILL" in process.stderr
+
+
+def test_a_service_that_fails_to_start_is_reported(tmp_path: Path) -> None:
+    port = free_port()
+    env = base_env(tmp_path / "data", AION_BASE_MODEL=str(tmp_path / "no-such-model"))
+    process = UpProcess(["--services", "inference", "--inference-port", str(port)], env)
+    try:
+        assert process.finish(timeout=300) == 1
+    finally:
+        process.kill()
+    assert any("FAILED: inference failed to start" in line for line in process.lines), "\n".join(process.lines)
+
+
+# ---- the command's own checks --------------------------------------------------------------------
+
+
+def test_service_selection() -> None:
+    assert up.choose("inference") == ["inference"]
+    assert up.choose("gateway,inference") == ["migrate", "inference", "gateway"]
+    assert up.choose("inference,gateway,scheduler,trainer") == ["migrate", *up.SERVICES]
+    with pytest.raises(ValueError):
+        up.choose("inference,bogus")
+
+
+def test_table_wires_ports_token_and_order() -> None:
+    table = {s.name: s for s in up.build_table(["migrate", *up.SERVICES], host="0.0.0.0", gateway_port=3100,
+                                               inference_port=8100, database_url="postgresql://x/aion",
+                                               inference_token="t")}
+    assert table["migrate"].oneshot and table["migrate"].argv[-2:] == ["db", "upgrade"]
+    assert table["gateway"].after == ("migrate",)
+    assert set(table["trainer"].after) == {"migrate", "inference"}
+    assert table["gateway"].env["AION_LOCAL_LLM_URL"] == table["trainer"].env["AION_LOCAL_LLM_URL"] == \
+        "http://127.0.0.1:8100"
+    assert table["gateway"].health_url == "http://127.0.0.1:3100/health"
+    assert {table[n].env["AION_INFERENCE_TOKEN"] for n in ("inference", "gateway", "trainer")} == {"t"}
+    assert all(table[n].env.get("DATABASE_URL") == "postgresql://x/aion" for n in ("migrate", "gateway",
+                                                                                   "scheduler", "trainer"))
+    assert "DATABASE_URL" not in table["inference"].env
+
+
+def _run_up(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    up.register(parser.add_subparsers())
+    args = parser.parse_args(["up", *argv])
+    return args.func(args)
+
+
+def test_up_refuses_services_this_installation_lacks(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import aion.cli
+
+    def only_inference() -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser()
+        parser.add_subparsers().add_parser("inference")
+        return parser
+
+    monkeypatch.setattr(aion.cli, "build_parser", only_inference)
+    assert _run_up(["--services", "inference,gateway"]) == 2
+    assert "this installation has no aion db upgrade, aion gateway" in capsys.readouterr().err
+    assert _run_up(["--services", "bogus"]) == 2
+
+
+def test_up_refuses_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert _run_up(["--services", "inference", "--inference-port", str(s.getsockname()[1])]) == 2
+    assert "port already in use" in capsys.readouterr().err
+
+
+# ---- the supervisor with stand-in services -------------------------------------------------------
+
+HTTP_SERVICE = textwrap.dedent("""
+    import http.server, sys
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.send_header("content-type", "application/json"); self.end_headers()
+            self.wfile.write(b'{"status": "ready"}')
+        def log_message(self, *a): pass
+    print("listening", flush=True)
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+""")
+
+# Starts a grandchild that ignores SIGTERM: only the process-group SIGKILL ends it.
+STUBBORN_SERVICE = textwrap.dedent("""
+    import subprocess, sys, time
+    subprocess.Popen([sys.executable, "-c",
+                      "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"])
+    print("worker up", flush=True)
+    while True:
+        time.sleep(1)
+""")
+
+
+def py(code: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", code, *args]
+
+
+def test_supervisor_orders_starts_and_kills_whole_process_groups() -> None:
+    port = free_port()
+    out = io.StringIO()
+    specs = [
+        ServiceSpec("migrate", py("print('migrated')"), oneshot=True),
+        ServiceSpec("web", py(HTTP_SERVICE, str(port)), health_url=f"http://127.0.0.1:{port}/health",
+                    ready_status="ready", after=("migrate",), url=f"http://127.0.0.1:{port}"),
+        ServiceSpec("worker", py(STUBBORN_SERVICE), after=("web",), settle_s=0.5),
+    ]
+    supervisor = Supervisor(specs, out=out, grace_s=1.0, poll_s=0.05, color=False)
+    seen: list[int] = []
+
+    def on_ready(sup: Supervisor) -> None:
+        for proc in sup.children:
+            if proc.poll() is None:
+                seen.extend([proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))])
+        threading.Timer(0.2, sup.request_stop).start()
+
+    assert supervisor.run(on_ready=on_ready) == 0
+    text = out.getvalue()
+    assert len(seen) == 3, text  # web, worker and the worker's stubborn grandchild
+    assert not wait_gone(seen, 5), f"survivors: {seen}\n{text}"
+    lines = text.splitlines()
+    order = [line for line in lines if re.match(r"^\[up\]\s+started", line)]
+    assert [re.search(r"started (\w+)", line).group(1) for line in order] == ["migrate", "web", "worker"]
+    assert "[migrate] migrated" in lines and "[worker]  worker up" in lines
+    assert any(re.match(rf"^\[up\]\s+web\s+http://127\.0\.0\.1:{port}$", line) for line in lines)
+
+
+def test_supervisor_reports_a_crash_and_exits_nonzero() -> None:
+    out = io.StringIO()
+    specs = [ServiceSpec("steady", py("import time; time.sleep(60)"), settle_s=0.2),
+             ServiceSpec("flaky", py("import sys, time; print('about to fail', flush=True); time.sleep(0.8); "
+                                     "sys.exit(3)"), settle_s=0.2)]
+    started = time.monotonic()
+    assert Supervisor(specs, out=out, grace_s=2.0, poll_s=0.05, color=False).run() == 1
+    assert time.monotonic() - started < 20
+    text = out.getvalue()
+    assert "[flaky]  about to fail" in text
+    assert "FAILED: flaky exited with status 3 while the stack was running" in text
+    assert re.search(r"stopping steady", text)
+
+
+def test_supervisor_stops_at_a_failed_oneshot() -> None:
+    out = io.StringIO()
+    specs = [ServiceSpec("migrate", py("import sys; print('no database'); sys.exit(2)"), oneshot=True),
+             ServiceSpec("web", py("import time; time.sleep(60)"), after=("migrate",))]
+    assert Supervisor(specs, out=out, poll_s=0.05, color=False).run() == 1
+    text = out.getvalue()
+    assert "FAILED: migrate exited with status 2 before it was ready" in text
+    assert "started web" not in text
+
+
+def test_supervisor_rejects_a_bad_table() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        Supervisor([ServiceSpec("a", ["true"], after=("b",))])
+    with pytest.raises(ValueError, match="duplicate"):
+        Supervisor([ServiceSpec("a", ["true"]), ServiceSpec("a", ["true"])])

@@ -1,0 +1,38 @@
+"""The gate's decision rule on given figures (no model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.conftest import trainer_settings
+from trainer.evaluate import decide
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return trainer_settings(tmp_path, AION_TRAIN_REGRESSION_MARGIN=0.05)
+
+
+def test_promotes_when_loss_improves_and_regression_holds(settings) -> None:
+    decision, reasons = decide(settings, 2.5, 0.4, 1.0, 0.96, 1.0)
+    assert decision == "promote", reasons
+
+
+@pytest.mark.parametrize(("loss_cand", "acc_cur", "acc_cand", "acc_base", "why"), [
+    (2.6, 1.0, 1.0, 1.0, "did not improve"),            # learned nothing
+    (float("nan"), 1.0, 1.0, 1.0, "not measurable"),    # diverged, or no held-out rows
+    (0.4, 1.0, 0.92, 1.0, "fell"),                      # forgot more than the margin
+    (0.4, 0.96, 0.92, 1.0, "below the base"),           # within margin of the active adapter, but drifting
+])
+def test_rejects(settings, loss_cand: float, acc_cur: float, acc_cand: float, acc_base: float, why: str) -> None:
+    decision, reasons = decide(settings, 2.5, loss_cand, acc_cur, acc_cand, acc_base)
+    assert decision == "reject"
+    assert any(why in r for r in reasons), reasons
+
+
+def test_a_base_that_misses_questions_does_not_doom_every_candidate(settings) -> None:
+    """Another base model may score below 1.0 on the shipped set; only drops count."""
+    decision, reasons = decide(settings, 2.5, 0.4, 0.6, 0.6, 0.6)
+    assert decision == "promote", reasons

@@ -1,0 +1,34 @@
+"""Settings of `aion trainer worker`: where jobs come from, where adapters go, how to reach inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.db import DatabaseSettings
+
+
+class WorkerSettings(DatabaseSettings):
+    local_llm_url: str = Field(default="http://127.0.0.1:8008", validation_alias="AION_LOCAL_LLM_URL")
+    inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
+    train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
+    adapter_dir: Path | None = Field(default=None, validation_alias="AION_ADAPTER_DIR")
+    poll_s: float = Field(default=5.0, gt=0, validation_alias="AION_TRAIN_POLL_SECONDS")
+    heartbeat_s: float = Field(default=10.0, gt=0, validation_alias="AION_TRAIN_HEARTBEAT_SECONDS")
+    # A running job whose worker has not beaten for this long is taken as dead: re-queued once, then failed.
+    stale_after_s: float = Field(default=120.0, gt=0, validation_alias="AION_TRAIN_STALE_SECONDS")
+    max_attempts: int = Field(default=2, ge=1, le=10, validation_alias="AION_TRAIN_MAX_ATTEMPTS")
+    export_system_prompt: str = Field(default="Você é a AION, assistente que responde a partir dos documentos do "
+                                      "proprietário. Responda em PT-BR, de forma objetiva.",
+                                      validation_alias="AION_RAG_SYSTEM_PROMPT")
+
+    def root(self) -> Path:
+        return (self.train_root or self.data_dir / "trainer").expanduser()
+
+    def adapters_root(self) -> Path:
+        return self.root() / "adapters"
+
+    def active_adapter_link(self) -> Path:
+        """AION_ADAPTER_DIR: a symlink to the active adapter, so a restarted inference serves it."""
+        return (self.adapter_dir or self.adapters_root() / "active").expanduser()
