@@ -123,8 +123,12 @@ class Worker:
             dataset = await self._dataset(job)
             async with self.sessions() as session:
                 current = await adapters_repo.active(session, tenant)
-            out_dir = self.settings.adapters_root() / f"job-{job_id}"
+            # One folder per attempt: a re-queued job never collides with what a dead attempt left.
+            out_dir = self.settings.adapters_root() / f"job-{job_id}-a{job['attempts']}"
             settings = job_settings(self.trainer_settings, job["params"])
+            # Continue from the active adapter (nightly datasets hold only the new examples) unless
+            # the job asks for a fresh run from the base weights.
+            resume = Path(current["path"]) if current and not job["params"].get("fresh") else None
             status_box = {"status": "running"}
 
             def progress(step: int, total: int, loss: float) -> None:
@@ -137,8 +141,11 @@ class Worker:
 
             train_result, gate = await anyio.to_thread.run_sync(
                 _train_and_gate, settings, dataset, out_dir, progress, cancelled,
-                Path(current["path"]) if current else None)
+                Path(current["path"]) if current else None, resume)
             metrics = {"train": train_result, "gate": gate, "dataset": str(dataset)}
+            if await self._beat(job_id, line=f"gate: {gate['decision']}") != "running":
+                logger.info("job %s was cancelled during evaluation; its candidate is not registered", job_id)
+                return
             name = await self._register(job, out_dir, gate, metrics)
             if gate["decision"] != "promote":
                 await self._finish(job_id, "rejected", metrics=metrics, adapter_name=name,
@@ -182,7 +189,7 @@ class Worker:
 
 
 def _train_and_gate(settings: TrainerSettings, dataset_path: Path, out_dir: Path, progress: Any, cancelled: Any,
-                    current_adapter: Path | None) -> tuple[dict, dict]:
+                    current_adapter: Path | None, resume_from: Path | None) -> tuple[dict, dict]:
     """Load, build, train, evaluate — all in the worker thread."""
     from .base_model import load_base
     from .data_builder import build_dataset
@@ -191,7 +198,8 @@ def _train_and_gate(settings: TrainerSettings, dataset_path: Path, out_dir: Path
 
     base = load_base(settings)
     dataset = build_dataset([dataset_path], base.tokenizer, settings)
-    result = train_adapter(base, dataset, out_dir, settings, progress=progress, should_cancel=cancelled)
+    result = train_adapter(base, dataset, out_dir, settings, progress=progress, should_cancel=cancelled,
+                           resume_from=resume_from)
     gate = evaluate_candidate(base, out_dir, dataset.heldout, settings, current_adapter=current_adapter)
     return {**result.to_dict(), "dataset": dataset.summary()}, gate.to_dict()
 
@@ -199,6 +207,10 @@ def _train_and_gate(settings: TrainerSettings, dataset_path: Path, out_dir: Path
 async def serve(settings: WorkerSettings, trainer_settings: TrainerSettings, once: bool = False) -> int:
     import signal
 
+    from .run_lora import remove_partial_adapters
+
+    # A worker killed mid-save leaves a hidden half folder; it is never registered, so sweep it.
+    remove_partial_adapters(settings.adapters_root())
     url = await anyio.to_thread.run_sync(settings.resolve_database_url)
     await anyio.to_thread.run_sync(upgrade, url)
     engine = make_async_engine(url, pool_size=2, max_overflow=2)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
 from shared.db import DatabaseSettings
 
 
@@ -19,9 +20,8 @@ class WorkerSettings(DatabaseSettings):
     # A running job whose worker has not beaten for this long is taken as dead: re-queued once, then failed.
     stale_after_s: float = Field(default=120.0, gt=0, validation_alias="AION_TRAIN_STALE_SECONDS")
     max_attempts: int = Field(default=2, ge=1, le=10, validation_alias="AION_TRAIN_MAX_ATTEMPTS")
-    export_system_prompt: str = Field(default="Você é a AION, assistente que responde a partir dos documentos do "
-                                      "proprietário. Responda em PT-BR, de forma objetiva.",
-                                      validation_alias="AION_RAG_SYSTEM_PROMPT")
+    # The gateway answers with this prompt; exported training rows carry the same one.
+    export_system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
 
     def root(self) -> Path:
         return (self.train_root or self.data_dir / "trainer").expanduser()

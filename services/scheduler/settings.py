@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
 from shared.db import DatabaseSettings
 
 
@@ -16,9 +17,8 @@ class SchedulerSettings(DatabaseSettings):
     export_days: int = Field(default=1, ge=1, le=3650, validation_alias="AION_EXPORT_DAYS")
     train_min_examples: int = Field(default=20, ge=1, validation_alias="AION_TRAIN_MIN_EXAMPLES")
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
-    system_prompt: str = Field(default="Você é a AION, assistente que responde a partir dos documentos do "
-                               "proprietário. Responda em PT-BR, de forma objetiva.",
-                               validation_alias="AION_RAG_SYSTEM_PROMPT")
+    # The gateway answers with this prompt; exported training rows carry the same one.
+    system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
 
     def exports_dir(self) -> Path:
         return (self.train_root or self.data_dir / "trainer") / "exports"

@@ -29,6 +29,8 @@ class TrainStart(BaseModel):
     max_steps: int | None = Field(default=None, ge=1, le=100_000)
     lora_r: int | None = Field(default=None, ge=1, le=256)
     batch_size: int | None = Field(default=None, ge=1, le=256)
+    fresh: bool = Field(default=False, description="train from the base weights instead of continuing the "
+                        "active adapter (lora_r applies only to fresh runs)")
 
 
 def _job_public(job: dict[str, Any]) -> dict[str, Any]:
