@@ -64,6 +64,7 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         share_min_answers=settings.fallback_share_min_answers, stale_reservation_s=settings.stale_reservation_s))
     policy = AnswerPolicy(system_prompt=settings.rag_system_prompt, local_max_tokens=settings.local_max_tokens,
                           local_temperature=settings.local_temperature,
+                          local_frequency_penalty=settings.local_frequency_penalty,
                           fallback_max_tokens=settings.fallback_max_tokens,
                           fallback_temperature=settings.fallback_temperature, prices=settings.fallback_prices,
                           unknown_price=settings.fallback_unknown_price)

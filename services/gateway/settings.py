@@ -57,6 +57,9 @@ class GatewaySettings(DatabaseSettings):
     local_model: str = Field(default="default", validation_alias="AION_LOCAL_MODEL")
     local_max_tokens: int = Field(default=512, ge=1, le=8192, validation_alias="AION_LOCAL_MAX_TOKENS")
     local_temperature: float = Field(default=0.5, ge=0.0, le=2.0, validation_alias="AION_LOCAL_TEMPERATURE")
+    # Small local models loop ("AION is … AION is …"); a penalty on what they already generated stops it.
+    local_frequency_penalty: float = Field(default=0.5, ge=-2.0, le=2.0,
+                                           validation_alias="AION_LOCAL_FREQUENCY_PENALTY")
     local_retries: int = Field(default=1, ge=0, le=5, validation_alias="AION_LOCAL_RETRIES")
 
     # The paid fallback: any OpenAI-compatible API; off unless a key or a base URL is given.

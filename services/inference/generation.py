@@ -53,7 +53,8 @@ class GenerationService:
 
     def build(self, messages: list[dict[str, str]], *, model: str | None, max_new_tokens: int | None,
               temperature: float | None, top_p: float | None, stop: list[str] | None,
-              seed: int | None) -> GenerationRequest:
+              seed: int | None, frequency_penalty: float | None = None,
+              presence_penalty: float | None = None) -> GenerationRequest:
         adapter = self.adapters.resolve(model)
         limit = self.settings.max_new_tokens
         max_new = limit if max_new_tokens is None else max_new_tokens
@@ -71,7 +72,9 @@ class GenerationService:
         temp = self.settings.temperature if temperature is None else temperature
         params = SamplingParams(max_new_tokens=max_new, temperature=temp,
                                 top_p=self.settings.top_p if top_p is None else top_p,
-                                seed=seed, stop=tuple(stop or ()))
+                                seed=seed, stop=tuple(stop or ()),
+                                frequency_penalty=_or(frequency_penalty, self.settings.frequency_penalty),
+                                presence_penalty=_or(presence_penalty, self.settings.presence_penalty))
         return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter)
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -91,3 +94,7 @@ class GenerationService:
         return Completion(text="".join(parts), finish_reason=final.finished.value,
                           prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
                           ms=int((time.perf_counter() - started) * 1000), adapter=request.adapter)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -11,6 +11,10 @@ class GenerateRequest(BaseModel):
     context: str | None = ""
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0,
+                                            description="minus this x times a token was generated already")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0,
+                                           description="minus this once a token was generated already")
     max_new_tokens: int | None = None
     stop: list[str] | None = Field(default=None, max_length=4)
     seed: int | None = None

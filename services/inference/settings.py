@@ -31,6 +31,9 @@ class InferenceSettings(CommonSettings):
     max_new_tokens: int = Field(default=512, ge=1, validation_alias="AION_MAX_NEW_TOKENS")
     temperature: float = Field(default=0.6, ge=0.0, le=2.0, validation_alias="AION_TEMPERATURE")
     top_p: float = Field(default=0.9, gt=0.0, le=1.0, validation_alias="AION_TOP_P")
+    # Defaults for requests that do not send them (OpenAI semantics, on generated tokens only).
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, validation_alias="AION_FREQUENCY_PENALTY")
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, validation_alias="AION_PRESENCE_PENALTY")
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, validation_alias="AION_SYSTEM_PROMPT")
     max_batch_size: int = Field(default=16, ge=1, le=256, validation_alias="AION_MAX_BATCH_SIZE")
     max_queue: int = Field(default=64, ge=1, validation_alias="AION_MAX_QUEUE")

@@ -33,6 +33,10 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0,
+                                            description="minus this x times a token was generated already")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0,
+                                           description="minus this once a token was generated already")
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     stream: bool = False

@@ -36,6 +36,7 @@ def test_stream_order_sources_citations_and_accents(chat_gateway, clean_db, stan
     for s in sources:
         assert f"[{s['n']}] (" in prompt and s["text"].strip()[:60] in prompt
     assert "Fontes:" in prompt and QUESTION in prompt
+    assert standin.calls[-1]["frequency_penalty"] == 0.5  # AION_LOCAL_FREQUENCY_PENALTY's default
     assert len(answer_events(clean_db, done["request_id"])) == 1
 
 

@@ -146,6 +146,26 @@ def test_openai_bad_input(inference_url: str) -> None:
     assert r.status_code == 422
 
 
+def test_frequency_penalty_breaks_repetition_on_both_dialects(inference_url: str) -> None:
+    client = openai.OpenAI(base_url=f"{inference_url}/v1", api_key="unused", max_retries=0)
+
+    def reply(**penalty: float) -> str:
+        r = client.chat.completions.create(model="default", temperature=0, max_tokens=40, **penalty,
+                                           messages=[{"role": "user", "content": "Write the word hello twenty times."}])
+        return r.choices[0].message.content or ""
+
+    plain, penalized = reply(), reply(frequency_penalty=1.5)
+    assert plain.lower().count("hello") >= 15, plain
+    assert penalized.lower().count("hello") <= 5, penalized
+    assert reply(frequency_penalty=0.0) == plain  # zero is the same as not sending it
+    native = httpx.post(f"{inference_url}/generate", timeout=60, json={
+        "prompt": "Write the word hello twenty times.", "system": SYSTEM, "max_new_tokens": 40, "temperature": 0,
+        "presence_penalty": 2.0}).json()["text"]
+    assert native.lower().count("hello") <= 5, native
+    with pytest.raises(openai.UnprocessableEntityError, match="frequency_penalty"):
+        reply(frequency_penalty=2.5)
+
+
 def test_metrics_expose_tokens_and_queue(inference_url: str) -> None:
     httpx.post(f"{inference_url}/generate", json={"prompt": "Say hi.", "max_new_tokens": 4}, timeout=60)
     text = httpx.get(f"{inference_url}/metrics").text

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.fixtures.servers import ServiceProcess, run_inference
-from tests.inference.test_adapters import PROMPT, build_adapter, generate
+from tests.inference.test_adapters import build_adapter, generate
 
 pytestmark = pytest.mark.slow
 

@@ -52,11 +52,12 @@ class ChatClient:
         return {self._header: request_id} if request_id else {}
 
     async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
-                       request_id: str | None = None) -> ChatResult:
+                       request_id: str | None = None, frequency_penalty: float | None = None) -> ChatResult:
         try:
             resp = await self._client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
-                temperature=temperature, extra_headers=self._headers(request_id))
+                temperature=temperature, extra_headers=self._headers(request_id),
+                **_penalty(frequency_penalty))
         except openai.OpenAIError as exc:
             raise ChatUnavailable(_describe(exc)) from exc
         choice = resp.choices[0] if resp.choices else None
@@ -67,13 +68,14 @@ class ChatClient:
                           model=resp.model or self.model)
 
     async def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
-                     request_id: str | None = None) -> AsyncIterator[ChatDelta]:
+                     request_id: str | None = None, frequency_penalty: float | None = None
+                     ) -> AsyncIterator[ChatDelta]:
         """Yield text deltas, then one delta carrying usage if the server sends it."""
         try:
             stream = await self._client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
                 temperature=temperature, stream=True, stream_options={"include_usage": True},
-                extra_headers=self._headers(request_id))
+                extra_headers=self._headers(request_id), **_penalty(frequency_penalty))
         except openai.OpenAIError as exc:
             raise ChatUnavailable(_describe(exc)) from exc
         try:
@@ -105,3 +107,8 @@ def _describe(exc: openai.OpenAIError) -> str:
     if isinstance(exc, openai.APIConnectionError):
         return f"connection failed: {exc.__cause__ or exc}"
     return str(exc)
+
+
+def _penalty(frequency_penalty: float | None) -> dict[str, float]:
+    """Sent only when set: some OpenAI-compatible servers reject fields they do not know."""
+    return {} if frequency_penalty is None else {"frequency_penalty": frequency_penalty}

@@ -63,6 +63,7 @@ class AnswerPolicy:
     system_prompt: str
     local_max_tokens: int
     local_temperature: float
+    local_frequency_penalty: float
     fallback_max_tokens: int
     fallback_temperature: float
     prices: dict[str, tuple[float, float]]
@@ -203,6 +204,7 @@ class AnswerService:
         out.used, out.model = "local", self.local.model
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
+                                             frequency_penalty=self.policy.local_frequency_penalty or None,
                                              request_id=req.request_id):
             out.model = delta.model or out.model  # the adapter version that really served it
             if delta.text:

@@ -23,7 +23,7 @@ from shared.errors import ServiceUnavailable
 
 from .detokenizer import IncrementalDetokenizer, StopMatcher
 from .runner import ModelRunner
-from .sampling import make_generator, sample_row
+from .sampling import make_generator, penalize, sample_row
 from .types import FinishReason, GenerationRequest, StreamEvent
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class _Sequence:
     last_token: int = 0
     generated: int = 0
     first_token_s: float | None = None
+    counts: dict[int, int] = field(default_factory=dict)  # generated token -> times, for the penalties
 
 
 @dataclass
@@ -249,7 +250,9 @@ class Engine:
 
     def _accept_token(self, seq: _Sequence, logits: torch.Tensor) -> None:
         params = seq.handle.request.params
+        logits = penalize(logits, seq.counts, params.frequency_penalty, params.presence_penalty)
         token = sample_row(logits, params.temperature, params.top_p, seq.generator)
+        seq.counts[token] = seq.counts.get(token, 0) + 1
         seq.last_token = token
         seq.generated += 1
         self._generated += 1

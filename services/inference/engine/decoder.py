@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kvcache import SlotCache
 from .kernels import LayerWeights, NativeLayers, PackedLinear, attend, attention_supported, pack, rms_norm
+from .kvcache import SlotCache
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 _STATIC_ROPE = {"default", "linear", "llama3"}  # rotary tables that do not depend on sequence length

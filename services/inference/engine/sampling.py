@@ -14,6 +14,17 @@ def make_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
+def penalize(logits: torch.Tensor, counts: dict[int, int], frequency: float, presence: float) -> torch.Tensor:
+    """logits[t] -= frequency * count(t) + presence * (count(t) > 0), for the tokens generated so far."""
+    if not counts or (frequency == 0.0 and presence == 0.0):
+        return logits
+    ids = torch.tensor(list(counts), dtype=torch.long, device=logits.device)
+    seen = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)
+    out = logits.clone()
+    out[ids] -= frequency * seen + presence
+    return out
+
+
 def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """One row of last-position logits → a token id. Temperature 0 is greedy."""
     if temperature <= 0.0:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 _ids = itertools.count(1)
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     STOP = "stop"          # end-of-sequence token or a stop sequence
     LENGTH = "length"      # max_new_tokens (or the context) reached
     CANCELLED = "cancelled"
@@ -23,6 +23,10 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # OpenAI's penalties, on the tokens this request has generated so far (never on the prompt: a RAG
+    # answer should quote its context freely). They break the loops small models fall into.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 @dataclass

@@ -54,7 +54,8 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
     assert gen is not None
     request = gen.build(_messages(body, state.settings.system_prompt), model=body.model,
                         max_new_tokens=body.requested_max_tokens(), temperature=body.temperature,
-                        top_p=body.top_p, stop=body.stop, seed=body.seed)  # type: ignore[arg-type]
+                        top_p=body.top_p, stop=body.stop, seed=body.seed,  # type: ignore[arg-type]
+                        frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty)
     # Report what really served the request (the adapter's versioned name), as OpenAI reports snapshots.
     served = state.served_model_name(request.adapter)
     if not body.stream:
