@@ -230,3 +230,4 @@ async def serve(settings: WorkerSettings, trainer_settings: TrainerSettings, onc
     finally:
         await admin.close()
         await engine.dispose()
+        await anyio.to_thread.run_sync(settings.release_database)

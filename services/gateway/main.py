@@ -59,6 +59,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await chat.close()
             await http.aclose()
             await engine.dispose()
+            await anyio.to_thread.run_sync(settings.release_database)
 
     app = FastAPI(title="AION gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)

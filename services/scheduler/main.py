@@ -100,3 +100,4 @@ async def serve(settings: SchedulerSettings, trigger: BaseTrigger | None = None)
     await stop.wait()
     scheduler.shutdown(wait=True)
     await _RUNTIME["engine"].dispose()  # type: ignore[attr-defined]
+    await asyncio.to_thread(settings.release_database)

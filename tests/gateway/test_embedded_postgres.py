@@ -92,3 +92,39 @@ def test_a_killed_holder_does_not_keep_the_server_alive_forever(pg_tmp_path):
     assert holder.pid not in handles
     stop_embedded_postgres(pgdata)
     assert not _postmaster_running(pgdata)
+
+
+def test_a_gateway_stopped_by_sigterm_stops_the_server_it_started(pg_tmp_path):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so exit hooks never run: the gateway's
+    own shutdown must let go of the embedded server, or a Postgres outlives every AION process."""
+    import signal
+    import time
+
+    from tests.fixtures.servers import ServiceProcess, base_env, free_port
+
+    port = free_port()
+    env = base_env(pg_tmp_path / "data", AION_GATEWAY_PORT=str(port), AION_AUTH="off",
+                   AION_LOCAL_LLM_URL="http://127.0.0.1:9")
+    gateway = ServiceProcess(["gateway"], env, pg_tmp_path / "gateway.log", f"http://127.0.0.1:{port}")
+    pgdata = pg_tmp_path / "data" / "postgres"
+    gateway.start()
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:  # up: /health answers (503 here: no inference service runs)
+            assert gateway.proc.poll() is None and time.monotonic() < deadline, gateway.log_tail()
+            try:
+                if httpx.get(f"{gateway.url}/health", timeout=2).status_code in (200, 503):
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert _postmaster_running(pgdata)
+        gateway.stop(signal.SIGTERM)
+        assert gateway.proc.returncode in (0, -signal.SIGTERM), gateway.log_tail()
+    finally:
+        gateway.kill()
+    deadline = time.monotonic() + 15
+    while _postmaster_running(pgdata):
+        assert time.monotonic() < deadline, f"postgres still running after the gateway stopped:\n{gateway.log_tail()}"
+        time.sleep(0.2)
