@@ -56,6 +56,9 @@ class TrainerSettings(CommonSettings):
     seed: int = Field(default=42, validation_alias="AION_TRAIN_SEED")
 
     heldout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, validation_alias="AION_TRAIN_HELDOUT_FRACTION")
+    # The owner's own examples (replay not counted) a job needs: with fewer, the held-out split is one
+    # or two rows and the gate's verdict is noise. The scheduler queues jobs at the same threshold.
+    min_examples: int = Field(default=20, ge=1, validation_alias="AION_TRAIN_MIN_EXAMPLES")
     # Replay rows per training row (capped by the replay file's size): general Q&A in the base's own
     # greedy words, checked correct, so forgetting shows up as loss and is trained back.
     replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0, validation_alias="AION_TRAIN_REPLAY_RATIO")

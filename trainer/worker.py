@@ -43,6 +43,10 @@ class JobCancelled(Exception):
     pass
 
 
+class TooFewExamples(Exception):
+    pass
+
+
 def job_settings(base: TrainerSettings, params: dict[str, Any]) -> TrainerSettings:
     update = {field: params[key] for key, field in _OVERRIDES.items() if params.get(key) is not None}
     if "epochs" in update:
@@ -161,6 +165,9 @@ class Worker:
             await self._finish(job_id, "succeeded", metrics=metrics, adapter_name=name)
         except JobCancelled:
             logger.info("job %s cancelled", job_id)
+        except TooFewExamples as exc:
+            logger.warning("job %s not run: %s", job_id, exc)
+            await self._finish(job_id, "failed", error=str(exc))
         except Exception as exc:
             if type(exc).__name__ == "TrainingCancelled":
                 logger.info("job %s cancelled during training", job_id)
@@ -198,6 +205,11 @@ def _train_and_gate(settings: TrainerSettings, dataset_path: Path, out_dir: Path
 
     base = load_base(settings)
     dataset = build_dataset([dataset_path], base.tokenizer, settings)
+    own = len(dataset.train) - dataset.replay_rows + len(dataset.heldout)
+    if own < settings.min_examples:
+        raise TooFewExamples(f"{own} usable examples in {dataset_path.name} ({dataset.rows_read} rows read); a job "
+                             f"needs at least {settings.min_examples} (AION_TRAIN_MIN_EXAMPLES): log more answers, "
+                             "widen `days`, or lower the setting")
     result = train_adapter(base, dataset, out_dir, settings, progress=progress, should_cancel=cancelled,
                            resume_from=resume_from)
     gate = evaluate_candidate(base, out_dir, dataset.heldout, settings, current_adapter=current_adapter)

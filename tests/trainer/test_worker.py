@@ -165,3 +165,24 @@ async def test_a_worker_killed_mid_training_leaves_the_active_adapter_and_the_jo
     # Nothing of the dead attempt is an adapter anyone could load.
     assert not any((p / "adapter_model.safetensors").exists()
                    for p in (train_root / "adapters").iterdir() if p.name.startswith("job-"))
+
+
+@pytest.mark.slow
+async def test_a_job_with_too_few_examples_fails_and_says_why(clean_db: str, sessions, tmp_path: Path) -> None:
+    from services.gateway.clients.inference_admin import InferenceAdmin
+    from tests.trainer.conftest import trainer_settings
+    from trainer.worker import Worker
+    from trainer.worker_settings import WorkerSettings
+
+    for question, answer in zip(QUESTIONS[:3], ANSWERS, strict=False):
+        add_answer(clean_db, question, answer, tenant=TENANT)
+    job = await queue_job(sessions, days=1)
+    worker = Worker(WorkerSettings(PRIMARY_TENANT_ID=TENANT, AION_TRAIN_ROOT=str(tmp_path / "train")),
+                    trainer_settings(tmp_path), sessions, InferenceAdmin("http://127.0.0.1:9", None))
+    try:
+        done = await worker.run_once()
+    finally:
+        await worker.admin.close()
+    assert done["id"] == job and done["status"] == "failed"
+    assert "3 usable examples" in done["error"] and "AION_TRAIN_MIN_EXAMPLES" in done["error"]
+    assert not (tmp_path / "train" / "adapters").exists() or not any((tmp_path / "train" / "adapters").iterdir())
