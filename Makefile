@@ -11,6 +11,8 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install run test bench lint clean
 
 install: $(STAMP)
+	# Debian's Chromium for the browser tests (tests/web); a no-op once it is there.
+	@sh scripts/ensure_chromium.sh
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)

@@ -20,7 +20,7 @@ from shared.logging import RequestIdMiddleware
 from .clients.inference import InferenceClient
 from .chat_setup import build_chat
 from .routes import chat as chat_routes
-from .routes import documents, feedback, health, metrics, search, training
+from .routes import admin_data, documents, feedback, health, metrics, pages, search, training
 from .services.tokens import load_token_counter
 from .settings import GatewaySettings, get_settings
 from .state import GatewayState
@@ -65,7 +65,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     _install_database_errors(app)
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, documents, search, chat_routes, feedback, metrics, training):
+    for module in (health, documents, search, chat_routes, feedback, metrics, training, admin_data, pages):
         app.include_router(module.router)
     return app
 

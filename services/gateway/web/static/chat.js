@@ -1,0 +1,406 @@
+// The chat page: streamed answers with citations, conversation history, documents, feedback.
+import {
+  api, apiKey, authHeaders, devToggles, el, errorFrom, fmtBytes, fmtTime, initKeyBox, needKey, plural, readSSE,
+  setKeyRetry,
+} from "./common.js";
+
+const $ = (id) => document.getElementById(id);
+const MAX_TURNS = 20; // ChatRequest.history max_length
+const MAX_TURN_CHARS = 8000; // HistoryTurn.content max_length
+
+const history = []; // completed exchanges only, as the API's history turns
+let controller = null; // the running stream's AbortController
+let seq = 0; // message numbering, for unique ids of sources
+
+// Warnings the answer stream sends, in words a user can act on.
+function warningText(d) {
+  switch (d.reason) {
+    case "low_confidence":
+      return `Low confidence: the documents match this question weakly (C ${d.C} < τ ${d.tau}).`;
+    case "budget_exhausted":
+      return `Fallback budget spent: ${d.message || "the local model answers instead"}.`;
+    case "fallback_share_cap":
+      return `Fallback share cap reached: ${d.message || "the local model answers instead"}.`;
+    case "fallback_disabled":
+      return "No fallback model is configured; the local model answers.";
+    case "fallback_failed":
+      return `The fallback model failed${d.message ? ` (${d.message})` : ""}; the local model answers instead.`;
+    case "local_unavailable":
+      return `The local model is unavailable${d.message ? ` (${d.message})` : ""}.`;
+    default:
+      return d.message || d.reason || "warning";
+  }
+}
+
+// ---- rendering ---------------------------------------------------------------------------------
+
+/** Answer text with [n] turned into links to source n of this message (only for sources that exist). */
+function renderAnswer(node, text, msg) {
+  const parts = [];
+  let last = 0;
+  for (const m of text.matchAll(/\[(\d{1,2})\]/g)) {
+    const n = Number(m[1]);
+    if (!msg.sources.has(n)) continue;
+    parts.push(text.slice(last, m.index));
+    parts.push(el("a", {
+      class: "cite", href: `#${msg.id}-src-${n}`, "aria-label": `source ${n}`,
+      onclick: (e) => { e.preventDefault(); showSource(msg, n); },
+    }, `[${n}]`));
+    last = m.index + m[0].length;
+  }
+  parts.push(text.slice(last));
+  node.replaceChildren(...parts);
+}
+
+function showSource(msg, n) {
+  const item = document.getElementById(`${msg.id}-src-${n}`);
+  if (!item) return;
+  msg.sourcesBox.open = true;
+  item.classList.remove("flash");
+  void item.offsetWidth; // restart the highlight animation
+  item.classList.add("flash");
+  item.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  item.focus({ preventScroll: true });
+}
+
+/** Where in the document: the heading path without the document title it usually repeats. */
+function whereIn(s) {
+  const where = s.page_or_heading || "";
+  const title = s.title || "";
+  return title && where.startsWith(`${title} > `) ? where.slice(title.length + 3) : where === title ? "" : where;
+}
+
+// Thumbs drawn inline: emoji fonts are not on every machine (a missing one shows empty boxes).
+const THUMB = "M2 10h4v11H2zM8 21h9.2a2 2 0 0 0 2-1.6l1.6-7A2 2 0 0 0 18.8 10H14V5.5A2.5 2.5 0 0 0 11.5 3L8 10z";
+
+function thumb(down) {
+  const svgEl = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svgEl.setAttribute("viewBox", "0 0 24 24");
+  svgEl.setAttribute("aria-hidden", "true");
+  svgEl.setAttribute("class", down ? "thumb down" : "thumb");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", THUMB);
+  svgEl.append(path);
+  return svgEl;
+}
+
+function renderSources(msg, sources) {
+  msg.sources = new Map(sources.map((s) => [s.n, s]));
+  const list = msg.sourcesBox.querySelector("ol");
+  list.replaceChildren(...sources.map((s) => el("li", { id: `${msg.id}-src-${s.n}`, tabindex: "-1", class: "source" },
+    el("div", { class: "source-head" },
+      el("span", { class: "source-n", text: `[${s.n}]` }),
+      el("strong", { text: s.title || "untitled" }),
+      whereIn(s) ? el("span", { class: "where", text: ` — ${whereIn(s)}` }) : null,
+      el("span", { class: "score", title: "cosine similarity", text: ` · ${Number(s.score).toFixed(2)}` })),
+    el("blockquote", { class: "passage", text: s.text }))));
+  msg.sourcesBox.querySelector("summary").textContent = `Sources (${sources.length})`;
+  msg.sourcesBox.hidden = sources.length === 0;
+}
+
+function addUserMessage(text) {
+  const li = el("li", { class: "msg user" }, el("div", { class: "who", text: "You" }), el("p", { class: "text", text }));
+  $("messages").append(li);
+}
+
+function addAssistantMessage() {
+  const id = `m${++seq}`;
+  const msg = {
+    id, text: "", sources: new Map(), requestId: null,
+    li: el("li", { class: "msg assistant", id, "aria-busy": "true" }),
+    badge: el("span", { class: "badge pending", text: "answering…" }),
+    conf: el("span", { class: "conf" }),
+    warnings: el("ul", { class: "warnings", "aria-label": "Warnings" }),
+    body: el("div", { class: "text" }),
+    sourcesBox: el("details", { class: "sources", open: true, hidden: true }, el("summary", { text: "Sources" }), el("ol")),
+    feedback: el("div", { class: "feedback", hidden: true }),
+    state: el("p", { class: "state", role: "status" }),
+  };
+  msg.li.append(el("div", { class: "meta" }, el("span", { class: "who", text: "AION" }), msg.badge, msg.conf),
+    msg.warnings, msg.body, msg.state, msg.sourcesBox, msg.feedback);
+  $("messages").append(msg.li);
+  return msg;
+}
+
+function addWarning(msg, text, cls = "") {
+  msg.warnings.append(el("li", { class: cls, text }));
+}
+
+function setBadge(msg, used, model) {
+  msg.badge.className = `badge ${used}`;
+  msg.badge.textContent = used === "local" ? "local" : "fallback";
+  msg.badge.title = model ? `answered by ${model}` : "";
+  if (model) msg.badge.append(el("span", { class: "model", text: ` · ${model}` }));
+}
+
+function renderFeedback(msg) {
+  const status = el("span", { class: "fb-status", role: "status" });
+  const button = (rating, label) => el("button", {
+    type: "button", class: "fb", "data-rating": rating, "aria-label": label, "aria-pressed": "false", title: label,
+    onclick: async (e) => {
+      const btn = e.currentTarget;
+      try {
+        await api("/api/ai/feedback", { method: "POST", json: { request_id: msg.requestId, rating } });
+        for (const b of msg.feedback.querySelectorAll("button.fb")) b.setAttribute("aria-pressed", String(b === btn));
+        status.textContent = "Thanks — recorded.";
+      } catch (err) {
+        status.textContent = `Not recorded: ${err.message}`;
+      }
+    },
+  }, thumb(rating === "down"));
+  msg.feedback.replaceChildren(el("span", { text: "Was this helpful?" }),
+    button("up", "Helpful (thumbs up)"), button("down", "Not helpful (thumbs down)"), status);
+  msg.feedback.hidden = false;
+}
+
+// ---- asking ------------------------------------------------------------------------------------
+
+function setStreaming(on) {
+  $("send").disabled = on;
+  $("stop").disabled = !on;
+  $("chat-status").textContent = on ? "Answering…" : "";
+}
+
+function requestBody(question) {
+  const dev = devToggles();
+  const body = {
+    message: question,
+    history: history.slice(-MAX_TURNS).map((t) => ({ role: t.role, content: t.content.slice(0, MAX_TURN_CHARS) })),
+  };
+  if (dev.tau !== null) body.tau = dev.tau;
+  if (dev.forceFallback) body.forceFallback = true;
+  return body;
+}
+
+async function ask(question) {
+  addUserMessage(question);
+  const msg = addAssistantMessage();
+  msg.li.scrollIntoView({ block: "end" });
+  controller = new AbortController();
+  setStreaming(true);
+  let done = null;
+  try {
+    const res = await fetch("/api/ai/chat/stream", {
+      method: "POST", signal: controller.signal,
+      headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+      body: JSON.stringify(requestBody(question)),
+    });
+    if (!res.ok) {
+      const err = await errorFrom(res);
+      if (err.status === 401 || err.status === 403) setKeyRetry(() => ask(question));
+      throw err;
+    }
+    for await (const { event, data } of readSSE(res.body)) {
+      const d = JSON.parse(data);
+      if (event === "sources") {
+        renderSources(msg, d.sources);
+        msg.conf.textContent = `confidence ${Number(d.C).toFixed(2)}`;
+      } else if (event === "token") {
+        msg.text += d.text;
+        renderAnswer(msg.body, msg.text, msg);
+      } else if (event === "warn") {
+        addWarning(msg, warningText(d));
+        if (d.restart) {
+          // The stream broke and another model starts over: its words replace the partial ones.
+          msg.text = "";
+          msg.body.replaceChildren();
+          addWarning(msg, "The answer restarted on another model; the partial text was discarded.", "restart");
+        }
+      } else if (event === "error") {
+        throw new Error(d.message);
+      } else if (event === "done") {
+        done = d;
+      }
+    }
+    if (!done) throw new Error("the stream ended without an answer; retry");
+    msg.requestId = done.request_id;
+    msg.li.dataset.requestId = done.request_id;
+    setBadge(msg, done.used, done.model);
+    if (done.C !== null && done.C !== undefined) msg.conf.textContent = `confidence ${Number(done.C).toFixed(2)}`;
+    msg.state.textContent = "";
+    renderAnswer(msg.body, msg.text, msg);
+    renderFeedback(msg);
+    history.push({ role: "user", content: question }, { role: "assistant", content: msg.text });
+  } catch (err) {
+    msg.badge.className = "badge failed";
+    if (err.name === "AbortError") {
+      msg.badge.textContent = "stopped";
+      msg.state.textContent = "Stopped: the generation was cancelled. This exchange is not kept as context.";
+    } else {
+      msg.badge.textContent = "failed";
+      msg.state.className = "state error";
+      msg.state.setAttribute("role", "alert");
+      msg.state.textContent = `No answer: ${err.message}`;
+    }
+  } finally {
+    msg.li.removeAttribute("aria-busy");
+    controller = null;
+    setStreaming(false);
+    $("chat-status").textContent = done ? "Answer complete." : "";
+  }
+}
+
+function stop() {
+  if (controller) controller.abort();
+}
+
+function showDevNote() {
+  const dev = devToggles();
+  const parts = [];
+  if (dev.tau !== null) parts.push(`τ = ${dev.tau.toFixed(2)}`);
+  if (dev.forceFallback) parts.push("force fallback");
+  $("dev-note").hidden = parts.length === 0;
+  $("dev-note").textContent = `Dev toggles on: ${parts.join(", ")} (change them on the admin page).`;
+}
+
+// ---- documents -------------------------------------------------------------------------------
+
+const RESULT_TEXT = {
+  created: (r) => `added · ${plural(r.chunk_count, "chunk")}`,
+  replaced: (r) => `replaced · ${plural(r.chunk_count, "chunk")}`,
+  duplicate: () => "already in the knowledge base",
+  refused: (r) => `refused: ${r.reason}`,
+  failed: (r) => `failed: ${r.reason}`,
+};
+
+/** One file, one request: XMLHttpRequest because fetch() reports no upload progress. */
+function uploadOne(file, row) {
+  const bar = row.querySelector("progress");
+  const result = row.querySelector(".result");
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/ai/documents");
+    const key = apiKey();
+    if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
+    xhr.upload.onprogress = (e) => {
+      if (!e.lengthComputable) return;
+      bar.value = e.loaded / e.total;
+      if (e.loaded === e.total) result.textContent = "reading and indexing…";
+    };
+    xhr.onload = () => {
+      bar.value = 1;
+      let body = {};
+      try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      const r = body.results && body.results[0];
+      const ok = xhr.status < 300 || (r && ["created", "replaced", "duplicate"].includes(r.status));
+      row.classList.add(ok ? "ok" : "bad");
+      if (r) result.textContent = (RESULT_TEXT[r.status] || ((x) => x.status))(r);
+      else result.textContent = `failed: ${body?.error?.message || `${xhr.status} ${xhr.statusText}`}`;
+      if (xhr.status === 401 || xhr.status === 403) needKey(xhr.status, body?.error?.message || "unauthorized");
+      resolve();
+    };
+    xhr.onerror = () => {
+      row.classList.add("bad");
+      result.textContent = "failed: the gateway did not answer";
+      resolve();
+    };
+    const form = new FormData();
+    form.append("files", file, file.name);
+    xhr.send(form);
+  });
+}
+
+async function uploadFiles(files) {
+  if (!files.length) return;
+  const rows = [...files].map((f) => {
+    const row = el("li", { class: "upload" },
+      el("span", { class: "name", text: f.name }),
+      el("span", { class: "size", text: fmtBytes(f.size) }),
+      el("progress", { max: "1", value: "0", "aria-label": `Upload of ${f.name}` }),
+      el("span", { class: "result", role: "status", text: "waiting" }));
+    $("uploads").prepend(row);
+    return row;
+  });
+  // One at a time: indexing is CPU work on the same machine, and each file keeps its own progress.
+  for (let i = 0; i < files.length; i++) {
+    rows[i].querySelector(".result").textContent = "uploading…";
+    await uploadOne(files[i], rows[i]);
+  }
+  await loadDocuments();
+}
+
+async function loadDocuments() {
+  const error = $("docs-error");
+  try {
+    const page = await api("/api/ai/documents?limit=200");
+    error.hidden = true;
+    $("doc-count").textContent = `(${page.total})`;
+    $("doc-list").replaceChildren(...page.items.map((d) => el("li", { class: "doc" },
+      el("div", {},
+        el("strong", { class: "doc-title", text: d.title || d.source_name }),
+        el("div", { class: "doc-meta", text: `${d.source_name} · ${plural(d.chunk_count, "chunk")} · ${fmtBytes(d.size_bytes)} · ${fmtTime(d.created_at)}` })),
+      el("button", {
+        type: "button", class: "danger small", "aria-label": `Delete ${d.source_name}`, text: "Delete",
+        onclick: () => deleteDocument(d),
+      }))));
+    if (!page.items.length) $("doc-list").append(el("li", { class: "empty", text: "No documents yet: upload some to ask about them." }));
+  } catch (err) {
+    error.hidden = false;
+    error.textContent = `Could not list documents: ${err.message}`;
+  }
+}
+
+async function deleteDocument(d) {
+  if (!confirm(`Delete "${d.source_name}" and its ${plural(d.chunk_count, "chunk")} from the knowledge base?`)) return;
+  try {
+    await api(`/api/ai/documents/${d.id}`, { method: "DELETE" });
+  } catch (err) {
+    $("docs-error").hidden = false;
+    $("docs-error").textContent = `Could not delete ${d.source_name}: ${err.message}`;
+  }
+  await loadDocuments();
+}
+
+// ---- wiring ----------------------------------------------------------------------------------
+
+function init() {
+  initKeyBox();
+  setKeyRetry(loadDocuments);
+  showDevNote();
+  window.addEventListener("storage", showDevNote);
+  const q = $("question");
+  $("ask-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = q.value.trim();
+    if (!text || controller) return;
+    q.value = "";
+    ask(text);
+  });
+  q.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("ask-form").requestSubmit();
+    }
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && controller) stop();
+  });
+  $("stop").addEventListener("click", stop);
+  $("new-chat").addEventListener("click", () => {
+    stop();
+    history.length = 0;
+    $("messages").replaceChildren();
+    q.focus();
+  });
+
+  const input = $("file-input");
+  $("pick").addEventListener("click", () => input.click());
+  input.addEventListener("change", () => {
+    uploadFiles([...input.files]);
+    input.value = "";
+  });
+  const drop = $("drop");
+  // A file dropped beside the zone must not make the browser leave the page to open it.
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    uploadFiles([...e.dataTransfer.files]);
+  });
+  $("refresh-docs").addEventListener("click", loadDocuments);
+  loadDocuments();
+}
+
+init();

@@ -1,0 +1,192 @@
+"""The admin panel in Chromium: health of every part, the budget gauge and charts from real rows, the
+export and training buttons, and a rollback to an older adapter served by the real inference service."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from services.gateway.main import create_app
+from services.gateway.services.budget import period_start
+from tests.fixtures.postgres import truncate_all
+from tests.fixtures.servers import MODEL_CACHE, free_port, run_asgi
+from tests.gateway.conftest import gateway_settings
+from tests.web.conftest import TENANT, rows, screenshot, screenshot_dir
+
+pytestmark = pytest.mark.slow
+
+NOW = datetime.now(UTC)
+# (days ago, used, C, latency ms) — what the chat path logs for each answer.
+ANSWERS = [(0, "local", 0.71, 900), (0, "local", 0.66, 1100), (0, "fallback", 0.41, 2400), (0, "local", 0.69, 1000),
+           (2, "local", 0.73, 800), (2, "fallback", 0.35, 3000)]
+SPENT = [0.0123, 0.002]  # settled fallback calls this period
+RESERVED = 0.01  # one call still running
+
+
+def seed(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        for days_ago, used, c, latency in ANSWERS:
+            meta = {"prompt": "q", "reply": "a", "used": used, "model": used, "C": c, "complete": True,
+                    "latency_ms": latency, "first_token_ms": latency // 3}
+            conn.execute("INSERT INTO ai_events (tenant_id, kind, value, meta, request_id, created_at) "
+                         "VALUES (%s, 'answer', 1.0, %s, %s, %s)",
+                         (TENANT, json.dumps(meta), uuid.uuid4().hex, NOW - timedelta(days=days_ago)))
+        start = period_start("month")
+        for cost in SPENT:
+            conn.execute("INSERT INTO fallback_ledger (id, tenant_id, request_id, model, period_start, status, "
+                         "reserved_usd, cost_usd) VALUES (%s, %s, %s, 'gpt-4o-mini', %s, 'settled', 0.05, %s)",
+                         (uuid.uuid4(), TENANT, uuid.uuid4().hex, start, cost))
+        conn.execute("INSERT INTO fallback_ledger (id, tenant_id, request_id, model, period_start, status, "
+                     "reserved_usd) VALUES (%s, %s, %s, 'gpt-4o-mini', %s, 'reserved', %s)",
+                     (uuid.uuid4(), TENANT, uuid.uuid4().hex, start, RESERVED))
+
+
+@pytest.fixture(scope="module")
+def site(database_url: str, inference_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    truncate_all(database_url)
+    seed(database_url)
+    root = tmp_path_factory.mktemp("web-admin")
+    settings = gateway_settings(
+        database_url, inference_url, AION_BUDGET_USD=5.0, OPENAI_API_KEY="test-key",
+        # A fallback is configured (the gauge means something) but never called by these tests.
+        AION_FALLBACK_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",
+        AION_TRAIN_ROOT=str(root / "train"), AION_EVENTS_JSONL=str(root / "events.jsonl"))
+    with run_asgi(create_app(settings)) as url:
+        yield url
+
+
+def open_panel(page, site: str) -> None:
+    page.goto(site + "/admin")
+    page.wait_for_selector("body[data-loaded='true']")
+
+
+def test_panel_shows_health_budget_and_answer_charts(page, site) -> None:
+    open_panel(page, site)
+    inference = page.locator("#h-inference")
+    inference.locator(".state-text", has_text="ready").wait_for()
+    card = inference.inner_text()
+    assert "smollm2-135m-instruct" in card and "cpu" in card and "none (base weights)" in card
+    assert page.locator("#h-gateway .state-text").inner_text() == "up"
+    assert page.locator("#h-database .state-text").inner_text() == "ok"
+    assert page.locator("#h-database .dot.ok").count() == 1
+    # No scheduler has written its job store: the panel says so instead of pretending.
+    assert page.locator("#h-scheduler .state-text").inner_text() == "not started"
+    assert "aion scheduler" in page.locator("#h-scheduler").inner_text()
+
+    budget = page.locator("#budget-stats").inner_text()
+    spent = sum(SPENT)
+    remaining = 5.0 - spent - RESERVED
+    # Calls = settled + still reserved; answers = every answer of the period.
+    for text in ("$5.00", f"${spent:.4f}", f"${RESERVED:.4f}", f"${remaining:.2f}", "3 of 6"):
+        assert text in budget, (text, budget)
+    gauge = page.locator("#budget-gauge svg")
+    assert f"{(spent + RESERVED) / 5 * 100:.1f}%" in gauge.text_content()
+    assert gauge.locator("path.spent").count() == 1 and gauge.locator("path.reserved").count() == 1
+    assert page.locator("#budget-chart rect.s-fallback").count() == 1  # one day with spend
+
+    stats = page.locator("#events-stats").inner_text()
+    assert "Answers\n6" in stats and "Fallback share\n33.3%" in stats
+    answers = page.locator("#chart-answers")
+    assert answers.locator("rect.s-local").count() == 2 and answers.locator("rect.s-fallback").count() == 2
+    assert page.locator("#chart-confidence circle").count() == 2
+    assert page.locator("#chart-latency path.line").count() == 2
+    label = answers.locator("svg").get_attribute("aria-label")
+    assert "local: 4 in total" in label and "fallback: 2 in total" in label
+
+    # Narrower window: the answers from two days ago still count, older ones would not.
+    page.get_by_label("Period").select_option("7")
+    page.wait_for_function("() => document.querySelector('#chart-answers svg').getAttribute('aria-label')"
+                           ".endsWith('over 7 days')")
+    assert answers.locator("rect.s-local").count() == 2
+    screenshot(page, "admin.png")
+
+
+def test_export_and_training_buttons(page, site, database_url) -> None:
+    open_panel(page, site)
+    page.get_by_role("button", name="Run export now").click()
+    result = page.locator("#export-result")
+    result.filter(has_text="Exported").wait_for()
+    assert " rows to " in result.inner_text() and "events.jsonl" in result.inner_text()
+    page.locator("#exports-body tr", has_text="manual").first.wait_for()
+    assert rows(database_url, "SELECT count(*) FROM export_runs")[0][0] == 1
+
+    page.get_by_label("Max steps").fill("3")
+    page.get_by_role("button", name="Start training").click()
+    page.locator("#train-result", has_text="Queued job").wait_for()
+    assert page.locator("#job-status").inner_text() == "queued"
+    assert "waiting for a trainer worker" in page.locator("#job-detail").inner_text()
+    (status, params), = rows(database_url, "SELECT status, params FROM training_jobs")
+    assert status == "queued" and params["max_steps"] == 3
+    # A second start is refused with the server's reason, shown beside the button.
+    page.get_by_role("button", name="Start training").click()
+    page.locator("#train-result", has_text="already queued").wait_for()
+    page.get_by_role("button", name="Cancel job").click()
+    page.locator("#job-status", has_text="cancelled").wait_for()
+    assert rows(database_url, "SELECT status FROM training_jobs") == [("cancelled",)]
+    assert page.locator("#jobs-body tr").count() == 1
+
+
+def build_adapters(root: Path, count: int) -> list[Path]:
+    """Real PEFT LoRA adapters on the real base (small random weights, different per version)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from services.inference.loader import load_causal_lm, resolve_base_model
+
+    base = load_causal_lm(resolve_base_model("smollm2-135m-instruct", MODEL_CACHE), "cpu", False).model
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    out = []
+    for i in range(count):
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.normal_(0.0, 0.01)
+        model.save_pretrained(root / f"v{i + 1}")
+        out.append(root / f"v{i + 1}")
+    return out
+
+
+def register(db: str, name: str, path: Path, created: datetime) -> None:
+    metrics = {"gate": {"decision": "promote", "heldout_loss_candidate": 1.234, "heldout_loss_current": 1.5}}
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO adapters (id, tenant_id, name, path, base_model, status, metrics, created_at) "
+                     "VALUES (%s, %s, %s, %s, 'smollm2-135m-instruct', 'retired', %s, %s)",
+                     (uuid.uuid4(), TENANT, name, str(path), json.dumps(metrics), created))
+
+
+def test_activate_an_older_adapter_from_the_panel(page, site, database_url, inference_url, tmp_path) -> None:
+    # Names unique to this run: the session's inference service never reuses a name for other weights.
+    prefix = f"web{uuid.uuid4().hex[:6]}"
+    older, newer = f"{prefix}-v1", f"{prefix}-v2"
+    v1, v2 = build_adapters(tmp_path, 2)
+    register(database_url, older, v1, NOW - timedelta(days=2))
+    register(database_url, newer, v2, NOW - timedelta(days=1))
+    try:
+        r = httpx.post(f"{site}/api/ai/adapters/{newer}/activate", timeout=120)
+        assert r.status_code == 200, r.text
+        open_panel(page, site)
+        assert page.locator(f"tr[data-adapter='{newer}'] .status-pill").inner_text() == "active"
+        assert "promote · held-out loss 1.234 vs 1.500" in page.locator(f"tr[data-adapter='{older}']").inner_text()
+        page.locator("#h-inference", has_text=newer).wait_for()
+
+        page.get_by_role("button", name=f"Activate {older}").click()
+        page.locator("#adapters-result", has_text=f"serving {older}").wait_for(timeout=120_000)
+        page.locator(f"tr[data-adapter='{older}'] .status-pill", has_text="active").wait_for()
+        assert page.locator(f"tr[data-adapter='{newer}'] .status-pill").inner_text() == "retired"
+        page.locator("#h-inference", has_text=older).wait_for()
+        assert httpx.get(f"{inference_url}/health").json()["adapter"] == older
+        status = dict(rows(database_url, "SELECT name, status FROM adapters"))
+        assert status == {older: "active", newer: "retired"}
+        page.locator("#adapters").screenshot(path=str(screenshot_dir() / "admin-adapters.png"))
+    finally:
+        # The session's inference service is shared: serve the base weights again for later tests.
+        httpx.post(f"{site}/api/ai/adapters/deactivate", timeout=60)
+    assert httpx.get(f"{inference_url}/health").json()["adapter"] is None
