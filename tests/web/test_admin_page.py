@@ -190,3 +190,21 @@ def test_activate_an_older_adapter_from_the_panel(page, site, database_url, infe
         # The session's inference service is shared: serve the base weights again for later tests.
         httpx.post(f"{site}/api/ai/adapters/deactivate", timeout=60)
     assert httpx.get(f"{inference_url}/health").json()["adapter"] is None
+
+
+@pytest.mark.parametrize(("offset_s", "state"), [(3600, "scheduled"), (-3600, "overdue")])
+def test_scheduler_state_comes_from_its_job_store(page, site, database_url, offset_s, state) -> None:
+    """A stored job due in the future is `scheduled`; one long past due means no scheduler runs it."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO apscheduler_jobs (id, next_run_time, job_state) VALUES ('nightly_export', %s, %s)",
+                     (NOW.timestamp() + offset_s, b"state"))
+    try:
+        body = httpx.get(f"{site}/api/ai/admin/scheduler").json()
+        assert body["status"] == state and body["jobs"][0]["id"] == "nightly_export"
+        open_panel(page, site)
+        assert page.locator("#h-scheduler .state-text").inner_text() == state
+        assert ("check that `aion scheduler` is running" in page.locator("#h-scheduler").inner_text()) == (
+            state == "overdue")
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM apscheduler_jobs")

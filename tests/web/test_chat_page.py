@@ -203,3 +203,46 @@ def test_upload_by_picker_and_drop_then_delete(page, site, tmp_path: Path) -> No
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, "chat-mobile.png")
+
+
+def sse_body(*events: tuple[str, dict]) -> str:
+    """Frames as sse-starlette writes them (CRLF line ends)."""
+    return "".join(f"event: {name}\r\ndata: {json.dumps(data, ensure_ascii=False)}\r\n\r\n" for name, data in events)
+
+
+SOURCE = {"n": 1, "document": "d", "chunk": "c", "title": "Greenhouse operations",
+          "page_or_heading": "Greenhouse operations > Temperature and ventilation", "score": 0.8,
+          "text": "The roof vents open automatically when the inside temperature passes 27 °C."}
+
+
+def test_a_local_stream_that_breaks_is_replaced_by_the_fallback_text(page, site) -> None:
+    """The gateway's `warn` with `restart: true` (shape from tests/chat/test_stream.py) clears the partial
+    text; an `error` event is shown as such. The stream route is answered by the test, the page is real."""
+    streams = [
+        sse_body(("sources", {"sources": [SOURCE], "C": 0.71}), ("token", {"text": "Half an ans"}),
+                 ("warn", {"reason": "local_unavailable", "message": "the local model failed: connection reset",
+                           "restart": True}),
+                 ("token", {"text": "Vents open at 27 °C "}), ("token", {"text": "[1]."}),
+                 ("done", {"used": "fallback", "model": "gpt-4o-mini", "C": 0.71, "request_id": "r1",
+                           "warnings": ["local_unavailable"], "latency_ms": 10, "usage": {}})),
+        sse_body(("sources", {"sources": [], "C": 0.1}),
+                 ("error", {"message": "the local model failed: down; no fallback: budget spent", "request_id": "r2"})),
+    ]
+    page.route("**/api/ai/chat/stream", lambda route: route.fulfill(
+        status=200, headers={"content-type": "text/event-stream; charset=utf-8"}, body=streams.pop(0)))
+    page.goto(site + "/")
+    ask(page, QUESTION)
+    wait_answered(page)
+    msg = last_answer(page)
+    assert msg.locator(".text").inner_text() == "Vents open at 27 °C [1]."
+    warnings = msg.locator(".warnings").inner_text()
+    assert "local model is unavailable (the local model failed: connection reset)" in warnings
+    assert "partial text was discarded" in warnings
+    assert msg.locator(".badge").inner_text().startswith("fallback")
+    assert msg.locator(".source .where").inner_text() == " — Temperature and ventilation"
+
+    ask(page, "Something else?")
+    wait_answered(page)
+    failed = last_answer(page)
+    failed.get_by_role("alert").filter(has_text="No answer: the local model failed: down").wait_for()
+    assert failed.locator(".badge").inner_text() == "failed" and failed.locator(".feedback").is_hidden()
