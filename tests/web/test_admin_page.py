@@ -208,3 +208,29 @@ def test_scheduler_state_comes_from_its_job_store(page, site, database_url, offs
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("DELETE FROM apscheduler_jobs")
+
+
+def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> None:
+    """A running job's progress and loss curve (from the worker's log lines) update without a reload."""
+    job_id = uuid.uuid4()
+    log = "".join(f"step {s}/4 loss {loss}\n" for s, loss in [(1, 2.31), (2, 1.87)])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM training_jobs")
+        conn.execute("INSERT INTO training_jobs (id, tenant_id, status, progress, log_tail, started_at) "
+                     "VALUES (%s, %s, 'running', %s, %s, now())",
+                     (job_id, TENANT, json.dumps({"step": 2, "total": 4, "loss": 1.87}), log))
+    open_panel(page, site)
+    assert page.locator("#job-status").inner_text() == "running"
+    assert page.locator("#job-step").inner_text() == "step 2/4 · loss 1.87"
+    assert page.locator("#chart-loss circle").count() == 2
+    # The worker goes on and finishes: the panel polls and shows it.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE training_jobs SET status = 'succeeded', finished_at = now(), adapter_name = 'aion-v9', "
+                     "progress = %s, log_tail = log_tail || %s WHERE id = %s",
+                     (json.dumps({"step": 4, "total": 4, "loss": 1.1}), "step 3/4 loss 1.4\nstep 4/4 loss 1.1\n", job_id))
+    page.locator("#job-status", has_text="succeeded").wait_for(timeout=15_000)
+    assert page.locator("#chart-loss circle").count() == 4
+    assert page.locator("#job-progress").evaluate("p => p.value") == 1
+    assert "adapter aion-v9" in page.locator("#job-detail").inner_text()
+    assert page.locator("#jobs-body tr", has_text="aion-v9").count() == 1
+    page.locator("#training").screenshot(path=str(screenshot_dir() / "admin-training.png"))
