@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "aion.commands.search",
     "aion.commands.ask",
     "aion.commands.export",
+    "aion.commands.demo",
 ]
 
 

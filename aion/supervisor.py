@@ -123,12 +123,17 @@ class Supervisor:
         label = f"[{name}]".ljust(self.width + 2)
         if not self.color:
             return label
-        code = "1" if name == "up" else self._COLORS[[s.name for s in self.specs].index(name) % len(self._COLORS)]
+        names = [s.name for s in self.specs]
+        code = self._COLORS[names.index(name) % len(self._COLORS)] if name in names else "1"
         return f"\033[{code}m{label}\033[0m"
 
-    def say(self, message: str) -> None:
-        """A line from the supervisor itself."""
-        self._write("up", message)
+    def say(self, message: str, name: str = "up") -> None:
+        """A line from the supervisor itself (or from a helper of it, such as the demo)."""
+        self._write(name, message)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def _write(self, name: str, line: str) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -26,6 +27,7 @@ import psutil
 import pytest
 
 from aion.commands import up
+from aion.commands.demo import DEFAULT_QUESTION, run_demo, sample_documents
 from aion.supervisor import ServiceSpec, Supervisor
 from tests.fixtures.servers import REPO, base_env, free_port
 
@@ -76,7 +78,10 @@ class UpProcess:
             self.lines.append(line)
             if re.search(pattern, line):
                 return line
-        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-60:]))
+        stderr = ""
+        if self.proc.poll() is not None and self.proc.stderr:
+            stderr = "\nstderr:\n" + self.proc.stderr.read()
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-60:]) + stderr)
 
     def finish(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
@@ -104,9 +109,17 @@ class UpProcess:
 
 
 @pytest.fixture
-def up_inference(tmp_path: Path) -> Iterator[tuple[UpProcess, int]]:
+def stack_dir() -> Iterator[Path]:
+    """A data dir outside pytest's basetemp: a concurrent pytest session on this machine prunes old
+    basetemps, which would delete a running stack's Postgres cluster under it."""
+    with tempfile.TemporaryDirectory(prefix="aion-up-test-") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+def up_inference(stack_dir: Path) -> Iterator[tuple[UpProcess, int]]:
     port = free_port()
-    env = base_env(tmp_path / "data", AION_INFERENCE_TOKEN=TOKEN)
+    env = base_env(stack_dir / "data", AION_INFERENCE_TOKEN=TOKEN)
     process = UpProcess(["--services", "inference", "--inference-port", str(port), "--grace", "15"], env)
     try:
         yield process, port
@@ -114,26 +127,67 @@ def up_inference(tmp_path: Path) -> Iterator[tuple[UpProcess, int]]:
         process.kill()
 
 
-def test_up_starts_inference_reports_ready_and_sigint_leaves_nothing(up_inference) -> None:
-    process, port = up_inference
-    process.wait_for(r"^\[up\]\s+all services are ready", timeout=600)
-    process.wait_for(rf"^\[up\]\s+inference\s+http://127\.0\.0\.1:{port}", timeout=5)
-    assert any(line.startswith("[inference]") for line in process.lines), "child output is prefixed"
-    base = f"http://127.0.0.1:{port}"
-    assert httpx.get(f"{base}/health", timeout=5).json()["status"] == "ready"
-    # The token reaches the child: the API is closed without it.
-    assert httpx.get(f"{base}/v1/models", timeout=5).status_code == 401
-    assert httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).status_code == 200
-
-    pids = process.descendants()
-    assert pids, "the services run as child processes"
-    process.proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground process
-    assert process.finish(timeout=60) == 0, process.stderr
-    assert not wait_gone(pids), "a child outlived `aion up`"
-    assert any(re.match(r"^\[up\]\s+stopping inference", line) for line in process.lines)
-    assert up._port_free("127.0.0.1", port)
+def postmaster_pid(data_dir: Path) -> int:
+    """The embedded Postgres server's pid: pg_ctl detaches it, so it is no descendant of `aion up`."""
+    return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_up_runs_the_whole_stack_answers_with_citations_and_sigint_leaves_nothing(stack_dir: Path) -> None:
+    gateway_port, inference_port = free_port(), free_port()
+    data = stack_dir / "data"
+    process = UpProcess(["--gateway-port", str(gateway_port), "--inference-port", str(inference_port),
+                         "--grace", "15", "--timeout", "500", "--demo"],
+                        # Short answers: the test checks the citations, not the prose, on a shared CPU.
+                        base_env(data, AION_INFERENCE_TOKEN=TOKEN, AION_LOCAL_MAX_TOKENS="48"))
+    try:
+        process.wait_for(r"^\[up\]\s+all services are ready", timeout=540)
+        # --demo: the samples are ingested and a question answered with sources, in the stack's output.
+        process.wait_for(r"^\[demo\]\s+Sources:", timeout=300)
+        process.wait_for(r"^\[demo\]\s+\[1\] says: ", timeout=30)
+        text = "\n".join(process.lines)
+        assert len(re.findall(r"^\[demo\]\s+created\s+aion-demo/", text, re.MULTILINE)) == len(sample_documents())
+        for name in ("migrate", "inference", "gateway", "scheduler", "trainer"):
+            assert re.search(rf"^\[{name}\]\s", text, re.MULTILINE), f"no prefixed output from {name}"
+        assert re.search(rf"^\[up\]\s+gateway\s+http://127\.0\.0\.1:{gateway_port}$", text, re.MULTILINE)
+        assert "auth is OFF" in text and "aion keys create --name me --role admin" in text
+
+        # The token reaches inference: closed without it, open with it.
+        inference = f"http://127.0.0.1:{inference_port}"
+        assert httpx.get(f"{inference}/v1/models", timeout=10).status_code == 401
+        assert httpx.get(f"{inference}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=10).status_code == 200
+
+        gateway = f"http://127.0.0.1:{gateway_port}"
+        # Ingestion dedups by content: a second run adds nothing.
+        again = io.StringIO()
+        assert run_demo(gateway, DEFAULT_QUESTION, 300.0, again) == 0, again.getvalue()
+        statuses = re.findall(r"^(\w+)\s+aion-demo/", again.getvalue(), re.MULTILINE)
+        assert statuses and set(statuses) == {"duplicate"}, again.getvalue()
+        listed = httpx.get(f"{gateway}/api/ai/documents", timeout=10).json()
+        assert sum(d["source_name"].startswith("aion-demo/") for d in listed["items"]) == len(sample_documents())
+
+        answer = httpx.post(f"{gateway}/api/ai/chat", json={"message": "How long does a Pomelo battery charge last?"},
+                            timeout=300).json()
+        assert answer["text"].strip() and answer["used"] == "local"
+        assert answer["sources"], answer
+        assert answer["sources"][0]["title"] == "The Pomelo robot"
+        assert "nine hours" in answer["sources"][0]["text"]
+
+        pids = [*process.descendants(), postmaster_pid(data)]
+        process.proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground process
+        assert process.finish(timeout=90) == 0, process.stderr
+    finally:
+        process.kill()
+    assert not wait_gone(pids), "a child (or the embedded Postgres) outlived `aion up`"
+    stops = [m.group(1) for line in process.lines if (m := re.match(r"^\[up\]\s+stopping (\w+)", line))]
+    assert stops == ["trainer", "scheduler", "gateway", "inference"], stops
+    assert up._port_free("127.0.0.1", gateway_port) and up._port_free("127.0.0.1", inference_port)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_crashed_service_is_reported_and_stops_the_stack(up_inference) -> None:
     process, _ = up_inference
     process.wait_for(r"^\[up\]\s+all services are ready", timeout=600)
@@ -145,6 +199,7 @@ def test_a_crashed_service_is_reported_and_stops_the_stack(up_inference) -> None
     assert "inference was killed by SIGKILL" in process.stderr
 
 
+@pytest.mark.slow
 def test_a_service_that_fails_to_start_is_reported(tmp_path: Path) -> None:
     port = free_port()
     env = base_env(tmp_path / "data", AION_BASE_MODEL=str(tmp_path / "no-such-model"))
@@ -181,6 +236,52 @@ def test_table_wires_ports_token_and_order() -> None:
     assert all(table[n].env.get("DATABASE_URL") == "postgresql://x/aion" for n in ("migrate", "gateway",
                                                                                    "scheduler", "trainer"))
     assert "DATABASE_URL" not in table["inference"].env
+
+
+def test_gateway_auth_is_off_only_on_loopback_and_only_when_the_user_chose_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.delenv("AION_AUTH", raising=False)
+    assert up.gateway_auth_env("127.0.0.1") == {"AION_AUTH": "off"}
+    assert up.gateway_auth_env("localhost") == up.gateway_auth_env("::1") == {"AION_AUTH": "off"}
+    assert up.gateway_auth_env("0.0.0.0") == up.gateway_auth_env("192.168.1.10") == {}
+    (tmp_path / ".env").write_text("AION_AUTH=on\n")
+    assert up.gateway_auth_env("127.0.0.1") == {}
+    (tmp_path / ".env").unlink()
+    monkeypatch.setenv("AION_AUTH", "on")
+    assert up.gateway_auth_env("127.0.0.1") == {}
+    table = {s.name: s for s in up.build_table(["gateway"], host="127.0.0.1", gateway_port=1, inference_port=2,
+                                               database_url=None, inference_token="t",
+                                               gateway_env={"AION_AUTH": "off"})}
+    assert table["gateway"].env["AION_AUTH"] == "off"
+
+
+def test_inference_token_is_the_users_or_fresh_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AION_INFERENCE_TOKEN", raising=False)
+    first, second = up.inference_token(), up.inference_token()
+    assert first != second and len(first) >= 32
+    monkeypatch.setenv("AION_INFERENCE_TOKEN", TOKEN)
+    assert up.inference_token() == TOKEN
+
+
+def test_demo_ships_a_few_distinct_documents_and_explains_an_unreachable_gateway() -> None:
+    docs = sample_documents()
+    assert 3 <= len(docs) <= 5
+    assert len({data for _, data in docs}) == len(docs) and all(n.startswith("aion-demo/") for n, _ in docs)
+    out = io.StringIO()
+    assert run_demo(f"http://127.0.0.1:{free_port()}", DEFAULT_QUESTION, 5.0, out) == 2
+    assert "not reachable" in out.getvalue() and "aion up" in out.getvalue()
+
+
+def test_demo_output_is_prefixed_line_by_line() -> None:
+    lines: list[str] = []
+    writer = up._LineWriter(lines.append)
+    writer.write("one\ntw")
+    writer.write("o\nthree")
+    assert lines == ["one", "two"]
+    writer.flush()
+    assert lines == ["one", "two", "three"]
 
 
 def _run_up(argv: list[str]) -> int:
