@@ -246,3 +246,16 @@ def test_a_local_stream_that_breaks_is_replaced_by_the_fallback_text(page, site)
     failed = last_answer(page)
     failed.get_by_role("alert").filter(has_text="No answer: the local model failed: down").wait_for()
     assert failed.locator(".badge").inner_text() == "failed" and failed.locator(".feedback").is_hidden()
+
+
+def test_pages_and_static_files_are_served_with_a_strict_policy(site) -> None:
+    page_response = httpx.get(f"{site}/")
+    assert page_response.status_code == 200 and page_response.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page_response.headers["content-security-policy"]
+    assert httpx.get(f"{site}/admin").status_code == 200
+    js = httpx.get(f"{site}/static/chat.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    # Only the shipped page files: no source files, no paths out of the folder.
+    for path in ("/static/nope.js", "/static/pages.py", "/static/..%2Froutes%2Fpages.py", "/static/../main.py"):
+        r = httpx.get(site + path)
+        assert r.status_code == 404, (path, r.status_code)
