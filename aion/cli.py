@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "aion.commands.scheduler",
     "aion.commands.trainer",
     "aion.commands.db",
+    "aion.commands.keys",
     "aion.commands.ingest",
     "aion.commands.search",
     "aion.commands.ask",

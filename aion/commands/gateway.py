@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from services.gateway.main import create_app
     from services.gateway.settings import GatewaySettings
@@ -21,7 +23,14 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {"AION_GATEWAY_HOST": args.host, "AION_GATEWAY_PORT": args.port}.items()
                  if v is not None}
-    settings = GatewaySettings(**overrides)
+    try:
+        settings = GatewaySettings(**overrides)
+    except ValidationError as exc:
+        # Only the messages: pydantic's own rendering echoes the input, which holds the secrets.
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            sys.stderr.write(f"aion gateway: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}\n")
+        return 2
     configure_logging(settings.log_level, settings.log_json)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                 timeout_graceful_shutdown=5)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .auth.deps import PrincipalDep
 from .clients.inference import InferenceClient
 from .settings import GatewaySettings
 from .state import GatewayState
@@ -50,9 +51,9 @@ def get_inference(state: StateDep) -> InferenceClient:
 InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
 
 
-def get_tenant(state: StateDep) -> str:
-    """The tenant of this request: PRIMARY_TENANT_ID (API keys will carry it; never the request body)."""
-    return state.settings.tenant_id
+def get_tenant(principal: PrincipalDep) -> str:
+    """The tenant of this request: the API key's (PRIMARY_TENANT_ID with AION_AUTH=off); never the body."""
+    return principal.tenant_id
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -21,6 +21,7 @@ from .clients.inference import InferenceClient
 from .chat_setup import build_chat
 from .routes import chat as chat_routes
 from .routes import admin_data, documents, feedback, health, metrics, pages, search, training
+from .security.install import install_security
 from .services.tokens import load_token_counter
 from .settings import GatewaySettings, get_settings
 from .state import GatewayState
@@ -64,6 +65,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="AION gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     _install_database_errors(app)
+    install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     app.add_middleware(RequestIdMiddleware)
     for module in (health, documents, search, chat_routes, feedback, metrics, training, admin_data, pages):
         app.include_router(module.router)

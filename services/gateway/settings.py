@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +23,8 @@ class GatewaySettings(DatabaseSettings):
 
     # Inference service (OpenAI dialect); the token is sent as a Bearer when set.
     local_llm_url: str = Field(default="http://127.0.0.1:8008", validation_alias="AION_LOCAL_LLM_URL")
-    inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
+    # repr=False on every secret: a settings object that ends up in a log or a traceback shows no secret.
+    inference_token: str | None = Field(default=None, repr=False, validation_alias="AION_INFERENCE_TOKEN")
     inference_timeout_s: float = Field(default=120.0, gt=0, validation_alias="AION_INFERENCE_TIMEOUT")
     # The inference service takes at most 256 inputs per call; fewer per call keeps each reply small.
     embed_batch_size: int = Field(default=128, ge=1, le=256, validation_alias="AION_EMBED_BATCH_SIZE")
@@ -63,7 +65,7 @@ class GatewaySettings(DatabaseSettings):
     local_retries: int = Field(default=1, ge=0, le=5, validation_alias="AION_LOCAL_RETRIES")
 
     # The paid fallback: any OpenAI-compatible API; off unless a key or a base URL is given.
-    openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_api_key: str | None = Field(default=None, repr=False, validation_alias="OPENAI_API_KEY")
     fallback_base_url: str | None = Field(default=None, validation_alias="AION_FALLBACK_BASE_URL")
     fallback_model: str = Field(default="gpt-4o-mini", validation_alias="AION_FALLBACK_MODEL")
     fallback_timeout_s: float = Field(default=60.0, gt=0, validation_alias="AION_FALLBACK_TIMEOUT")
@@ -89,6 +91,39 @@ class GatewaySettings(DatabaseSettings):
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
     adapter_dir: Path | None = Field(default=None, validation_alias="AION_ADAPTER_DIR")
 
+    # Security. API keys (`aion keys create`) on every /api and /v1 call; "off" only on a loopback bind.
+    auth: Literal["on", "off"] = Field(default="on", validation_alias="AION_AUTH")
+    # Browser origins allowed to call the API from other sites, comma-separated; empty: none (no CORS).
+    cors_origins: str = Field(default="", validation_alias="AION_CORS_ORIGINS")
+    # Cap on a request body; document uploads get AION_MAX_UPLOAD_MB x AION_MAX_UPLOAD_FILES instead.
+    max_body_mb: float = Field(default=1.0, gt=0, validation_alias="AION_MAX_BODY_MB")
+    # Token buckets (rate per minute, burst): per key for chat and for the other routes, and per client
+    # IP for every API call (checked before the key, so guessing keys is throttled too). 0: no limit.
+    rate_chat_per_min: float = Field(default=30.0, ge=0, validation_alias="AION_RATE_CHAT_PER_MIN")
+    rate_chat_burst: int = Field(default=10, ge=1, validation_alias="AION_RATE_CHAT_BURST")
+    rate_api_per_min: float = Field(default=300.0, ge=0, validation_alias="AION_RATE_API_PER_MIN")
+    rate_api_burst: int = Field(default=60, ge=1, validation_alias="AION_RATE_API_BURST")
+    rate_ip_per_min: float = Field(default=600.0, ge=0, validation_alias="AION_RATE_IP_PER_MIN")
+    rate_ip_burst: int = Field(default=120, ge=1, validation_alias="AION_RATE_IP_BURST")
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(lowered, lowered)
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",")):
+            if origin and origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"'{origin}' is not an origin; write scheme://host[:port], e.g. https://app.example.com")
+        return value
+
     @field_validator("fallback_prices", "fallback_unknown_price", mode="before")
     @classmethod
     def _json(cls, value: object) -> object:
@@ -106,7 +141,30 @@ class GatewaySettings(DatabaseSettings):
                              f"({self.chunk_tokens})")
         if self.top_k > self.top_n:
             raise ValueError(f"AION_TOP_K ({self.top_k}) must not exceed AION_TOP_N ({self.top_n})")
+        if self.auth == "off" and not self.binds_loopback():
+            raise ValueError(f"AION_AUTH=off is for local development only and needs a loopback bind "
+                             f"(AION_GATEWAY_HOST=127.0.0.1, localhost or ::1), not '{self.host}'; keep AION_AUTH=on "
+                             "and create a key with `aion keys create --name NAME --role admin`")
         return self
+
+    def binds_loopback(self) -> bool:
+        if self.host.strip().lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on"
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
 
     def chat_url(self) -> str:
         return self.local_chat_url or self.local_llm_url.rstrip("/") + "/v1"

@@ -2,12 +2,13 @@
 
 from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
-from .models import EMBEDDING_DIM, AiEvent, Chunk, Document
+from .models import EMBEDDING_DIM, AiEvent, ApiKey, Chunk, Document
 from .settings import DatabaseSettings
 
 __all__ = [
     "EMBEDDING_DIM",
     "AiEvent",
+    "ApiKey",
     "Base",
     "Chunk",
     "DatabaseSettings",

@@ -18,8 +18,9 @@ KB_DIR = Path(__file__).resolve().parents[1] / "data" / "kb"
 
 
 def gateway_settings(database_url: str, inference_url: str, **overrides: Any) -> GatewaySettings:
+    # Auth off (allowed: the test gateways bind 127.0.0.1); tests/security turns it on.
     values = {"DATABASE_URL": database_url, "AION_LOCAL_LLM_URL": inference_url,
-              "AION_DB_MIGRATE_ON_START": False, "PRIMARY_TENANT_ID": "test-tenant"}
+              "AION_DB_MIGRATE_ON_START": False, "PRIMARY_TENANT_ID": "test-tenant", "AION_AUTH": "off"}
     values.update(overrides)
     return GatewaySettings(**values)
 

@@ -1,5 +1,6 @@
 """`aion gateway` on embedded defaults (no DATABASE_URL: it starts Postgres and migrates), then
-`aion ingest`, `aion search` and `aion db current` against it, and a restart that keeps the data."""
+`aion keys create`, `aion ingest`, `aion search` and `aion db current` against it, and a restart that
+keeps the data."""
 
 from __future__ import annotations
 
@@ -44,6 +45,13 @@ def test_gateway_ingest_and_search_from_the_command_line(pg_tmp_path, inference_
     gateway = _start_gateway(data_dir, inference_url, port)
     try:
         assert (data_dir / "postgres" / "PG_VERSION").exists(), "the gateway started its own Postgres"
+        # Auth is on by default: the CLI clients send the key `aion keys create` printed.
+        refused = _aion(cli_env, "search", "anything")
+        assert refused.returncode == 1 and "aion keys create" in refused.stderr
+        created = _aion(cli_env, "keys", "create", "--name", "cli", "--role", "admin")
+        assert created.returncode == 0, created.stderr
+        cli_env["AION_API_KEY"] = created.stdout.strip()
+
         ingest = _aion(cli_env, "ingest", str(docs))
         assert ingest.returncode == 0, ingest.stderr
         assert "5 created" in ingest.stdout and "docs/manuals/kettle.pdf" in ingest.stderr

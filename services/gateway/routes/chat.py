@@ -26,6 +26,7 @@ from shared.protocol.openai import (
     completion_id,
 )
 
+from ..auth.deps import require_user
 from ..chat_schemas import ChatRequest, ChatResponse
 from ..deps import StateDep
 from ..services.answer import AnswerEvent, AnswerRequest, AnswerService
@@ -47,8 +48,8 @@ def _settings(request: Request) -> Any:
 
 
 def _tenant(request: Request) -> str:
-    # One place decides the tenant; with API keys it comes from the key, never from the body.
-    return getattr(request.state, "tenant_id", None) or _settings(request).tenant_id
+    # One place decides the tenant: the caller's key (set by the guard), never the body.
+    return require_user(request).tenant_id
 
 
 def _answer_request(request: Request, body: ChatRequest) -> AnswerRequest:

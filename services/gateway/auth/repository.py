@@ -1,0 +1,73 @@
+"""SQL for API keys: create, look up by hash, list, revoke (shared by the gateway and `aion keys`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import ApiKey
+
+from .keys import NewKey
+from .principal import Principal, Role
+
+# last_used_at is refreshed at most this often, so steady traffic on one key is reads, not row writes.
+TOUCH_EVERY = timedelta(minutes=1)
+
+
+class AmbiguousKey(LookupError):
+    """More than one key matches what the caller typed."""
+
+
+async def create(session: AsyncSession, *, name: str, role: Role, tenant_id: str, new_key: NewKey) -> ApiKey:
+    row = ApiKey(id=uuid.uuid4(), name=name, role=role, tenant_id=tenant_id, key_prefix=new_key.prefix,
+                 key_hash=new_key.hash)
+    session.add(row)
+    await session.flush()
+    await session.refresh(row)
+    return row
+
+
+async def authenticate(session: AsyncSession, key_hash: str) -> Principal | None:
+    """The principal of an active key with this hash (and a fresh last_used_at), or None."""
+    row = (await session.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.tenant_id, ApiKey.last_used_at)
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))).first()
+    if row is None:
+        return None
+    now = datetime.now(UTC)
+    if row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
+        await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+    return Principal(key_id=row.id, name=row.name, role=row.role, tenant_id=row.tenant_id)
+
+
+async def list_keys(session: AsyncSession, *, include_revoked: bool = False) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.name)
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    return list((await session.scalars(query)).all())
+
+
+async def find(session: AsyncSession, ref: str) -> ApiKey | None:
+    """The key whose id or display prefix is `ref` (a prefix may be shortened while it stays unique)."""
+    conditions = [ApiKey.key_prefix.startswith(ref, autoescape=True)] if len(ref) >= 6 else []
+    try:
+        conditions.append(ApiKey.id == uuid.UUID(ref))
+    except ValueError:
+        pass
+    if not conditions:
+        return None
+    rows = list((await session.scalars(select(ApiKey).where(or_(*conditions)))).all())
+    if len(rows) > 1:
+        raise AmbiguousKey(f"'{ref}' matches {len(rows)} keys ({', '.join(r.key_prefix for r in rows)}); "
+                           "give the key's id or a longer prefix")
+    return rows[0] if rows else None
+
+
+async def revoke(session: AsyncSession, key: ApiKey) -> bool:
+    """Revoke `key`; False when it already was (the first revocation time is kept)."""
+    result = await session.execute(update(ApiKey).where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
+                                   .values(revoked_at=datetime.now(UTC)))
+    return bool(result.rowcount)
