@@ -42,6 +42,11 @@ _LAUNCHER = (
 )
 
 
+# Query string of the supervisor's health probes: access-log lines that carry it are not shown.
+PROBE_PARAMS = {"probe": "aion-up"}
+PROBE_MARK = "probe=aion-up"
+
+
 class SupervisorError(Exception):
     """A service could not start, failed its health check, or exited; the stack was stopped."""
 
@@ -145,7 +150,10 @@ class Supervisor:
 
     def _pump(self, name: str, stream: TextIO) -> None:
         for raw in iter(stream.readline, b""):
-            self._write(name, raw.decode("utf-8", "replace").rstrip("\r\n"))
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            # A service's access log line for our own once-a-second probe is noise while it loads.
+            if PROBE_MARK not in line:
+                self._write(name, line)
         stream.close()
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -176,7 +184,7 @@ class Supervisor:
             return
         child.next_probe = now + self.probe_every_s
         try:
-            response = self._http.get(spec.health_url)
+            response = self._http.get(spec.health_url, params=PROBE_PARAMS)
         except httpx.HTTPError as exc:
             child.last_health = f"not answering ({type(exc).__name__})"
             return

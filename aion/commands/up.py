@@ -254,7 +254,8 @@ def _on_ready(sup: Supervisor, args: argparse.Namespace, names: Sequence[str], e
 def _demo(sup: Supervisor, url: str) -> None:
     from aion.commands.demo import DEFAULT_QUESTION, run_demo
 
-    out = _LineWriter(lambda line: sup.say(line, name="demo"))
+    # Once the stack is stopping, the demo's requests fail; those lines would only confuse.
+    out = _LineWriter(lambda line: None if sup.stopping else sup.say(line, name="demo"))
     status = run_demo(url, DEFAULT_QUESTION, 300.0, out)
     out.flush()
     if status != 0 and not sup.stopping:

@@ -322,6 +322,7 @@ HTTP_SERVICE = textwrap.dedent("""
     import http.server, sys
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            print(f'"GET {self.path} HTTP/1.1" 200', flush=True)  # an access log line, as uvicorn writes
             self.send_response(200); self.send_header("content-type", "application/json"); self.end_headers()
             self.wfile.write(b'{"status": "ready"}')
         def log_message(self, *a): pass
@@ -357,6 +358,7 @@ def test_supervisor_orders_starts_and_kills_whole_process_groups() -> None:
     seen: list[int] = []
 
     def on_ready(sup: Supervisor) -> None:
+        httpx.get(f"http://127.0.0.1:{port}/other", timeout=5)
         for proc in sup.children:
             if proc.poll() is None:
                 seen.extend([proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))])
@@ -370,6 +372,9 @@ def test_supervisor_orders_starts_and_kills_whole_process_groups() -> None:
     order = [line for line in lines if re.match(r"^\[up\]\s+started", line)]
     assert [re.search(r"started (\w+)", line).group(1) for line in order] == ["migrate", "web", "worker"]
     assert "[migrate] migrated" in lines and "[worker]  worker up" in lines
+    # The supervisor's own health probes are kept out of the log; every other request shows.
+    assert '[web]     "GET /other HTTP/1.1" 200' in lines
+    assert "/health" not in text
     assert any(re.match(rf"^\[up\]\s+web\s+http://127\.0\.0\.1:{port}$", line) for line in lines)
 
 
