@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.errors import ServiceUnavailable
 from shared.logging import request_id_var
 
 from .clients.chat import ChatClient
 from .clients.inference import InferenceClient
 from .clients.inference_admin import InferenceAdmin
+from .observability import GatewayMetrics
 from .repositories.events import insert_event
 from .services.answer import AnswerPolicy, AnswerService, RetrievedContext, SourcePassage
 from .services.budget import BudgetGuard, BudgetPolicy
@@ -37,12 +40,19 @@ class ChatParts:
 
 
 def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSession],
-               inference: InferenceClient) -> ChatParts:
+               inference: InferenceClient, metrics: GatewayMetrics | None = None) -> ChatParts:
     async def retrieve_context(tenant_id: str, question: str) -> RetrievedContext:
-        async with sessions.begin() as session:
-            found = await retrieve(session, inference, tenant_id, question, k=settings.top_k, top_n=settings.top_n,
-                                   lam=settings.mmr_lambda, request_id=request_id_var.get(),
-                                   max_query_chars=settings.max_query_chars)
+        try:
+            async with sessions.begin() as session:
+                found = await retrieve(session, inference, tenant_id, question, k=settings.top_k,
+                                       top_n=settings.top_n, lam=settings.mmr_lambda, request_id=request_id_var.get(),
+                                       max_query_chars=settings.max_query_chars)
+        except DBAPIError as exc:
+            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+                raise
+            # Down or restarting: the same retryable 503 the other routes give (see main.py).
+            raise ServiceUnavailable("the database is unavailable; retry in a few seconds",
+                                     code="database_unavailable", headers={"Retry-After": "2"}) from exc
         return RetrievedContext(confidence=found.confidence, passages=[
             SourcePassage(chunk_id=str(p.chunk_id), document_id=str(p.document_id),
                           title=p.title or p.source_name, page_or_heading=p.page_or_heading, text=p.text,
@@ -69,7 +79,7 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
                           fallback_temperature=settings.fallback_temperature, prices=settings.fallback_prices,
                           unknown_price=settings.fallback_unknown_price)
     answers = AnswerService(retrieve=retrieve_context, log_event=log_event, local=local, fallback=fallback,
-                            budget=budget, policy=policy)
+                            budget=budget, policy=policy, on_answer=metrics.observe_answer if metrics else None)
     return ChatParts(answers=answers, budget=budget, exporter=Exporter(sessions, settings.rag_system_prompt),
                      admin=InferenceAdmin(settings.local_llm_url, settings.inference_token), local=local,
                      fallback=fallback)

@@ -19,6 +19,7 @@ from shared.logging import RequestIdMiddleware
 
 from .clients.inference import InferenceClient
 from .chat_setup import build_chat
+from .observability import install_metrics
 from .routes import chat as chat_routes
 from .routes import admin_data, documents, feedback, health, metrics, pages, search, training
 from .security.install import install_security
@@ -46,8 +47,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         counter = await anyio.to_thread.run_sync(load_token_counter, settings.tokenizer)
         sessions = make_session_factory(engine)
         inference = InferenceClient(http, settings.local_llm_url, token=settings.inference_token,
-                                    batch_size=settings.embed_batch_size, expected_dim=EMBEDDING_DIM)
-        chat = build_chat(settings, sessions, inference)
+                                    batch_size=settings.embed_batch_size, expected_dim=EMBEDDING_DIM,
+                                    on_error=app.state.metrics.inference_error)
+        chat = build_chat(settings, sessions, inference, app.state.metrics)
         app.state.gateway = GatewayState(
             settings=settings, database_url=url, engine=engine, sessions=sessions, http=http, inference=inference,
             token_counter=counter, chat=chat)
@@ -66,6 +68,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     _install_database_errors(app)
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
+    install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
     for module in (health, documents, search, chat_routes, feedback, metrics, training, admin_data, pages):
         app.include_router(module.router)

@@ -27,6 +27,9 @@ class InferenceMetrics:
         self.errors = Counter("aion_inference_errors", "Generation errors", registry=r)
         self.adapter_active = Gauge("aion_inference_adapter_active", "1 for the adapter now active",
                                     ["adapter"], registry=r)
+        self.adapter_sequences = Gauge("aion_inference_adapter_sequences",
+                                       "Sequences waiting or running per adapter (base-model ones are not listed)",
+                                       ["adapter"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 
 import httpx
 import numpy as np
 
 from shared.errors import ServiceUnavailable
+from shared.logging import REQUEST_ID_HEADER, request_id_var
 from shared.protocol.openai import EmbeddingRequest, EmbeddingResponse
 
 logger = logging.getLogger(__name__)
@@ -18,14 +20,18 @@ class InferenceClient:
     """Talks to `aion inference` (or any OpenAI-compatible server) on behalf of the gateway."""
 
     def __init__(self, http: httpx.AsyncClient, base_url: str, *, token: str | None = None,
-                 batch_size: int = 128, expected_dim: int | None = None) -> None:
+                 batch_size: int = 128, expected_dim: int | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.http = http
+        self.on_error = on_error
         self.base_url = base_url.rstrip("/")
         self.batch_size = batch_size
         self.expected_dim = expected_dim
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _unavailable(self, what: str) -> ServiceUnavailable:
+        if self.on_error:
+            self.on_error("embeddings")
         return ServiceUnavailable(
             f"the inference service at {self.base_url} {what}; start it with `aion inference` or fix "
             "AION_LOCAL_LLM_URL", code="inference_unavailable", headers={"Retry-After": "5"})
@@ -42,7 +48,7 @@ class InferenceClient:
         # base64 float32 is ~4x smaller than JSON floats and decodes without parsing numbers.
         body = EmbeddingRequest(input=texts, encoding_format="base64").model_dump(exclude_none=True)
         try:
-            response = await self.http.post(f"{self.base_url}/v1/embeddings", json=body, headers=self.headers)
+            response = await self.http.post(f"{self.base_url}/v1/embeddings", json=body, headers=self._headers())
         except httpx.TimeoutException as exc:
             raise self._unavailable("did not answer in time") from exc
         except httpx.HTTPError as exc:
@@ -62,6 +68,11 @@ class InferenceClient:
                 f"base stores {self.expected_dim}; serve a {self.expected_dim}-dimension model",
                 code="embedding_dimension_mismatch")
         return matrix
+
+    def _headers(self) -> dict[str, str]:
+        # The caller's request id rides along, so one id finds a request in both services' logs.
+        rid = request_id_var.get()
+        return {**self.headers, REQUEST_ID_HEADER: rid} if rid else self.headers
 
     async def health(self) -> str:
         """`ready`, `loading`, or `unreachable` — for the gateway's own /health."""

@@ -90,7 +90,8 @@ async def _collect(events: AsyncIterator[AnswerEvent]) -> dict[str, Any]:
         elif event.type == "done":
             done = event.data
     if done is None:
-        raise ServiceUnavailable(error or "no model could answer; retry shortly")
+        # Every way here is transient (models or the database down): tell clients when to retry.
+        raise ServiceUnavailable(error or "no model could answer; retry shortly", headers={"Retry-After": "2"})
     return {"text": "".join(parts).strip(), "sources": sources, "C": confidence, **done}
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import anyio
 
+from shared.errors import AionError
+
 from ..clients.chat import ChatClient, ChatUnavailable
 from .budget import BudgetGuard, Denial, Reservation
 from .pricing import Price, estimate_messages_tokens, estimate_tokens, price_for
@@ -72,6 +74,7 @@ class AnswerPolicy:
 
 RetrieveFn = Callable[[str, str], Awaitable[RetrievedContext]]      # (tenant_id, question)
 LogEventFn = Callable[[str, str, float, dict[str, Any], str], Awaitable[None]]  # (tenant, kind, value, meta, rid)
+ObserveFn = Callable[[dict[str, Any]], None]  # the answer event's meta, for in-memory metrics
 
 
 @dataclass
@@ -91,8 +94,10 @@ class _Outcome:
 
 class AnswerService:
     def __init__(self, *, retrieve: RetrieveFn, log_event: LogEventFn, local: ChatClient,
-                 fallback: ChatClient | None, budget: BudgetGuard, policy: AnswerPolicy) -> None:
+                 fallback: ChatClient | None, budget: BudgetGuard, policy: AnswerPolicy,
+                 on_answer: ObserveFn | None = None) -> None:
         self.retrieve = retrieve
+        self.on_answer = on_answer
         self.log_event = log_event
         self.local = local
         self.fallback = fallback
@@ -119,6 +124,10 @@ class AnswerService:
         except ChatUnavailable as exc:  # nothing could answer
             out.error = str(exc)
             yield AnswerEvent("error", {"message": out.error, "request_id": req.request_id})
+        except AionError as exc:  # an expected condition (database or embeddings down): its message says what to do
+            logger.warning("answer failed: %s", exc.message)
+            out.error = exc.message
+            yield AnswerEvent("error", {"message": exc.message, "code": exc.code, "request_id": req.request_id})
         except Exception as exc:
             logger.exception("answer failed")
             out.error = f"{type(exc).__name__}: {exc}"
@@ -274,6 +283,8 @@ class AnswerService:
                         for p in (context.passages if context else [])],
             "history_turns": len(req.history),
         }
+        if self.on_answer:  # before the write: metrics count answers whose record the database refused too
+            self.on_answer(meta)
         try:
             await self.log_event(req.tenant_id, "answer", 1.0 if out.complete else 0.0, meta, req.request_id)
         except Exception:

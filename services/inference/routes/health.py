@@ -20,4 +20,8 @@ async def metrics(state: StateDep) -> Response:
         stats = state.engine.stats()
         state.metrics.queue_depth.set(stats.waiting)
         state.metrics.running.set(stats.running)
+        # Reset first: an adapter nobody uses any more must drop out, not keep its last count.
+        state.metrics.adapter_sequences.clear()
+        for adapter, count in stats.adapters_in_use.items():
+            state.metrics.adapter_sequences.labels(adapter=adapter).set(count)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
