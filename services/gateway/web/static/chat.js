@@ -179,6 +179,7 @@ async function ask(question) {
   controller = new AbortController();
   setStreaming(true);
   let done = null;
+  const sentKey = apiKey();
   try {
     const res = await fetch("/api/ai/chat/stream", {
       method: "POST", signal: controller.signal,
@@ -186,7 +187,7 @@ async function ask(question) {
       body: JSON.stringify(requestBody(question)),
     });
     if (!res.ok) {
-      const err = await errorFrom(res);
+      const err = await errorFrom(res, sentKey);
       if (err.status === 401 || err.status === 403) setKeyRetry(() => ask(question));
       throw err;
     }
@@ -286,7 +287,9 @@ function uploadOne(file, row) {
       row.classList.add(ok ? "ok" : "bad");
       if (r) result.textContent = (RESULT_TEXT[r.status] || ((x) => x.status))(r);
       else result.textContent = `failed: ${body?.error?.message || `${xhr.status} ${xhr.statusText}`}`;
-      if (xhr.status === 401 || xhr.status === 403) needKey(xhr.status, body?.error?.message || "unauthorized");
+      if ((xhr.status === 401 || xhr.status === 403) && key === apiKey()) {
+        needKey(xhr.status, body?.error?.message || "unauthorized");
+      }
       resolve();
     };
     xhr.onerror = () => {

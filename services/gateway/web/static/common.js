@@ -20,7 +20,8 @@ export class ApiError extends Error {
   }
 }
 
-export async function errorFrom(res) {
+/** `sentKey`: the key the request carried; a late refusal of an old key must not ask again for a new one. */
+export async function errorFrom(res, sentKey = apiKey()) {
   let message = `${res.status} ${res.statusText}`;
   try {
     const body = await res.json();
@@ -29,12 +30,13 @@ export async function errorFrom(res) {
   } catch {
     /* not JSON: keep the status line */
   }
-  if (res.status === 401 || res.status === 403) needKey(res.status, message);
+  if ((res.status === 401 || res.status === 403) && sentKey === apiKey()) needKey(res.status, message);
   return new ApiError(res.status, message);
 }
 
 /** fetch() with the API key; JSON in and out; throws ApiError with the server's message. */
 export async function api(path, { method = "GET", json, body, signal, headers = {} } = {}) {
+  const sentKey = apiKey();
   const init = { method, signal, headers: authHeaders(headers) };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
@@ -49,7 +51,7 @@ export async function api(path, { method = "GET", json, body, signal, headers = 
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, "the gateway did not answer; is it running?");
   }
-  if (!res.ok) throw await errorFrom(res);
+  if (!res.ok) throw await errorFrom(res, sentKey);
   const type = res.headers.get("content-type") || "";
   return type.includes("application/json") ? res.json() : res.text();
 }
