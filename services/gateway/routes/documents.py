@@ -26,6 +26,9 @@ from ..services.ingestion import FileResult, IngestOptions, Upload, ingest_uploa
 
 router = APIRouter(prefix="/api/ai/documents", tags=["documents"])
 
+# Postgres OFFSET is a bigint: a larger value is a database error (500), not an empty page.
+MAX_OFFSET = 10**12
+
 
 @router.post("", response_model=IngestResponse, status_code=200,
              responses={207: {"description": "some files ingested, some refused"},
@@ -73,7 +76,7 @@ def _ingest_response(results: list[FileResult]) -> JSONResponse:
 @router.get("", response_model=DocumentPage)
 async def list_documents(session: SessionDep, tenant: TenantDep,
                          limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                         offset: Annotated[int, Query(ge=0)] = 0) -> DocumentPage:
+                         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> DocumentPage:
     items, total = await documents_repo.list_page(session, tenant, limit=limit, offset=offset)
     return DocumentPage(items=[DocumentPublic.model_validate(d) for d in items], total=total, limit=limit,
                         offset=offset)

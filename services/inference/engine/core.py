@@ -216,7 +216,13 @@ class Engine:
             if handle.cancelled.is_set():
                 self._finish_handle(handle, FinishReason.CANCELLED, 0, None)
                 continue
-            self._prefill(handle)
+            try:
+                self._prefill(handle)
+            except Exception as exc:
+                # Out of the queue but not yet running: _fail_all would not see it, and its client would
+                # wait for ever. Answer it here, then let the loop reset the batch.
+                self._finish_handle(handle, FinishReason.ERROR, 0, None, error=f"admission failed: {exc}")
+                raise
 
     def _prefill(self, handle: _Handle) -> None:
         request = handle.request

@@ -26,6 +26,10 @@ def _grow(current: int, need: int, floor: int, ceiling: int) -> int:
 class SlotCache:
     """Keys and values of every layer for up to `max_rows` sequences, with per-row lengths.
 
+    Every method that allocates or writes runs in inference mode: the cache grows inside the runner's
+    decode (inference mode) and takes rows outside it, and an in-place write to a tensor allocated in
+    inference mode is refused outside it.
+
     Layout per layer: (rows, positions, kv heads, head dim), so that the position each row writes
     next is one row of a flat (rows * positions, kv heads * head dim) view.
     """
@@ -51,6 +55,7 @@ class SlotCache:
         """Positions each row has room for."""
         return self.keys[0].shape[1] if self.keys else 0
 
+    @torch.inference_mode()
     def _reserve(self, rows: int, length: int) -> None:
         """Room for `rows` rows of `length` positions; grows geometrically, copying once, when short."""
         if length > self.max_length:
@@ -70,6 +75,7 @@ class SlotCache:
                 new[:n, :t].copy_(old[:n, :t])
         self.keys, self.values = keys, values
 
+    @torch.inference_mode()
     def append_row(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
         """Copy one freshly prefilled sequence (batch of one, (1, heads, length, dim)) into the next slot."""
         k0 = layers[0][0]
@@ -81,6 +87,7 @@ class SlotCache:
             cv[row, :length].copy_(v[0].transpose(0, 1))
         self.lengths.append(length)
 
+    @torch.inference_mode()
     def remove_rows(self, dead: list[int]) -> list[int]:
         """Drop rows; the last live rows move into the holes. Returns, for each new row, its old index."""
         order = list(range(self.rows))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+# Temperatures this close to 0 pick the most likely token anyway; treated as greedy (0).
+MIN_TEMPERATURE = 1e-4
+
 
 def make_generator(seed: int | None) -> torch.Generator:
     gen = torch.Generator(device="cpu")
@@ -27,7 +30,7 @@ def penalize(logits: torch.Tensor, counts: dict[int, int], frequency: float, pre
 
 def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """One row of last-position logits → a token id. Temperature 0 is greedy."""
-    if temperature <= 0.0:
+    if temperature < MIN_TEMPERATURE:  # below it, logits / temperature overflow to inf and NaN probabilities
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
     if top_p < 1.0:
@@ -35,6 +38,7 @@ def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # keep the smallest prefix whose mass reaches top_p (always at least one token)
         keep = cumulative - sorted_probs < top_p
+        keep[0] = True  # a top_p too small for float32 (it rounds to 0) would otherwise keep nothing
         sorted_probs = sorted_probs * keep
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return int(sorted_idx[choice].item())
