@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.gateway_stack import UNLIMITED
 from bench.kb_common import RESULTS, CpuMeter, machine, percentile, readme_corpus, say
 
 EF_SEARCH = (40, 64, 100)
@@ -239,7 +240,7 @@ def main() -> None:
 
                 port = free_port()
                 env = base_env(tmp_path, DATABASE_URL=url, AION_LOCAL_LLM_URL=inference.url, AION_LOG_LEVEL="WARNING",
-                               PRIMARY_TENANT_ID=TENANT)
+                               PRIMARY_TENANT_ID=TENANT, **UNLIMITED)
                 gateway = ServiceProcess(["gateway", "--port", str(port)], env, tmp_path / "logs" / "gw.log",
                                          f"http://127.0.0.1:{port}").start()
                 try:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.gateway_stack import UNLIMITED
 from bench.kb_common import RESULTS, CpuMeter, machine, readme_corpus, say
 
 
@@ -73,6 +74,7 @@ def ingest(gateway_url: str, docs: list[tuple[str, str]], files_per_request: int
             group = docs[i:i + files_per_request]
             r = client.post(f"{gateway_url}/api/ai/documents",
                             files=[("files", (name, body.encode(), "text/markdown")) for name, body in group])
+            assert r.status_code in (200, 201), r.text
             for result in r.json()["results"]:
                 assert result["status"] == "created", result
                 chunks += result["chunk_count"]
@@ -107,7 +109,7 @@ def main() -> None:
             with run_inference(tmp_path, tmp_path / "logs", AION_THREADS=str(args.threads)) as inference:
                 port = free_port()
                 env = base_env(tmp_path, DATABASE_URL=url, AION_LOCAL_LLM_URL=inference.url,
-                               AION_EMBED_BATCH_SIZE=str(args.batch), AION_LOG_LEVEL="WARNING")
+                               AION_EMBED_BATCH_SIZE=str(args.batch), AION_LOG_LEVEL="WARNING", **UNLIMITED)
                 gateway = ServiceProcess(["gateway", "--port", str(port)], env, tmp_path / "logs" / "gw.log",
                                          f"http://127.0.0.1:{port}").start()
                 try:

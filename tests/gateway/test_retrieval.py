@@ -83,6 +83,11 @@ async def test_mmr_selection_has_no_near_duplicates_while_plain_top_k_does(corpu
         plain = await chunks_repo.search_ann(session, "test-tenant", query_vector, 4)
     plain_texts = [h.text for h in plain]
     assert len(_near_duplicates(plain_texts)) >= 2, plain_texts  # the four reworded copies crowd plain top-k
+    # The vectors come back whole (binary transfer): each one's similarity to the query is its score.
+    for hit in plain:
+        assert hit.vector.shape == (384,) and hit.vector.dtype == np.float32
+        assert float(hit.vector @ query_vector) == pytest.approx(hit.similarity, abs=1e-5)
+    assert [h.similarity for h in plain] == sorted((h.similarity for h in plain), reverse=True)
 
     body = (await corpus.post("/api/ai/search", json={"q": question, "k": 4})).json()
     chosen = [p["text"] for p in body["passages"]]
