@@ -17,11 +17,11 @@ from shared.db.migrate import upgrade
 from shared.errors import error_body, install_error_handlers
 from shared.logging import RequestIdMiddleware
 
-from .clients.inference import InferenceClient
 from .chat_setup import build_chat
+from .clients.inference import InferenceClient
 from .observability import install_metrics
-from .routes import chat as chat_routes
 from .routes import admin_data, documents, feedback, health, metrics, pages, search, training
+from .routes import chat as chat_routes
 from .security.install import install_security
 from .services.tokens import load_token_counter
 from .settings import GatewaySettings, get_settings

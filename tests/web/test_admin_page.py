@@ -120,7 +120,8 @@ def test_export_and_training_buttons(page, site, database_url) -> None:
     page.get_by_label("Max steps").fill("3")
     page.get_by_role("button", name="Start training").click()
     page.locator("#train-result", has_text="Queued job").wait_for()
-    assert page.locator("#job-status").inner_text() == "queued"
+    # The status card refreshes on its own request after the start answered: wait for it, don't race it.
+    page.wait_for_function("() => document.querySelector('#job-status').textContent.trim() === 'queued'")
     assert "waiting for a trainer worker" in page.locator("#job-detail").inner_text()
     (status, params), = rows(database_url, "SELECT status, params FROM training_jobs")
     assert status == "queued" and params["max_steps"] == 3

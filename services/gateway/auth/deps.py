@@ -12,7 +12,7 @@ from .middleware import principal_from_state
 from .principal import Principal
 
 
-def require_user(request: Request) -> Principal:
+def principal_of(request: Request) -> Principal:
     """Any valid key (or the local developer with AION_AUTH=off)."""
     principal = principal_from_state(request.state)
     if principal is None:
@@ -21,7 +21,11 @@ def require_user(request: Request) -> Principal:
     return principal
 
 
-def require_admin(principal: Annotated[Principal, Depends(require_user)]) -> Principal:
+async def require_user(request: Request) -> Principal:
+    return principal_of(request)
+
+
+async def require_admin(principal: Annotated[Principal, Depends(require_user)]) -> Principal:
     if not principal.is_admin:
         raise Forbidden(f"this route needs an admin key; the key '{principal.name}' has the '{principal.role}' role")
     return principal

@@ -26,7 +26,7 @@ from shared.protocol.openai import (
     completion_id,
 )
 
-from ..auth.deps import require_user
+from ..auth.deps import principal_of
 from ..chat_schemas import ChatRequest, ChatResponse
 from ..deps import StateDep
 from ..services.answer import AnswerEvent, AnswerRequest, AnswerService
@@ -36,7 +36,7 @@ router = APIRouter()
 GATEWAY_MODEL = "aion"
 
 
-def get_answer_service(state: StateDep) -> AnswerService:
+async def get_answer_service(state: StateDep) -> AnswerService:
     return state.answers
 
 
@@ -49,7 +49,7 @@ def _settings(request: Request) -> Any:
 
 def _tenant(request: Request) -> str:
     # One place decides the tenant: the caller's key (set by the guard), never the body.
-    return require_user(request).tenant_id
+    return principal_of(request).tenant_id
 
 
 def _answer_request(request: Request, body: ChatRequest) -> AnswerRequest:
