@@ -53,8 +53,9 @@ def chat_gateway(clean_db: str, inference_url: str, standin: StandIn) -> Callabl
     return factory
 
 
-def sse(url: str, path: str, *, method: str = "GET", **kwargs: Any) -> list[tuple[str, dict]]:
-    """Every SSE event of a stream, parsed."""
+def sse(url: str, path: str, *, method: str = "GET",
+        on_event: Callable[[list[tuple[str, dict]]], None] | None = None, **kwargs: Any) -> list[tuple[str, dict]]:
+    """Every SSE event of a stream, parsed; `on_event` sees the list so far after each one arrives."""
     events: list[tuple[str, dict]] = []
     with httpx.stream(method, url + path, timeout=120, **kwargs) as r:
         assert r.status_code == 200, r.read()
@@ -64,6 +65,8 @@ def sse(url: str, path: str, *, method: str = "GET", **kwargs: Any) -> list[tupl
                 name = line[6:].strip()
             elif line.startswith("data:"):
                 events.append((name, json.loads(line[5:])))
+                if on_event is not None:
+                    on_event(events)
     return events
 
 

@@ -7,14 +7,13 @@ service; retrieval keeps using the session's, so only the generation dies.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from services.gateway.main import create_app
-from tests.chat.conftest import answer_events
+from tests.chat.conftest import answer_events, sse
 from tests.faults.conftest import NO_RATE_LIMITS
 from tests.fixtures.openai_standin import REPLY, run_standin
 from tests.fixtures.servers import ServiceProcess, base_env, free_port, run_asgi
@@ -45,18 +44,11 @@ def alive(service: ServiceProcess) -> ServiceProcess:
 
 def stream_and_kill(url: str, victim: ServiceProcess, after_tokens: int = 2) -> list[tuple[str, dict]]:
     """Read the chat stream; SIGKILL the inference process once `after_tokens` tokens have arrived."""
-    events: list[tuple[str, dict]] = []
-    with httpx.stream("GET", f"{url}/api/ai/chat/stream", params={"q": QUESTION}, timeout=120) as r:
-        assert r.status_code == 200
-        name = "message"
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line[5:])))
-                if name == "token" and sum(n == "token" for n, _ in events) == after_tokens:
-                    victim.kill()
-    return events
+    def kill_at_token(events: list[tuple[str, dict]]) -> None:
+        if events[-1][0] == "token" and sum(n == "token" for n, _ in events) == after_tokens:
+            victim.kill()
+
+    return sse(url, "/api/ai/chat/stream", params={"q": QUESTION}, on_event=kill_at_token)
 
 
 def _settings(db: str, inference_url: str, victim: ServiceProcess, **env):
