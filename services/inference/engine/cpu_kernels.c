@@ -358,20 +358,36 @@ static void qmat_apply(const qmat *w, const float *x, int64_t M, float *y, int t
             for (int64_t n = 0; n < w->out_features; n++) y[r * w->out_features + n] += w->bias[n];
 }
 
-void rms_norm(const float *x, const float *weight, int64_t rows, int64_t n, float eps, float *out) {
+/* Llama's RMSNorm of each row. Rows are independent (and spread over threads when there are many, as
+ * in a prompt); within a row the sum of squares runs 16 lanes wide in a fixed order. */
+void rms_norm(const float *x, const float *weight, int64_t rows, int64_t n, float eps, float *out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;
-        float ss = 0.0f;
-        for (int64_t i = 0; i < n; i++) ss += xr[i] * xr[i];
+        float *o = out + r * n;
+        __m512 acc = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            const __m512 v = _mm512_loadu_ps(xr + i);
+            acc = _mm512_fmadd_ps(v, v, acc);
+        }
+        float ss = _mm512_reduce_add_ps(acc);
+        for (; i < n; i++) ss += xr[i] * xr[i];
         const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-        for (int64_t i = 0; i < n; i++) out[r * n + i] = weight[i] * (xr[i] * inv);
+        const __m512 iv = _mm512_set1_ps(inv);
+        for (i = 0; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(weight + i), _mm512_mul_ps(_mm512_loadu_ps(xr + i), iv)));
+        for (; i < n; i++) o[i] = weight[i] * (xr[i] * inv);
     }
 }
 
-static void silu_mul(const float *gate_up, int64_t rows, int64_t inter, float *out) {
+/* out[r, i] = silu(gate[r, i]) * up[r, i]; gate and up rows `stride` floats apart, out rows `inter`. */
+void silu_mul(const float *gate, const float *up, int64_t rows, int64_t inter, int64_t stride, float *out,
+              int threads) {
     const __m512 one = _mm512_set1_ps(1.0f);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
     for (int64_t r = 0; r < rows; r++) {
-        const float *g = gate_up + r * 2 * inter, *u = g + inter;
+        const float *g = gate + r * stride, *u = up + r * stride;
         float *o = out + r * inter;
         int64_t i = 0;
         for (; i + 16 <= inter; i += 16) {
@@ -380,6 +396,25 @@ static void silu_mul(const float *gate_up, int64_t rows, int64_t inter, float *o
             _mm512_storeu_ps(o + i, _mm512_mul_ps(sg, _mm512_loadu_ps(u + i)));
         }
         for (; i < inter; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+/* Rotate-half rotary embedding in place: `rows` rows of `heads` vectors of D floats, rows `stride`
+ * floats apart; cos/sin hold one D-vector per row (the row's position). */
+void rope(float *x, int64_t rows, int64_t heads, int64_t D, int64_t stride, const float *cos, const float *sin,
+          int threads) {
+    const int64_t half = D / 2;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
+    for (int64_t b = 0; b < rows; b++) {
+        const float *c = cos + b * D, *s = sin + b * D;
+        for (int64_t head = 0; head < heads; head++) {
+            float *v = x + b * stride + head * D;
+            for (int64_t i = 0; i < half; i++) {
+                const float lo = v[i], hi = v[i + half];
+                v[i] = lo * c[i] + (-hi) * s[i];
+                v[i + half] = hi * c[i + half] + lo * s[i + half];
+            }
+        }
     }
 }
 
@@ -396,23 +431,15 @@ int decode_layers(int64_t B, int64_t nlayers, const qlayer *layers, float *const
                   int64_t cap, int64_t H, int64_t KVH, int64_t D, int64_t hidden, int64_t inter, float eps,
                   float scale, float *x, const float *cos, const float *sin, const int64_t *slots,
                   const int64_t *seen, int64_t max_seen, float *work, int threads) {
-    const int64_t nqkv = (H + 2 * KVH) * D, G = H / KVH, half = D / 2;
+    const int64_t nqkv = (H + 2 * KVH) * D, G = H / KVH;
     float *h = work, *qkv = h + B * hidden, *att = qkv + B * nqkv, *tmp = att + B * H * D;
     float *gu = tmp + B * hidden, *act = gu + B * 2 * inter, *scratch = act + B * inter;
     for (int64_t l = 0; l < nlayers; l++) {
         const qlayer *L = layers + l;
-        rms_norm(x, L->norm_in, B, hidden, eps, h);
+        rms_norm(x, L->norm_in, B, hidden, eps, h, 1);
         qmat_apply(&L->qkv, h, B, qkv, threads);
+        rope(qkv, B, H + KVH, D, nqkv, cos, sin, 1); /* queries and keys */
         for (int64_t b = 0; b < B; b++) {
-            const float *c = cos + b * D, *s = sin + b * D;
-            for (int64_t head = 0; head < H + KVH; head++) { /* queries and keys: rotate-half RoPE */
-                float *v = qkv + b * nqkv + head * D, r[512];
-                for (int64_t i = 0; i < half; i++) {
-                    r[i] = v[i] * c[i] + (-v[i + half]) * s[i];
-                    r[i + half] = v[i + half] * c[i + half] + v[i] * s[i + half];
-                }
-                for (int64_t i = 0; i < D; i++) v[i] = r[i];
-            }
             float *kdst = keys[l] + slots[b] * KVH * D, *vdst = values[l] + slots[b] * KVH * D;
             const float *ksrc = qkv + b * nqkv + H * D, *vsrc = ksrc + KVH * D;
             for (int64_t i = 0; i < KVH * D; i++) {
@@ -425,9 +452,9 @@ int decode_layers(int64_t B, int64_t nlayers, const qlayer *layers, float *const
         if (rc) return rc;
         qmat_apply(&L->o, att, B, tmp, threads);
         for (int64_t i = 0; i < B * hidden; i++) x[i] += tmp[i];
-        rms_norm(x, L->norm_post, B, hidden, eps, h);
+        rms_norm(x, L->norm_post, B, hidden, eps, h, 1);
         qmat_apply(&L->gate_up, h, B, gu, threads);
-        silu_mul(gu, B, inter, act);
+        silu_mul(gu, gu + inter, B, inter, 2 * inter, act, 1);
         qmat_apply(&L->down, act, B, tmp, threads);
         for (int64_t i = 0; i < B * hidden; i++) x[i] += tmp[i];
     }

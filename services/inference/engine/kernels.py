@@ -94,8 +94,12 @@ def kernel() -> ctypes.CDLL | None:
             lib.attend.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, i64,
                                    ctypes.c_int]
             lib.attend.restype = ctypes.c_int
-            lib.rms_norm.argtypes = [ptr, ptr, i64, i64, ctypes.c_float, ptr]
+            lib.rms_norm.argtypes = [ptr, ptr, i64, i64, ctypes.c_float, ptr, ctypes.c_int]
             lib.rms_norm.restype = None
+            lib.silu_mul.argtypes = [ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
+            lib.silu_mul.restype = None
+            lib.rope.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
+            lib.rope.restype = None
             lib.decode_work_floats.argtypes = [i64] * 7
             lib.decode_work_floats.restype = i64
             lib.decode_layers.argtypes = [i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float,
@@ -235,9 +239,29 @@ class NativeLayers:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of each row of a contiguous fp32 (rows, n) tensor, as the native decode step computes it."""
     lib = _library
-    assert lib is not None
+    assert lib is not None and x.is_contiguous()
     out = torch.empty_like(x)
-    lib.rms_norm(x.data_ptr(), weight.data_ptr(), x.shape[0], x.shape[1], eps, out.data_ptr())
+    lib.rms_norm(x.data_ptr(), weight.data_ptr(), x.shape[0], x.shape[1], eps, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (rotate-half), in place, on a contiguous fp32 (rows, heads, dim) tensor; cos/sin
+    (rows, dim) contiguous, one row per position."""
+    lib = _library
+    assert lib is not None and x.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
+    rows, heads, dim = x.shape
+    lib.rope(x.data_ptr(), rows, heads, dim, heads * dim, cos.data_ptr(), sin.data_ptr(), torch.get_num_threads())
+    return x
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for contiguous fp32 (rows, n) tensors, as the native decode step computes it."""
+    lib = _library
+    assert lib is not None and gate.is_contiguous() and up.is_contiguous() and gate.shape == up.shape
+    out = torch.empty_like(gate)
+    lib.silu_mul(gate.data_ptr(), up.data_ptr(), gate.shape[0], gate.shape[1], gate.shape[1], out.data_ptr(),
+                 torch.get_num_threads())
     return out
 
 

@@ -94,6 +94,10 @@ class ModelRunner:
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run one prompt; return its last-position logits and its KV cache layers."""
+        if self.fast and adapter is None:
+            decoder = self._fast_decoder()
+            if decoder.prefill_layers is not None:
+                return decoder.prefill(prompt_ids)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         cache = DynamicCache(config=self.config)
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
