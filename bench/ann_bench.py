@@ -121,7 +121,15 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:10]) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
 
 
-def raw_pgvector(url: str, queries: np.ndarray, ef: int | None) -> tuple[list[float], list[list[int]]]:
+RAW_IDS = "SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 24"
+# The same query returning what AION's needs from each chunk (text, vector...), still without the tenant
+# filter and the document names: it separates the cost of the payload from AION's own.
+RAW_ROWS = ("SELECT id, document_id, ord, text, heading, page, embedding FROM chunks "
+            "ORDER BY embedding <=> %s LIMIT 24")
+
+
+def raw_pgvector(url: str, queries: np.ndarray, ef: int | None,
+                 sql: str = RAW_IDS) -> tuple[list[float], list[list[int]]]:
     """pgvector's own query shape, binary vectors, prepared; ef None = exact scan (index off)."""
     import psycopg
     from pgvector.psycopg import register_vector
@@ -132,13 +140,12 @@ def raw_pgvector(url: str, queries: np.ndarray, ef: int | None) -> tuple[list[fl
             conn.execute("SET enable_indexscan = off")
         else:
             conn.execute(f"SET hnsw.ef_search = {ef}")
-        sql = "SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 24"
         for q in queries[:20]:  # warm-up
-            conn.execute(sql, (q,)).fetchall()
+            conn.execute(sql, (q,), binary=True).fetchall()
         times, ids = [], []
         for q in queries:
             start = time.perf_counter()
-            rows = conn.execute(sql, (q,)).fetchall()
+            rows = conn.execute(sql, (q,), binary=True).fetchall()
             times.append((time.perf_counter() - start) * 1000)
             ids.append([r[0] for r in rows])
     return times, ids
@@ -227,15 +234,18 @@ def main() -> None:
                 with CpuMeter(ours={postmaster}) as meter:
                     times, ids = raw_pgvector(url, queries, None)
                     result["exact_scan"] = {**summary(times), "recall@10": round(recall(ids, truth), 4)}
-                    result["raw_pgvector"], result["aion_query"] = {}, {}
+                    result["raw_pgvector"], result["raw_pgvector_rows"], result["aion_query"] = {}, {}, {}
                     for ef in EF_SEARCH:
                         times, ids = raw_pgvector(url, queries, ef)
                         result["raw_pgvector"][ef] = {**summary(times), "recall@10": round(recall(ids, truth), 4)}
+                        times, ids = raw_pgvector(url, queries, ef, RAW_ROWS)
+                        result["raw_pgvector_rows"][ef] = summary(times)
                         aion = asyncio.run(aion_query(url, queries, ef))
                         result["aion_query"][ef] = {**summary(aion["ann_ms"]),
                                                     "recall@10": round(recall(aion["ids"], truth), 4),
                                                     "ann_mmr_confidence": summary(aion["select_ms"])}
-                        say(f"ef_search {ef}: raw {result['raw_pgvector'][ef]}  aion {result['aion_query'][ef]}")
+                        say(f"ef_search {ef}: raw {result['raw_pgvector'][ef]}  raw rows {result['raw_pgvector_rows'][ef]}  "
+                            f"aion {result['aion_query'][ef]}")
                 result["queries_other_processes_cores"] = meter.others_cores()
 
                 port = free_port()
