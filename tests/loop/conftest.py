@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import psycopg
-import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from shared.db import make_async_engine, make_session_factory
 
 TENANT = "test-tenant"
-
-
-@pytest.fixture
-async def sessions(clean_db: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_async_engine(clean_db, pool_size=4)
-    try:
-        yield make_session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 def add_answer(db: str, question: str, reply: str, *, when: datetime | None = None, complete: bool = True,

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.repositories import adapters as adapters_repo
 from services.gateway.repositories import jobs as jobs_repo
-from shared.db import make_async_engine, make_session_factory
 from tests.fixtures.servers import ServiceProcess, base_env
 from tests.loop.conftest import add_answer
 from tests.trainer.facts import ANSWERS, QUESTIONS
@@ -24,15 +23,6 @@ from trainer.settings import TrainerSettings
 from trainer.worker import job_settings
 
 TENANT = "test-tenant"
-
-
-@pytest.fixture
-async def sessions(clean_db: str):
-    engine = make_async_engine(clean_db, pool_size=8, max_overflow=4)
-    try:
-        yield make_session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 async def queue_job(sessions: async_sessionmaker[AsyncSession], **params: object) -> uuid.UUID:
