@@ -212,7 +212,8 @@ def test_scheduler_state_comes_from_its_job_store(page, site, database_url, offs
 
 
 def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> None:
-    """A running job's progress and loss curve (from the worker's log lines) update without a reload."""
+    """A running job's progress and loss curve (from the worker's log lines) update without a reload; a
+    finished job's curve is its recorded losses."""
     job_id = uuid.uuid4()
     log = "".join(f"step {s}/4 loss {loss}\n" for s, loss in [(1, 2.31), (2, 1.87)])
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -224,11 +225,13 @@ def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> 
     assert page.locator("#job-status").inner_text() == "running"
     assert page.locator("#job-step").inner_text() == "step 2/4 · loss 1.87"
     assert page.locator("#chart-loss circle").count() == 2
-    # The worker goes on and finishes: the panel polls and shows it.
+    # The worker goes on and finishes: the panel polls and shows it. The curve of a finished job is the
+    # losses the worker recorded, not what is left of the log (its tail is cut to 4000 characters).
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE training_jobs SET status = 'succeeded', finished_at = now(), adapter_name = 'aion-v9', "
-                     "progress = %s, log_tail = log_tail || %s WHERE id = %s",
-                     (json.dumps({"step": 4, "total": 4, "loss": 1.1}), "step 3/4 loss 1.4\nstep 4/4 loss 1.1\n", job_id))
+                     "progress = %s, log_tail = %s, metrics = %s WHERE id = %s",
+                     (json.dumps({"step": 4, "total": 4, "loss": 1.1}), "step 4/4 loss 1.1\ngate: promote\n",
+                      json.dumps({"train": {"losses": [2.31, 1.87, 1.4, 1.1]}}), job_id))
     page.locator("#job-status", has_text="succeeded").wait_for(timeout=15_000)
     assert page.locator("#chart-loss circle").count() == 4
     assert page.locator("#job-progress").evaluate("p => p.value") == 1

@@ -201,9 +201,13 @@ function activate(name, button) {
 
 let jobTimer = null;
 
-/** Loss points from the worker's log lines ("step 3/16 loss 1.2345"); the log keeps its last 4000 chars. */
-function lossPoints(log) {
-  return [...(log || "").matchAll(/step (\d+)\/(\d+) loss ([0-9.eE+-]+)/g)].map((m) => [Number(m[1]), Number(m[3])]);
+/** Loss points of a job: a finished job's recorded losses (every step), else, while it runs, the
+ * worker's log lines ("step 3/16 loss 1.2345"), of which the job keeps only the last 4000 chars. */
+function lossPoints(job) {
+  const losses = job && job.metrics && job.metrics.train && job.metrics.train.losses;
+  if (Array.isArray(losses) && losses.length) return losses.map((loss, i) => [i + 1, loss]);
+  const log = (job && job.log_tail) || "";
+  return [...log.matchAll(/step (\d+)\/(\d+) loss ([0-9.eE+-]+)/g)].map((m) => [Number(m[1]), Number(m[3])]);
 }
 
 function renderJob(job) {
@@ -222,7 +226,7 @@ function renderJob(job) {
   const cancel = $("job-cancel");
   cancel.hidden = !job || !["queued", "running"].includes(job.status);
   cancel.dataset.job = job ? job.id : "";
-  const pts = lossPoints(job && job.log_tail);
+  const pts = lossPoints(job);
   lineChart($("chart-loss"), {
     labels: pts.map(([s]) => String(s)), title: "Training loss", yFormat: (v) => v.toFixed(2),
     emptyText: "no loss reported yet", series: [{ name: "loss", cls: "s-c", values: pts.map(([, l]) => l) }],
