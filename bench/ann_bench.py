@@ -30,7 +30,7 @@ import numpy as np
 from bench.gateway_stack import UNLIMITED
 from bench.kb_common import RESULTS, CpuMeter, machine, percentile, readme_corpus, say
 
-EF_SEARCH = (40, 64, 100)  # 64: the gateway's default (AION_HNSW_EF_SEARCH)
+EF_SEARCH = (40, 64, 100)  # 100: the gateway's default (AION_HNSW_EF_SEARCH)
 TOP_N = 24
 TENANT = "bench"
 

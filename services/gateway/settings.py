@@ -43,9 +43,10 @@ class GatewaySettings(DatabaseSettings):
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0, validation_alias="AION_MMR_LAMBDA")
     # Passages this similar to one already chosen are near-copies and are skipped (see services/mmr.py).
     mmr_duplicate_similarity: float = Field(default=0.93, gt=0.0, le=1.0, validation_alias="AION_MMR_DUPLICATE_SIM")
-    # 64, not pgvector's 40: at 100k chunks 40 gave recall@10 between 0.965 and 0.983 from one index
-    # build to the next, 64 between 0.982 and 0.994, for ~0.1 ms more (docs/benchmarks.md).
-    hnsw_ef_search: int = Field(default=64, ge=1, le=1000, validation_alias="AION_HNSW_EF_SEARCH")
+    # 100, not pgvector's 40: at 100k chunks recall@10 changed from one index build to the next, 0.958-0.983
+    # at 40, 0.971-0.994 at 64, 0.989-0.999 at 100, which costs ~0.3 ms a query more than 40
+    # (docs/benchmarks.md); the query's embedding takes ~25 ms.
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000, validation_alias="AION_HNSW_EF_SEARCH")
     max_query_chars: int = Field(default=2000, ge=1, validation_alias="AION_MAX_QUERY_CHARS")
 
     # Answer routing (seed names): local when C >= tau, else the budgeted fallback.
