@@ -19,14 +19,17 @@
 static inline __m512 q4_lo(__m512i v) { return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))); }
 static inline __m512 q4_hi(__m512i v) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)); }
 
-/* Weights of output n, block b, as two vectors of 16 floats. */
+/* Weights of output n, block b, as two vectors of 16 floats. The block's 16 possible values
+ * fma(i, d, m), i = 0..15, are made once and each nibble picks its own (vpermps reads the low 4 bits
+ * of each index): the same numbers as fma(q, d, m) per weight, with fewer vector operations. */
 static inline void q4_block(const uint8_t *qs, const float *d, const float *m, int64_t K, int64_t n, int64_t b,
                             __m512 *w0, __m512 *w1) {
     const int64_t nb = K / 32;
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + n * (K / 2) + b * 16)));
-    __m512 dv = _mm512_set1_ps(d[n * nb + b]), mv = _mm512_set1_ps(m[n * nb + b]);
-    *w0 = _mm512_fmadd_ps(q4_lo(v), dv, mv);
-    *w1 = _mm512_fmadd_ps(q4_hi(v), dv, mv);
+    __m512 lut = _mm512_fmadd_ps(iota, _mm512_set1_ps(d[n * nb + b]), _mm512_set1_ps(m[n * nb + b]));
+    *w0 = _mm512_permutexvar_ps(v, lut);
+    *w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
 }
 
 static inline void q8_block(const int8_t *qs, const float *d, const float *m, int64_t K, int64_t n, int64_t b,

@@ -1,0 +1,49 @@
+"""The packed-weight kernels: packing never changes a weight, products match float64 arithmetic, and a
+row's result is bit-for-bit the same alone or in any batch (what batched = solo decoding stands on)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from services.inference.engine.kernels import kernel, pack
+
+pytestmark = pytest.mark.skipif(kernel() is None, reason="the native kernels need a C compiler and AVX-512")
+
+
+def blockwise(out_features: int, in_features: int, bits: int, seed: int) -> torch.Tensor:
+    """An fp32 matrix whose every block of 32 is exactly d*q + m (bits 4) or d*q (bits 8), d an fp16
+    value, as the GGUF checkpoint's Q4_1 / Q8_0 blocks give after conversion."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = (out_features, in_features // 32, 1)
+    d = (torch.rand(blocks, generator=g) * 0.02 + 0.001).half().double()
+    if bits == 4:
+        q = torch.randint(0, 16, (*blocks[:2], 32), generator=g).double()
+        q[..., 0], q[..., 1] = 0, 15  # a quantizer's block spans its range: min = m, max = 15 d + m
+        m = (torch.rand(blocks, generator=g) * -0.15).float().double()
+        w = q * d + m  # exact in float64; one rounding to float32, as a fused multiply-add gives
+    else:
+        q = torch.randint(-127, 128, (*blocks[:2], 32), generator=g).double()
+        q[..., 0] = 127  # the block's largest magnitude is 127 d
+        w = q * d
+    return w.view(out_features, in_features).float()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_products_match_float64_and_do_not_depend_on_the_batch(bits: int) -> None:
+    weight = blockwise(200, 576, bits, seed=bits)
+    packed = pack(weight)
+    assert packed is not None and packed.bits == bits
+    x = torch.randn(13, 576, generator=torch.Generator().manual_seed(7))
+    reference = (x.double() @ weight.double().T).float()
+    for rows in (1, 2, 3, 4, 5, 8, 9, 13):
+        y = packed(x[:rows].contiguous())
+        assert torch.allclose(y, reference[:rows], atol=1e-4, rtol=1e-5), rows
+        alone = torch.stack([packed(x[r:r + 1].contiguous())[0] for r in range(rows)])
+        assert torch.equal(y, alone), f"a batch of {rows} changed some row's bits"
+
+
+def test_weights_that_are_not_blockwise_stay_fp32() -> None:
+    weight = torch.randn(64, 576, generator=torch.Generator().manual_seed(1))
+    assert pack(weight) is None  # packing would have to round them: the caller keeps the fp32 matrix
+    assert pack(torch.randn(64, 100)) is None  # rows not a whole number of blocks
