@@ -41,6 +41,27 @@ static inline void q8_block(const int8_t *qs, const float *d, const float *m, in
     *w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16)))), dv);
 }
 
+/* A tile reads a few short runs of each output's blocks, too short for the hardware prefetcher to
+ * pick up: ask for the next tile's (outputs n .. n + count - 1) while this one computes. Prefetches
+ * past the end of the matrix are harmless (they never fault). */
+static inline void prefetch_lines(const void *p, int64_t bytes) {
+    for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + off, _MM_HINT_T0);
+}
+
+static inline void q4_prefetch_next(const uint8_t *qs, const float *d, const float *m, int64_t K, int64_t n,
+                                    int count) {
+    prefetch_lines(qs + n * (K / 2), count * (K / 2));
+    prefetch_lines(d + n * (K / 32), count * (K / 32) * 4);
+    prefetch_lines(m + n * (K / 32), count * (K / 32) * 4);
+}
+
+static inline void q8_prefetch_next(const int8_t *qs, const float *d, const float *m, int64_t K, int64_t n,
+                                    int count) {
+    (void)m;
+    prefetch_lines(qs + n * K, count * K);
+    prefetch_lines(d + n * (K / 32), count * (K / 32) * 4);
+}
+
 /* ROWS activation rows times NCOLS consecutive outputs starting at n0 (nn of them real). Each block of
  * weights is expanded to floats once and used by all ROWS rows; every (row, output) pair has its own
  * accumulator fed in block order, so the result does not depend on ROWS or NCOLS. */
@@ -51,6 +72,7 @@ static inline void q8_block(const int8_t *qs, const float *d, const float *m, in
         __m512 acc[ROWS][NCOLS];                                                                     \
         for (int r = 0; r < ROWS; r++)                                                               \
             for (int j = 0; j < NCOLS; j++) acc[r][j] = _mm512_setzero_ps();                         \
+        KIND##_prefetch_next(qs, d, m, K, n0 + NCOLS, NCOLS);                                        \
         for (int64_t b = 0; b < K / 32; b++) {                                                       \
             __m512 w0[NCOLS], w1[NCOLS];                                                             \
             for (int j = 0; j < NCOLS; j++) KIND##_block(qs, d, m, K, n0 + (j < nn ? j : 0), b, &w0[j], &w1[j]); \
