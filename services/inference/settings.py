@@ -40,6 +40,10 @@ class InferenceSettings(CommonSettings):
     threads: int | None = Field(default=None, ge=1, validation_alias="AION_THREADS")
     inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
     max_embed_inputs: int = Field(default=256, ge=1, validation_alias="AION_MAX_EMBED_INPUTS")
+    # The CPU decode kernels (services/inference/engine/kernels.py): where their compiled library is
+    # cached (default ~/.cache/aion/kernels), and a switch to decode with fp32 weights instead.
+    kernel_cache_dir: Path | None = Field(default=None, validation_alias="AION_KERNEL_CACHE_DIR")
+    quantized_decode: bool = Field(default=True, validation_alias="AION_QUANTIZED_DECODE")
 
     def cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_path("models")

@@ -11,7 +11,7 @@ from typing import Any
 
 from .adapters import AdapterManager, check_adapter
 from .embeddings import Embedder
-from .engine import Engine, StreamEvent
+from .engine import Engine, StreamEvent, kernels
 from .engine.runner import ModelRunner
 from .generation import GenerationService
 from .loader import choose_device, load_causal_lm, resolve_base_model, resolve_embed_model, wants_4bit
@@ -67,6 +67,7 @@ class InferenceState:
 
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
+            kernels.configure(cache_dir=self.settings.kernel_cache_dir, enabled=self.settings.quantized_decode)
             device = choose_device(self.settings.device)
             four_bit = wants_4bit(self.settings.load_in_4bit, device)
             path = resolve_base_model(self.settings.base_model, self.settings.cache_dir())

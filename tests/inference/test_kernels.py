@@ -3,9 +3,16 @@ row's result is bit-for-bit the same alone or in any batch (what batched = solo 
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+from services.inference.engine import kernels
 from services.inference.engine.kernels import kernel, pack
 
 pytestmark = pytest.mark.skipif(kernel() is None, reason="the native kernels need a C compiler and AVX-512")
@@ -47,3 +54,24 @@ def test_weights_that_are_not_blockwise_stay_fp32() -> None:
     weight = torch.randn(64, 576, generator=torch.Generator().manual_seed(1))
     assert pack(weight) is None  # packing would have to round them: the caller keeps the fp32 matrix
     assert pack(torch.randn(64, 100)) is None  # rows not a whole number of blocks
+
+
+def test_a_library_built_ahead_is_loaded_without_a_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CPU image does: build into a folder at image build time, load from it at run time."""
+    built = subprocess.run([sys.executable, "-m", "services.inference.engine.kernels", str(tmp_path / "k")],
+                           capture_output=True, text=True, check=True, timeout=300)
+    library = Path(built.stdout.strip())
+    assert library.parent == tmp_path / "k" and library.exists()
+    assert library.stat().st_mode & stat.S_IROTH  # readable by the image's non-root user
+    monkeypatch.setenv("CC", str(tmp_path / "no-compiler-here"))  # a compile now would fail
+    try:
+        kernels.configure(cache_dir=tmp_path / "k")
+        assert kernel() is not None
+        assert any(os.path.samefile(line.split()[-1], library) for line in open("/proc/self/maps")
+                   if line.rstrip().endswith(".so") and library.name in line)
+        kernels.configure(cache_dir=tmp_path / "empty")
+        assert kernel() is None  # nothing built there and no compiler: fp32 decode, not a crash
+    finally:
+        monkeypatch.delenv("CC")
+        kernels.configure()
+        assert kernel() is not None  # the default cache again, for the tests that follow

@@ -45,10 +45,38 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+_config = {"cache_dir": None, "enabled": True}
+
+
+def configure(*, cache_dir: Path | None = None, enabled: bool = True) -> None:
+    """Where the compiled library lives and whether to use it (the service's settings); call before the
+    first model is loaded. A cache dir that already holds the library (an image built with
+    `python -m services.inference.engine.kernels DIR`) needs no compiler at run time."""
+    global _library, _load_error
+    with _lock:
+        _config.update(cache_dir=cache_dir, enabled=enabled)
+        _library = _load_error = None
+
+
 def _cache_dir() -> Path:
-    root = os.environ.get("AION_KERNEL_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
-    base = Path(root) if root else Path.home() / ".cache"
-    return (base if os.environ.get("AION_KERNEL_CACHE_DIR") else base / "aion" / "kernels")
+    if _config["cache_dir"] is not None:
+        return Path(_config["cache_dir"])
+    root = os.environ.get("XDG_CACHE_HOME")
+    return (Path(root) if root else Path.home() / ".cache") / "aion" / "kernels"
+
+
+def library_path(cache_dir: Path | None = None) -> Path:
+    """The compiled library's path for this source and this torch build."""
+    digest = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    return (cache_dir or _cache_dir()) / f"cpu-kernels-{digest}.so"
+
+
+def build(cache_dir: Path | None = None) -> Path:
+    """Compile the library into the cache dir (whatever CPU this runs on) unless it is there."""
+    target = library_path(cache_dir)
+    if not target.exists():
+        _compile(target)
+    return target
 
 
 def _compile(target: Path) -> None:
@@ -61,6 +89,7 @@ def _compile(target: Path) -> None:
            str(_SOURCE), "-o", tmp, "-lm"]
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        os.chmod(tmp, 0o755)  # mkstemp made it private; an image's non-root user must be able to load it
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -74,16 +103,11 @@ def kernel() -> ctypes.CDLL | None:
         if _library is not None or _load_error is not None:
             return _library
         try:
-            if os.environ.get("AION_QUANTIZED_DECODE", "1") == "0":
-                raise RuntimeError("disabled by AION_QUANTIZED_DECODE=0")
+            if not _config["enabled"]:
+                raise RuntimeError("disabled by AION_QUANTIZED_DECODE=false")
             if not set(_CPU_FLAGS) <= _cpu_flags():
                 raise RuntimeError("the CPU lacks AVX-512")
-            source = _SOURCE.read_bytes()
-            digest = hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
-            target = _cache_dir() / f"cpu-kernels-{digest}.so"
-            if not target.exists():
-                _compile(target)
-            lib = ctypes.CDLL(str(target))
+            lib = ctypes.CDLL(str(build()))
             i64, ptr = ctypes.c_int64, ctypes.c_void_p
             lib.q4_matmul.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
             lib.q8_matmul.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
@@ -291,3 +315,11 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedLinear
     if lib.q8_pack(w.data_ptr(), blocks, qs8.data_ptr(), d.data_ptr(), threads) == 0:
         return PackedLinear(8, out_features, in_features, qs8, d, None, packed_bias)
     return None
+
+
+if __name__ == "__main__":
+    # Image builds: `python -m services.inference.engine.kernels DIR` compiles the library into DIR,
+    # so that the final image (AION_KERNEL_CACHE_DIR=DIR) needs no compiler.
+    import sys
+
+    sys.stdout.write(f"{build(Path(sys.argv[1]) if len(sys.argv) > 1 else None)}\n")
