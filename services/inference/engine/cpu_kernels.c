@@ -16,9 +16,6 @@
 #include <math.h>
 #include <stdint.h>
 
-static inline __m512 q4_lo(__m512i v) { return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))); }
-static inline __m512 q4_hi(__m512i v) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)); }
-
 /* Weights of output n, block b, as two vectors of 16 floats. The block's 16 possible values
  * fma(i, d, m), i = 0..15, are made once and each nibble picks its own (vpermps reads the low 4 bits
  * of each index): the same numbers as fma(q, d, m) per weight, with fewer vector operations. */

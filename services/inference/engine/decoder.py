@@ -177,7 +177,7 @@ class LlamaDecoder:
         self.embed = core.embed_tokens
         self.lm_head = base.lm_head
         self.head = weights.fuse([base.lm_head])
-        self.norm = core.norm.weight.detach()
+        self.norm = core.norm.weight.detach().contiguous()  # the native RMSNorm reads it as a flat array
         self.layers = [_Layer(layer, weights) for layer in core.layers[: config.num_hidden_layers]]
         weight = core.embed_tokens.weight
         with torch.inference_mode():
@@ -195,7 +195,6 @@ class LlamaDecoder:
             self.native = NativeLayers(
                 [LayerWeights(layer.norm_in, layer.norm_post, layer.qkv, layer.o, layer.gate_up, layer.down)
                  for layer in self.layers], self.heads, self.kv_heads, self.head_dim, self.eps, self.scaling)
-            self.norm = self.norm.contiguous()
         # Base-model prompts through the native element-wise ops (see the module docstring).
         self.prefill_layers: list[_PrefillLayer] | None = None
         embed_base = _plain_base(self.embed)
@@ -204,7 +203,6 @@ class LlamaDecoder:
             if all(layer.complete for layer in layers):
                 self.prefill_layers = layers
                 self.embed_weight = embed_base.weight.detach()
-                self.norm = self.norm.contiguous()
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
