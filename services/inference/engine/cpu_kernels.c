@@ -5,144 +5,171 @@
  * loads holds exactly those values, so reading them back in their 4.5/8.5-bit form is lossless and
  * moves 4-6x fewer bytes per decode step than fp32, which is what bounds decode on this CPU.
  *
- * y[r, n] = sum_k x[r, k] * w[n, k]. Activations stay fp32 (no activation quantization); each
- * output accumulates its blocks in the same order whatever the number of rows or threads, so a row
- * gets bit-identical results alone or in a batch.
+ * y[r, n] = sum_k x[r, k] * w[n, k], activations fp32 (no activation quantization). Per block of 32,
+ * sum_k x_k (d q_k + m) is computed as d * (sum_k q_k x_k) + m * (sum_k x_k), the form llama.cpp's
+ * dot products use: the inner loop then multiplies the small integers q_k (exact in fp32) and never
+ * builds the weights themselves. Outputs are laid out in panels of 16 (one vector lane per output):
+ * q[16p .. 16p+15, k] is converted once per k and multiplied by a broadcast activation of every row
+ * in the tile (an outer product, the shape that keeps both FMA ports busy when rows share weights).
  *
- * Q4 layout per output row n: qs[n][K/2] (block b: 16 bytes, low nibbles = elements 0..15, high
- * nibbles = 16..31), d[n][K/32], m[n][K/32]. Q8 layout: qs[n][K] (int8), d[n][K/32].
+ * Every output adds its products in one fixed order (k = 0, 1, ... within a block, then the block's
+ * two terms, block after block) whatever the tile shape, the number of rows or threads: a row gets
+ * bit-identical results alone or in a batch.
+ *
+ * Panel layout (outputs padded with zero weights to a multiple of 16):
+ *   Q4: qs[p][K/2][16] bytes, byte j of lane l = q[16p+l][2j] | q[16p+l][2j+1] << 4;
+ *       d[p][K/32][16], m[p][K/32][16].
+ *   Q8: qs[p][K][16] int8; d[p][K/32][16].
  */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
-/* Weights of output n, block b, as two vectors of 16 floats. The block's 16 possible values
- * fma(i, d, m), i = 0..15, are made once and each nibble picks its own (vpermps reads the low 4 bits
- * of each index): the same numbers as fma(q, d, m) per weight, with fewer vector operations. */
-static inline void q4_block(const uint8_t *qs, const float *d, const float *m, int64_t K, int64_t n, int64_t b,
-                            __m512 *w0, __m512 *w1) {
-    const int64_t nb = K / 32;
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + n * (K / 2) + b * 16)));
-    __m512 lut = _mm512_fmadd_ps(iota, _mm512_set1_ps(d[n * nb + b]), _mm512_set1_ps(m[n * nb + b]));
-    *w0 = _mm512_permutexvar_ps(v, lut);
-    *w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+/* One panel's q at k = 2j and 2j + 1, as floats. */
+static inline void q4_pair(const void *qs, int64_t j, __m512 *q0, __m512 *q1) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)qs + j * 16)));
+    *q0 = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
+    *q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
 }
 
-static inline void q8_block(const int8_t *qs, const float *d, const float *m, int64_t K, int64_t n, int64_t b,
-                            __m512 *w0, __m512 *w1) {
-    (void)m;
-    const int8_t *p = qs + n * K + b * 32;
-    __m512 dv = _mm512_set1_ps(d[n * (K / 32) + b]);
-    *w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))), dv);
-    *w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16)))), dv);
+static inline void q8_pair(const void *qs, int64_t j, __m512 *q0, __m512 *q1) {
+    const int8_t *p = (const int8_t *)qs + j * 32;
+    *q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    *q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
 }
 
-/* A tile reads a few short runs of each output's blocks, too short for the hardware prefetcher to
- * pick up: ask for the next tile's (outputs n .. n + count - 1) while this one computes. Prefetches
- * past the end of the matrix are harmless (they never fault). */
-static inline void prefetch_lines(const void *p, int64_t bytes) {
-    for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + off, _MM_HINT_T0);
-}
+/* Bytes of one panel's quantized weights. */
+static inline int64_t q4_panel_bytes(int64_t K) { return K * 8; }
+static inline int64_t q8_panel_bytes(int64_t K) { return K * 16; }
 
-static inline void q4_prefetch_next(const uint8_t *qs, const float *d, const float *m, int64_t K, int64_t n,
-                                    int count) {
-    prefetch_lines(qs + n * (K / 2), count * (K / 2));
-    prefetch_lines(d + n * (K / 32), count * (K / 32) * 4);
-    prefetch_lines(m + n * (K / 32), count * (K / 32) * 4);
-}
-
-static inline void q8_prefetch_next(const int8_t *qs, const float *d, const float *m, int64_t K, int64_t n,
-                                    int count) {
-    (void)m;
-    prefetch_lines(qs + n * K, count * K);
-    prefetch_lines(d + n * (K / 32), count * (K / 32) * 4);
-}
-
-/* ROWS activation rows times NCOLS consecutive outputs starting at n0 (nn of them real). Each block of
- * weights is expanded to floats once and used by all ROWS rows; every (row, output) pair has its own
- * accumulator fed in block order, so the result does not depend on ROWS or NCOLS. */
-#define TILE(KIND, QT, ROWS, NCOLS)                                                                  \
-    static void KIND##_tile_##ROWS##x##NCOLS(const float *x, int64_t ldx, const QT *qs, const float *d, \
-                                             const float *m, int64_t K, int64_t n0, int64_t nn,     \
-                                             float *y, int64_t ldy) {                               \
-        __m512 acc[ROWS][NCOLS];                                                                     \
-        for (int r = 0; r < ROWS; r++)                                                               \
-            for (int j = 0; j < NCOLS; j++) acc[r][j] = _mm512_setzero_ps();                         \
-        KIND##_prefetch_next(qs, d, m, K, n0 + NCOLS, NCOLS);                                        \
-        for (int64_t b = 0; b < K / 32; b++) {                                                       \
-            __m512 w0[NCOLS], w1[NCOLS];                                                             \
-            for (int j = 0; j < NCOLS; j++) KIND##_block(qs, d, m, K, n0 + (j < nn ? j : 0), b, &w0[j], &w1[j]); \
-            for (int r = 0; r < ROWS; r++) {                                                         \
-                __m512 x0 = _mm512_loadu_ps(x + r * ldx + b * 32);                                   \
-                __m512 x1 = _mm512_loadu_ps(x + r * ldx + b * 32 + 16);                              \
-                for (int j = 0; j < NCOLS; j++) {                                                    \
-                    acc[r][j] = _mm512_fmadd_ps(w0[j], x0, acc[r][j]);                               \
-                    acc[r][j] = _mm512_fmadd_ps(w1[j], x1, acc[r][j]);                               \
+/* ROWS rows times NP panels starting at panel p0 (np of them real; the others repeat p0 and are not
+ * stored). xs[r][b]: the sum of row r's activations in block b (used with m; NULL for Q8). Per k
+ * pair: each panel's q is converted once, then each row broadcasts its two activations and adds its
+ * products to every panel; at the end of a block the block's sums join the totals. */
+#define PTILE(KIND, ROWS, NP)                                                                        \
+    static void KIND##_tile_##ROWS##x##NP(const float *x, int64_t ldx, const float *xs, const void *qs,  \
+                                          const float *d, const float *m, int64_t N, int64_t K,      \
+                                          int64_t p0, int64_t np, float *y, int64_t ldy) {           \
+        const int64_t nb = K / 32;                                                                   \
+        const char *q[NP];                                                                           \
+        const float *dp[NP], *mp[NP];                                                                \
+        __m512 acc[ROWS][NP];                                                                        \
+        for (int j = 0; j < NP; j++) {                                                               \
+            const int64_t p = p0 + (j < np ? j : 0);                                                 \
+            q[j] = (const char *)qs + p * KIND##_panel_bytes(K);                                     \
+            dp[j] = d + p * nb * 16;                                                                 \
+            mp[j] = m ? m + p * nb * 16 : NULL;                                                      \
+            for (int r = 0; r < ROWS; r++) acc[r][j] = _mm512_setzero_ps();                          \
+        }                                                                                            \
+        for (int64_t b = 0; b < nb; b++) {                                                           \
+            __m512 blk[ROWS][NP];                                                                    \
+            for (int r = 0; r < ROWS; r++)                                                           \
+                for (int j = 0; j < NP; j++) blk[r][j] = _mm512_setzero_ps();                        \
+            for (int64_t i = 0; i < 16; i++) {                                                       \
+                const int64_t pair = b * 16 + i;                                                     \
+                __m512 q0[NP], q1[NP];                                                               \
+                for (int j = 0; j < NP; j++) KIND##_pair(q[j], pair, &q0[j], &q1[j]);                \
+                for (int r = 0; r < ROWS; r++) {                                                     \
+                    const __m512 x0 = _mm512_set1_ps(x[r * ldx + 2 * pair]);                         \
+                    const __m512 x1 = _mm512_set1_ps(x[r * ldx + 2 * pair + 1]);                     \
+                    for (int j = 0; j < NP; j++) {                                                   \
+                        blk[r][j] = _mm512_fmadd_ps(q0[j], x0, blk[r][j]);                           \
+                        blk[r][j] = _mm512_fmadd_ps(q1[j], x1, blk[r][j]);                           \
+                    }                                                                                \
+                }                                                                                    \
+            }                                                                                        \
+            for (int j = 0; j < NP; j++) {                                                           \
+                const __m512 dv = _mm512_loadu_ps(dp[j] + b * 16);                                   \
+                for (int r = 0; r < ROWS; r++) acc[r][j] = _mm512_fmadd_ps(dv, blk[r][j], acc[r][j]); \
+                if (mp[j]) {                                                                         \
+                    const __m512 mv = _mm512_loadu_ps(mp[j] + b * 16);                               \
+                    for (int r = 0; r < ROWS; r++)                                                   \
+                        acc[r][j] = _mm512_fmadd_ps(mv, _mm512_set1_ps(xs[r * nb + b]), acc[r][j]);  \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
-        for (int r = 0; r < ROWS; r++)                                                               \
-            for (int j = 0; j < nn; j++) y[r * ldy + n0 + j] = _mm512_reduce_add_ps(acc[r][j]);      \
+        for (int j = 0; j < np; j++) {                                                               \
+            const int64_t n0 = (p0 + j) * 16, left = N - n0;                                         \
+            const __mmask16 keep = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);   \
+            for (int r = 0; r < ROWS; r++) _mm512_mask_storeu_ps(y + r * ldy + n0, keep, acc[r][j]); \
+        }                                                                                            \
     }
 
-/* Few rows (memory-bound): 4 outputs per tile keep 4+ FMA chains in flight. Many rows
- * (compute-bound): 8 rows share each expanded block, 2 outputs per tile (16 accumulators). */
-#define TILES(KIND, QT)                                                                              \
-    TILE(KIND, QT, 1, 4) TILE(KIND, QT, 2, 4) TILE(KIND, QT, 3, 4) TILE(KIND, QT, 4, 4)              \
-    TILE(KIND, QT, 1, 2) TILE(KIND, QT, 2, 2) TILE(KIND, QT, 3, 2) TILE(KIND, QT, 4, 2)              \
-    TILE(KIND, QT, 5, 2) TILE(KIND, QT, 6, 2) TILE(KIND, QT, 7, 2) TILE(KIND, QT, 8, 2)              \
-    static void KIND##_matmul_(const float *x, int64_t ldx, const QT *qs, const float *d, const float *m, \
-                               int64_t M, int64_t N, int64_t K, float *y, int64_t ldy, int threads) { \
-        const int64_t ncols = M <= 4 ? 4 : 2, tiles = (N + ncols - 1) / ncols;                      \
+/* Tile shapes: enough independent accumulators to hide the FMA latency (8+), few enough to keep the
+ * block sums, the converted q and two activations in registers. */
+#define PTILES(KIND)                                                                                 \
+    PTILE(KIND, 1, 8) PTILE(KIND, 2, 4) PTILE(KIND, 3, 3) PTILE(KIND, 4, 3) PTILE(KIND, 1, 2)        \
+    PTILE(KIND, 2, 2) PTILE(KIND, 3, 2) PTILE(KIND, 4, 2) PTILE(KIND, 5, 2) PTILE(KIND, 6, 2)        \
+    PTILE(KIND, 7, 2) PTILE(KIND, 8, 2)                                                              \
+    static void KIND##_matmul_(const float *x, int64_t ldx, const float *xs, const void *qs, const float *d, \
+                               const float *m, int64_t M, int64_t N, int64_t K, float *y, int64_t ldy, \
+                               int threads) {                                                        \
+        static const int width[9] = {0, 8, 4, 3, 3, 2, 2, 2, 2};                                     \
+        const int64_t panels = (N + 15) / 16, np = width[M < 8 ? M : 8];                             \
+        const int64_t tiles = (panels + np - 1) / np, nb = K / 32;                                   \
         _Pragma("omp parallel for num_threads(threads) schedule(static) if (threads > 1)")           \
         for (int64_t t = 0; t < tiles; t++) {                                                        \
-            const int64_t n0 = t * ncols, nn = N - n0 < ncols ? N - n0 : ncols;                      \
-            if (ncols == 4) {                                                                        \
+            const int64_t p0 = t * np, n = panels - p0 < np ? panels - p0 : np;                      \
+            if (M < 8) {                                                                             \
                 switch (M) {                                                                         \
-                case 1: KIND##_tile_1x4(x, ldx, qs, d, m, K, n0, nn, y, ldy); break;                 \
-                case 2: KIND##_tile_2x4(x, ldx, qs, d, m, K, n0, nn, y, ldy); break;                 \
-                case 3: KIND##_tile_3x4(x, ldx, qs, d, m, K, n0, nn, y, ldy); break;                 \
-                default: KIND##_tile_4x4(x, ldx, qs, d, m, K, n0, nn, y, ldy); break;                \
+                case 1: KIND##_tile_1x8(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
+                case 2: KIND##_tile_2x4(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
+                case 3: KIND##_tile_3x3(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
+                case 4: KIND##_tile_4x3(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
+                case 5: KIND##_tile_5x2(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
+                case 6: KIND##_tile_6x2(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
+                default: KIND##_tile_7x2(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;          \
                 }                                                                                    \
                 continue;                                                                            \
             }                                                                                        \
-            /* the tile's weights stay in L1 while each group of 8 rows passes over them */          \
+            /* groups of up to 8 rows pass over the tile's 2 panels while they are in cache */        \
             for (int64_t r = 0; r < M; r += 8) {                                                     \
-                const float *xr = x + r * ldx;                                                       \
+                const float *xr = x + r * ldx, *sr = xs ? xs + r * nb : NULL;                        \
                 float *yr = y + r * ldy;                                                             \
                 switch (M - r < 8 ? M - r : 8) {                                                     \
-                case 1: KIND##_tile_1x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;               \
-                case 2: KIND##_tile_2x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;               \
-                case 3: KIND##_tile_3x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;               \
-                case 4: KIND##_tile_4x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;               \
-                case 5: KIND##_tile_5x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;               \
-                case 6: KIND##_tile_6x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;               \
-                case 7: KIND##_tile_7x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;               \
-                default: KIND##_tile_8x2(xr, ldx, qs, d, m, K, n0, nn, yr, ldy); break;              \
+                case 1: KIND##_tile_1x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;         \
+                case 2: KIND##_tile_2x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;         \
+                case 3: KIND##_tile_3x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;         \
+                case 4: KIND##_tile_4x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;         \
+                case 5: KIND##_tile_5x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;         \
+                case 6: KIND##_tile_6x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;         \
+                case 7: KIND##_tile_7x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;         \
+                default: KIND##_tile_8x2(xr, ldx, sr, qs, d, m, N, K, p0, n, yr, ldy); break;        \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
     }
 
-TILES(q4, uint8_t)
-TILES(q8, int8_t)
+PTILES(q4)
+PTILES(q8)
 
-/* x: (M, K) row stride ldx; y: (M, N) row stride ldy; K % 32 == 0. */
+/* x: (M, K) row stride ldx; y: (M, N) row stride ldy; K % 32 == 0; weights in panels (see above). */
 void q4_matmul(const float *x, int64_t ldx, const uint8_t *qs, const float *d, const float *m, int64_t M,
                int64_t N, int64_t K, float *y, int64_t ldy, int threads) {
-    q4_matmul_(x, ldx, qs, d, m, M, N, K, y, ldy, threads);
+    const int64_t nb = K / 32;
+    float *xs = malloc(sizeof(float) * (M * nb > 0 ? M * nb : 1));
+    if (!xs) abort();
+    /* each block's activation sum, 16 lanes then a fixed reduction: the same for every batch */
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *p = x + r * ldx + b * 32;
+            xs[r * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)));
+        }
+    q4_matmul_(x, ldx, xs, qs, d, m, M, N, K, y, ldy, threads);
+    free(xs);
 }
 
 void q8_matmul(const float *x, int64_t ldx, const int8_t *qs, const float *d, int64_t M, int64_t N, int64_t K,
                float *y, int64_t ldy, int threads) {
-    q8_matmul_(x, ldx, qs, d, NULL, M, N, K, y, ldy, threads);
+    q8_matmul_(x, ldx, NULL, qs, d, NULL, M, N, K, y, ldy, threads);
 }
 
 /* Packing: find q, d (an fp16 value, as GGUF stores it) and m such that every weight of a block of
  * 32 is exactly d*q + m (Q4) or d*q (Q8). Returns the number of blocks that are not; the caller
  * keeps the fp32 matrix unless that is 0. d*q is exact in fp32 (11 + 8 bits), so d*q + m rounds
- * once, exactly as the kernel's fused multiply-add does. */
+ * once, exactly as the kernel's fused multiply-add does. q comes out one value per byte, row-major;
+ * kernels.py lays q, d and m out in panels. */
 static inline float fp16_round(float v) { return _cvtsh_ss(_cvtss_sh(v, 0)); }
 static inline float fp16_step(float v, int up) {
     unsigned short h = _cvtss_sh(v, 0);
@@ -184,7 +211,7 @@ int64_t q4_pack(const float *w, int64_t blocks, uint8_t *qs, float *d, float *m,
             continue;
         }
         m[b] = lo;
-        for (int i = 0; i < 16; i++) qs[b * 16 + i] = (uint8_t)(q[i] | (q[i + 16] << 4));
+        for (int i = 0; i < 32; i++) qs[b * 32 + i] = q[i];
     }
     return bad;
 }
@@ -370,11 +397,11 @@ typedef struct {
 
 static void qmat_apply(const qmat *w, const float *x, int64_t M, float *y, int threads) {
     if (w->bits == 4)
-        q4_matmul_(x, w->in_features, (const uint8_t *)w->qs, w->d, w->m, M, w->out_features, w->in_features, y,
-                   w->out_features, threads);
+        q4_matmul(x, w->in_features, (const uint8_t *)w->qs, w->d, w->m, M, w->out_features, w->in_features, y,
+                  w->out_features, threads);
     else
-        q8_matmul_(x, w->in_features, (const int8_t *)w->qs, w->d, NULL, M, w->out_features, w->in_features, y,
-                   w->out_features, threads);
+        q8_matmul(x, w->in_features, (const int8_t *)w->qs, w->d, M, w->out_features, w->in_features, y,
+                  w->out_features, threads);
     if (w->bias)
         for (int64_t r = 0; r < M; r++)
             for (int64_t n = 0; n < w->out_features; n++) y[r * w->out_features + n] += w->bias[n];

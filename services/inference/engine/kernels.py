@@ -27,6 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 BLOCK = 32
+PANEL = 16  # outputs per vector of the matrix kernels
 _SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "fma", "f16c")  # as /proc/cpuinfo names them
 _FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "fma", "f16c")      # as gcc names them
@@ -138,7 +139,8 @@ def kernel() -> ctypes.CDLL | None:
 
 @dataclass
 class PackedLinear:
-    """A (out, in) weight kept as exact 4-bit or 8-bit blocks."""
+    """A (out, in) weight kept as exact 4-bit or 8-bit blocks, laid out in panels of 16 outputs
+    (cpu_kernels.c says how): qs (panels, in/2 or in, 16), d and m (panels, in/32, 16)."""
 
     bits: int
     out_features: int
@@ -308,14 +310,24 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedLinear
     packed_bias = None if bias is None else bias.detach().float().contiguous()
     d = torch.empty(out_features, in_features // BLOCK, dtype=torch.float32)
     m = torch.empty_like(d)
-    qs4 = torch.empty(out_features, in_features // 2, dtype=torch.uint8)
-    if lib.q4_pack(w.data_ptr(), blocks, qs4.data_ptr(), d.data_ptr(), m.data_ptr(), threads) == 0:
-        return PackedLinear(4, out_features, in_features, qs4, d, m, packed_bias)
-    qs8 = torch.empty(out_features, in_features, dtype=torch.int8)
-    if lib.q8_pack(w.data_ptr(), blocks, qs8.data_ptr(), d.data_ptr(), threads) == 0:
-        return PackedLinear(8, out_features, in_features, qs8, d, None, packed_bias)
+    q4 = torch.empty(out_features, in_features, dtype=torch.uint8)
+    if lib.q4_pack(w.data_ptr(), blocks, q4.data_ptr(), d.data_ptr(), m.data_ptr(), threads) == 0:
+        q = _panels(q4)  # (panels, in, 16): two consecutive k of a lane share a byte
+        qs = q[:, 0::2] | (q[:, 1::2] << 4)
+        return PackedLinear(4, out_features, in_features, qs.contiguous(), _panels(d), _panels(m), packed_bias)
+    q8 = torch.empty(out_features, in_features, dtype=torch.int8)
+    if lib.q8_pack(w.data_ptr(), blocks, q8.data_ptr(), d.data_ptr(), threads) == 0:
+        return PackedLinear(8, out_features, in_features, _panels(q8), _panels(d), None, packed_bias)
     return None
 
+
+def _panels(t: torch.Tensor) -> torch.Tensor:
+    """(outputs, columns) -> (panels, columns, 16): each panel holds 16 outputs side by side, one per
+    vector lane, the last panel padded with zeros (a zero weight: d = m = q = 0)."""
+    pad = -t.shape[0] % PANEL
+    if pad:
+        t = torch.cat([t, t.new_zeros(pad, t.shape[1])])
+    return t.view(-1, PANEL, t.shape[1]).transpose(1, 2).contiguous()
 
 if __name__ == "__main__":
     # Image builds: `python -m services.inference.engine.kernels DIR` compiles the library into DIR,
