@@ -184,7 +184,10 @@ def _worker_aion(threads: int, new_tokens: int, model_cache: Path, fast: bool) -
     loaded = _load_hf(model_cache)
     ids = loaded.tokenizer.apply_chat_template(chat_messages(), add_generation_prompt=True, tokenize=True,
                                                return_dict=True)["input_ids"]
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", fast_decode=fast)
+    from services.inference.settings import InferenceSettings
+
+    cache_bytes = InferenceSettings.model_fields["prefix_cache_mb"].default * 2**20
+    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", fast_decode=fast, prefix_cache_bytes=cache_bytes)
     engine = Engine(runner, max_batch_size=16, max_queue=64)
     engine.start()
 
@@ -202,6 +205,7 @@ def _worker_aion(threads: int, new_tokens: int, model_cache: Path, fast: bool) -
 
     def run() -> dict:
         nonlocal request_started
+        runner.prefix_cache.clear()  # every sample pays its whole prompt, as llama.cpp's reset() makes it
         request_started = time.perf_counter()
         return asyncio.run(once())
 
@@ -439,12 +443,18 @@ def inference_server(threads: int, model_cache: Path, max_batch: int):
         log.close()
 
 
-async def _http_burst(url: str, streams: int, new_tokens: int) -> dict[str, Any]:
-    """`streams` chat completions sent at once; aggregate completion tokens per second of wall time."""
+async def _http_burst(url: str, streams: int, new_tokens: int, distinct: bool = False) -> dict[str, Any]:
+    """`streams` chat completions sent at once; aggregate completion tokens per second of wall time.
+    The prompts share their system prompt and context (as a RAG service's do), so the server's prefix
+    cache serves most of each; `distinct` puts a line of its own at the very start of every prompt, so
+    nothing is shared with any other prompt, earlier or concurrent."""
     import httpx
 
     async def one(client: httpx.AsyncClient, i: int) -> tuple[int, float]:
-        body = {"model": "default", "messages": chat_messages(QUESTIONS[i % len(QUESTIONS)]),
+        messages = chat_messages(QUESTIONS[i % len(QUESTIONS)])
+        if distinct:
+            messages[0]["content"] = f"Session {time.time_ns()}-{i}.\n" + messages[0]["content"]
+        body = {"model": "default", "messages": messages,
                 "max_tokens": new_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
         started = time.perf_counter()
@@ -473,18 +483,18 @@ async def _http_burst(url: str, streams: int, new_tokens: int) -> dict[str, Any]
 
 
 def http_aggregate(threads_list: list[int], concurrency: list[int], repeats: int, max_attempts: int,
-                   max_others: float, new_tokens: int, model_cache: Path) -> list[Series]:
+                   max_others: float, new_tokens: int, model_cache: Path, distinct: bool = False) -> list[Series]:
     series: list[Series] = []
     for threads in threads_list:
         with inference_server(threads, model_cache, max(concurrency)) as (url, proc):
             asyncio.run(_http_burst(url, 2, new_tokens))  # warm-up
             for streams in concurrency:
-                s = Series(f"http-{streams}", threads)
+                s = Series(f"http-{streams}{'-distinct' if distinct else ''}", threads)
                 for _ in range(max_attempts):
                     if len(s.clean()) >= repeats:
                         break
                     with watch_cpu([proc.pid, os.getpid()]) as watched:
-                        values = asyncio.run(_http_burst(url, streams, new_tokens))
+                        values = asyncio.run(_http_burst(url, streams, new_tokens, distinct))
                     c = watched[0]
                     s.samples.append(Sample(values, c, clean=c.others_cores <= max_others))
                     logger.info("http t=%d streams=%2d: %.1f tok/s aggregate (%d tokens in %.1f s) others %.2f cores%s",
@@ -512,11 +522,13 @@ def markdown(single: list[Series], http: list[Series]) -> str:
         lines += ["", "| HTTP streams | threads | aggregate tok/s | x single stream | first token median (s) "
                   "| clean samples | others' CPU (cores, median) |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        base = {s.threads: s.median("aggregate_tok_s") for s in http if s.name == "http-1"}
+        base = {(s.threads, s.name.endswith("-distinct")): s.median("aggregate_tok_s") for s in http
+                if s.name.startswith("http-1") and s.name.split("-")[1] == "1"}
         for s in http:
             sm = s.summary()
             agg = s.median("aggregate_tok_s")
-            ratio = agg / base[s.threads] if agg and base.get(s.threads) else None
+            one = base.get((s.threads, s.name.endswith("-distinct")))
+            ratio = agg / one if agg and one else None
             lines.append(f"| {s.name.removeprefix('http-')} | {s.threads} | {_fmt(agg, 1)} | {_fmt(ratio, 2)} "
                          f"| {_fmt(s.median('ttft_median_s'), 2)} | {sm['clean']}/{sm['samples']} "
                          f"| {_fmt(sm['others_cores_median'], 2)} |")
@@ -541,12 +553,13 @@ def targets(single: list[Series], http: list[Series]) -> list[str]:
                            f"(target: no worse): {'met' if a <= b * 1.02 else 'NOT met'}")
     hb = {(s.name, s.threads): s for s in http}
     for threads in sorted({s.threads for s in http}):
-        one, eight = hb.get(("http-1", threads)), hb.get(("http-8", threads))
-        if one and eight:
-            a, b = eight.median("aggregate_tok_s"), one.median("aggregate_tok_s")
-            if a and b:
-                out.append(f"8 streams at {threads} thread(s): {a:.1f} vs 1 stream {b:.1f} tok/s = {a / b:.2f}x "
-                           f"(target >= 3x): {'met' if a >= 3 * b else 'NOT met'}")
+        for suffix, prompts in (("", "shared context"), ("-distinct", "distinct prompts")):
+            one, eight = hb.get((f"http-1{suffix}", threads)), hb.get((f"http-8{suffix}", threads))
+            if one and eight:
+                a, b = eight.median("aggregate_tok_s"), one.median("aggregate_tok_s")
+                if a and b:
+                    out.append(f"8 streams at {threads} thread(s), {prompts}: {a:.1f} vs 1 stream {b:.1f} tok/s "
+                               f"= {a / b:.2f}x (target >= 3x): {'met' if a >= 3 * b else 'NOT met'}")
     return out
 
 
@@ -564,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="discard samples during which other processes used more CPU than this (cores)")
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--distinct-prompts", action="store_true",
+                        help="HTTP runs with prompts that share nothing (no prefix-cache hits)")
     parser.add_argument("--model-cache", type=Path,
                         default=Path(os.environ.get("AION_MODEL_CACHE_DIR") or DEFAULT_MODEL_CACHE))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -593,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     http_threads = [int(t) for t in (args.http_threads or args.threads).split(",") if t]
     http = [] if args.skip_http else http_aggregate(http_threads, [int(c) for c in args.concurrency.split(",")],
                                                     args.http_repeats, args.max_attempts, args.max_others,
-                                                    args.new_tokens, args.model_cache)
+                                                    args.new_tokens, args.model_cache, args.distinct_prompts)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     report["single_stream"] = [{**s.summary(), "ttft_s": s.median("ttft_s"), "decode_tok_s": s.median("decode_tok_s"),
                                 "samples_detail": [{**x.values, **asdict(x.contention), "clean": x.clean}

@@ -31,5 +31,12 @@ class InferenceMetrics:
                                        "Sequences waiting or running per adapter (base-model ones are not listed)",
                                        ["adapter"], registry=r)
 
+        # Gauges set from the prefix cache's own counters at each scrape (they only grow, save on a clear).
+        self.prefix_hit_tokens = Gauge("aion_inference_prefix_cache_hit_tokens",
+                                       "Prompt tokens whose keys and values came from the prefix cache", registry=r)
+        self.prefix_lookup_tokens = Gauge("aion_inference_prefix_cache_lookup_tokens",
+                                          "Prompt tokens looked up in the prefix cache", registry=r)
+        self.prefix_bytes = Gauge("aion_inference_prefix_cache_bytes", "Bytes held by the prefix cache", registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -44,6 +44,9 @@ class InferenceSettings(CommonSettings):
     # cached (default ~/.cache/aion/kernels), and a switch to decode with fp32 weights instead.
     kernel_cache_dir: Path | None = Field(default=None, validation_alias="AION_KERNEL_CACHE_DIR")
     quantized_decode: bool = Field(default=True, validation_alias="AION_QUANTIZED_DECODE")
+    # Keys and values of prompt prefixes kept for later prompts that start the same way (the system
+    # prompt, a conversation's earlier turns); 0 turns it off. engine/prefix_cache.py says when it applies.
+    prefix_cache_mb: int = Field(default=256, ge=0, le=65536, validation_alias="AION_PREFIX_CACHE_MB")
 
     def cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_path("models")

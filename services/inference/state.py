@@ -72,7 +72,8 @@ class InferenceState:
             four_bit = wants_4bit(self.settings.load_in_4bit, device)
             path = resolve_base_model(self.settings.base_model, self.settings.cache_dir())
             loaded = load_causal_lm(path, device, four_bit)
-            runner = ModelRunner(loaded.model, loaded.tokenizer, device)
+            runner = ModelRunner(loaded.model, loaded.tokenizer, device,
+                                 prefix_cache_bytes=self.settings.prefix_cache_mb * 2**20)
             engine = Engine(runner, max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
                             on_step=self._on_step, on_finish=self._on_finish)
             adapters = AdapterManager(runner, self.base_name, four_bit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import httpx
 import openai
@@ -171,5 +172,20 @@ def test_metrics_expose_tokens_and_queue(inference_url: str) -> None:
     text = httpx.get(f"{inference_url}/metrics").text
     for name in ("aion_inference_generated_tokens_total", "aion_inference_queue_depth",
                  "aion_inference_running_sequences", "aion_inference_time_to_first_token_seconds_bucket",
-                 "aion_inference_requests_total", "aion_inference_errors_total"):
+                 "aion_inference_requests_total", "aion_inference_errors_total",
+                 "aion_inference_prefix_cache_bytes"):
         assert name in text
+
+
+def test_a_repeated_prompt_prefix_comes_from_the_cache(inference_url: str) -> None:
+    def hits() -> float:
+        text = httpx.get(f"{inference_url}/metrics").text
+        return float(re.search(r"^aion_inference_prefix_cache_hit_tokens (\S+)$", text, re.M).group(1))
+
+    body = {"prompt": "Name the largest planet of the solar system in one word.", "max_new_tokens": 4,
+            "temperature": 0}
+    first = httpx.post(f"{inference_url}/generate", json=body, timeout=60).json()
+    before = hits()
+    again = httpx.post(f"{inference_url}/generate", json=body, timeout=60).json()
+    assert hits() - before >= 16  # at least the system prompt's first block was reused
+    assert again["text"] == first["text"]  # and the answer is the same, bit for bit

@@ -37,10 +37,13 @@ def reference(model, ids: list[int]) -> tuple[torch.Tensor, DynamicCache]:
     return out.logits[0], cache
 
 
-def test_native_prompt_pass_matches_the_models_forward(loaded, prompt_ids) -> None:
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu")
+@pytest.mark.parametrize("prefix_cache", [False, True], ids=["mkl-prompt", "packed-prompt"])
+def test_native_prompt_pass_matches_the_models_forward(loaded, prompt_ids, prefix_cache: bool) -> None:
+    """Without a prefix cache the prompt runs through MKL's GEMMs; with one, through the packed kernels
+    (whose rows do not depend on each other, so cached prefixes give the same bits)."""
+    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=(16 << 20) * prefix_cache)
     decoder = runner._fast_decoder()
-    assert decoder.prefill_layers is not None  # the default model takes the native path
+    assert decoder.prefill_layers is not None and decoder.exact_prefill  # the default model: both paths
     logits, layers = runner.prefill(prompt_ids, None)
     ref_logits, ref_cache = reference(loaded.model, prompt_ids)
     assert torch.allclose(logits, ref_logits[-1], atol=TOLERANCE, rtol=0)

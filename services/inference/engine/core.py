@@ -22,6 +22,7 @@ import torch
 from shared.errors import ServiceUnavailable
 
 from .detokenizer import IncrementalDetokenizer, StopMatcher
+from .kvcache import SlotCache
 from .runner import ModelRunner
 from .sampling import make_generator, penalize, sample_row
 from .types import FinishReason, GenerationRequest, StreamEvent
@@ -237,7 +238,11 @@ class Engine:
                         stops=StopMatcher(request.params.stop))
         if self._batch.rows == 0 and not self.runner.fits(self._batch):
             self._batch = self.runner.new_batch(self.max_batch_size)
-        self._batch.append_row(layers, len(request.prompt_ids))
+        if isinstance(self._batch, SlotCache):
+            blocks = self.runner.shared_blocks(request.prompt_ids, request.adapter)
+            self._batch.append_row(layers, len(request.prompt_ids), blocks)
+        else:
+            self._batch.append_row(layers, len(request.prompt_ids))
         self._running.append(seq)
         self._accept_token(seq, logits)
         self._retire_finished()

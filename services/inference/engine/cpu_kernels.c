@@ -144,6 +144,92 @@ static inline int64_t q8_panel_bytes(int64_t K) { return K * 16; }
 PTILES(q4)
 PTILES(q8)
 
+/* Many rows (a prompt): a panel pair's q, converted once to floats for the whole of K (a buffer that
+ * stays in L2); block after block, every group of 8 rows passes over the block's 32 k with its block
+ * sums in registers and adds them to its totals in a row buffer. Conversion costs nothing per row,
+ * and the arithmetic is the tiles' above, in the same order per output: a prompt's rows get the bits
+ * a decode step would give them. */
+#define WP 3 /* panels per wide tile */
+#define WIDE_ROWS_BODY(R)                                                                            \
+    do {                                                                                             \
+        __m512 blk[R][WP];                                                                           \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int j = 0; j < WP; j++) blk[r][j] = _mm512_setzero_ps();                            \
+        for (int64_t k = 0; k < 32; k++) {                                                           \
+            __m512 w[WP];                                                                            \
+            for (int j = 0; j < WP; j++) w[j] = _mm512_load_ps(qb + (k * WP + j) * 16);              \
+            for (int r = 0; r < R; r++) {                                                            \
+                const __m512 xb = _mm512_set1_ps(x[(r0 + r) * ldx + b * 32 + k]);                    \
+                for (int j = 0; j < WP; j++) blk[r][j] = _mm512_fmadd_ps(w[j], xb, blk[r][j]);       \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < R; r++) {                                                                \
+            float *a = acc + (r0 + r) * WP * 16;                                                     \
+            const __m512 s = m ? _mm512_set1_ps(xs[(r0 + r) * nb + b]) : _mm512_setzero_ps();        \
+            for (int j = 0; j < WP; j++) {                                                           \
+                __m512 t = _mm512_fmadd_ps(dv[j], blk[r][j], _mm512_load_ps(a + j * 16));            \
+                if (m) t = _mm512_fmadd_ps(mv[j], s, t);                                             \
+                _mm512_store_ps(a + j * 16, t);                                                      \
+            }                                                                                        \
+        }                                                                                            \
+    } while (0)
+
+#define WIDE(KIND)                                                                                   \
+    static void KIND##_wide(const float *x, int64_t ldx, const float *xs, const void *qs, const float *d,  \
+                            const float *m, int64_t M, int64_t N, int64_t K, float *y, int64_t ldy,  \
+                            int threads) {                                                           \
+        const int64_t panels = (N + 15) / 16, tiles = (panels + WP - 1) / WP, nb = K / 32;           \
+        _Pragma("omp parallel num_threads(threads) if (threads > 1)")                               \
+        {                                                                                            \
+            float *qf = aligned_alloc(64, (size_t)K * WP * 16 * sizeof(float)); /* [k][panel][16] */ \
+            float *acc = aligned_alloc(64, (size_t)M * WP * 16 * sizeof(float)); /* [row][panel][16] */ \
+            if (!qf || !acc) abort();                                                                \
+            _Pragma("omp for schedule(static)")                                                      \
+            for (int64_t t = 0; t < tiles; t++) {                                                    \
+                const int64_t p0 = WP * t, n = panels - p0 < WP ? panels - p0 : WP;                  \
+                const float *dp[WP], *mp[WP];                                                        \
+                for (int j = 0; j < WP; j++) {                                                       \
+                    const int64_t p = p0 + (j < n ? j : 0);                                          \
+                    const char *q = (const char *)qs + p * KIND##_panel_bytes(K);                    \
+                    dp[j] = d + p * nb * 16;                                                         \
+                    mp[j] = m ? m + p * nb * 16 : NULL;                                              \
+                    for (int64_t i = 0; i < K / 2; i++) {                                            \
+                        __m512 q0, q1;                                                               \
+                        KIND##_pair(q, i, &q0, &q1);                                                 \
+                        _mm512_store_ps(qf + ((2 * i) * WP + j) * 16, q0);                           \
+                        _mm512_store_ps(qf + ((2 * i + 1) * WP + j) * 16, q1);                       \
+                    }                                                                                \
+                }                                                                                    \
+                for (int64_t i = 0; i < M * WP * 16; i++) acc[i] = 0.0f;                             \
+                for (int64_t b = 0; b < nb; b++) {                                                   \
+                    const float *qb = qf + b * 32 * WP * 16;                                         \
+                    __m512 dv[WP], mv[WP];                                                           \
+                    for (int j = 0; j < WP; j++) {                                                   \
+                        dv[j] = _mm512_loadu_ps(dp[j] + b * 16);                                     \
+                        mv[j] = m ? _mm512_loadu_ps(mp[j] + b * 16) : _mm512_setzero_ps();           \
+                    }                                                                                \
+                    int64_t r0 = 0;                                                                  \
+                    for (; r0 + 8 <= M; r0 += 8) WIDE_ROWS_BODY(8);                                 \
+                    for (; r0 < M; r0++) WIDE_ROWS_BODY(1);                                          \
+                }                                                                                    \
+                for (int j = 0; j < n; j++) {                                                        \
+                    const int64_t n0 = (p0 + j) * 16, left = N - n0;                                 \
+                    const __mmask16 keep = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); \
+                    for (int64_t r = 0; r < M; r++)                                                  \
+                        _mm512_mask_storeu_ps(y + r * ldy + n0, keep, _mm512_load_ps(acc + (r * WP + j) * 16)); \
+                }                                                                                    \
+            }                                                                                        \
+            free(qf);                                                                                \
+            free(acc);                                                                               \
+        }                                                                                            \
+    }
+
+WIDE(q4)
+WIDE(q8)
+
+/* Rows above which a matrix product takes the wide path (both give the same bits). */
+#define WIDE_ROWS 16
+
 /* x: (M, K) row stride ldx; y: (M, N) row stride ldy; K % 32 == 0; weights in panels (see above). */
 void q4_matmul(const float *x, int64_t ldx, const uint8_t *qs, const float *d, const float *m, int64_t M,
                int64_t N, int64_t K, float *y, int64_t ldy, int threads) {
@@ -156,13 +242,15 @@ void q4_matmul(const float *x, int64_t ldx, const uint8_t *qs, const float *d, c
             const float *p = x + r * ldx + b * 32;
             xs[r * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)));
         }
-    q4_matmul_(x, ldx, xs, qs, d, m, M, N, K, y, ldy, threads);
+    if (M > WIDE_ROWS) q4_wide(x, ldx, xs, qs, d, m, M, N, K, y, ldy, threads);
+    else q4_matmul_(x, ldx, xs, qs, d, m, M, N, K, y, ldy, threads);
     free(xs);
 }
 
 void q8_matmul(const float *x, int64_t ldx, const int8_t *qs, const float *d, int64_t M, int64_t N, int64_t K,
                float *y, int64_t ldy, int threads) {
-    q8_matmul_(x, ldx, NULL, qs, d, NULL, M, N, K, y, ldy, threads);
+    if (M > WIDE_ROWS) q8_wide(x, ldx, NULL, qs, d, NULL, M, N, K, y, ldy, threads);
+    else q8_matmul_(x, ldx, NULL, qs, d, NULL, M, N, K, y, ldy, threads);
 }
 
 /* Packing: find q, d (an fp16 value, as GGUF stores it) and m such that every weight of a block of
@@ -273,8 +361,9 @@ static inline __m256 hsum8(const __m512 *v) {
 
 /* One (row, KV head): its G query heads against its L positions. C = head dim / 16. */
 #define ATTEND_TASK(NAME, G_, C_)                                                                    \
-    static void NAME(const float *q, const float *kp, const float *vp, int64_t L, int64_t stride,    \
-                     int64_t G, int64_t C, float scale, float *out, float *s) {                      \
+    static void NAME(const float *q, const float *kp, const float *vp, const float *ks, const float *vs,  \
+                     int64_t S, int64_t L, int64_t stride, int64_t G, int64_t C, float scale, float *out, \
+                     float *s) {                                                                     \
         const int64_t g_n = G_ ? G_ : G, c_n = C_ ? C_ : C;                                          \
         __m512 qv[G_ ? G_ : 16][C_ ? C_ : 16];                                                       \
         for (int64_t g = 0; g < g_n; g++)                                                            \
@@ -284,9 +373,10 @@ static inline __m256 hsum8(const __m512 *v) {
             float *sg = s + g * L;                                                                   \
             int64_t t = 0;                                                                           \
             for (; t + 8 <= L; t += 8) {                                                             \
+                const float *kb = t < S ? ks : kp; /* S % 8 == 0: a run of 8 is on one side */        \
                 __m512 acc[8];                                                                       \
                 for (int j = 0; j < 8; j++) {                                                        \
-                    const float *k = kp + (t + j) * stride;                                          \
+                    const float *k = kb + (t + j) * stride;                                          \
                     acc[j] = _mm512_mul_ps(qv[g][0], _mm512_loadu_ps(k));                            \
                     for (int64_t c = 1; c < c_n; c++)                                                \
                         acc[j] = _mm512_fmadd_ps(qv[g][c], _mm512_loadu_ps(k + c * 16), acc[j]);     \
@@ -294,7 +384,7 @@ static inline __m256 hsum8(const __m512 *v) {
                 _mm256_storeu_ps(sg + t, _mm256_mul_ps(hsum8(acc), sc));                             \
             }                                                                                        \
             for (; t < L; t++) {                                                                     \
-                const float *k = kp + t * stride;                                                    \
+                const float *k = (t < S ? ks : kp) + t * stride;                                     \
                 __m512 acc = _mm512_mul_ps(qv[g][0], _mm512_loadu_ps(k));                            \
                 for (int64_t c = 1; c < c_n; c++) acc = _mm512_fmadd_ps(qv[g][c], _mm512_loadu_ps(k + c * 16), acc); \
                 __m512 one[8] = {acc, _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),  \
@@ -326,12 +416,16 @@ static inline __m256 hsum8(const __m512 *v) {
         __m512 acc[G_ ? G_ : 16][C_ ? C_ : 16];                                                      \
         for (int64_t g = 0; g < g_n; g++)                                                            \
             for (int64_t c = 0; c < c_n; c++) acc[g][c] = _mm512_setzero_ps();                      \
-        for (int64_t t = 0; t < L; t++) {                                                            \
-            const float *v = vp + t * stride;                                                        \
-            for (int64_t c = 0; c < c_n; c++) {                                                      \
-                __m512 x = _mm512_loadu_ps(v + c * 16);                                              \
-                for (int64_t g = 0; g < g_n; g++)                                                    \
-                    acc[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * L + t]), x, acc[g][c]);         \
+        for (int part = 0; part < 2; part++) { /* the shared positions (leader's slot), then the own */ \
+            const float *vb = part ? vp : vs;                                                        \
+            const int64_t t1 = part ? L : (S < L ? S : L);                                           \
+            for (int64_t t = part ? S : 0; t < t1; t++) {                                            \
+                const float *v = vb + t * stride;                                                    \
+                for (int64_t c = 0; c < c_n; c++) {                                                  \
+                    __m512 x = _mm512_loadu_ps(v + c * 16);                                          \
+                    for (int64_t g = 0; g < g_n; g++)                                                \
+                        acc[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * L + t]), x, acc[g][c]);     \
+                }                                                                                    \
             }                                                                                        \
         }                                                                                            \
         for (int64_t g = 0; g < g_n; g++) {                                                          \
@@ -350,22 +444,36 @@ ATTEND_TASK(attend_any, 0, 0)
 /* q: (B, H, D); keys/values: (row capacity, position capacity, KVH, D); lengths[b]: positions of
  * row b including the one just written; out: (B, H, D); scratch: B*KVH rows of G*max(lengths).
  * Needs D % 16 == 0, D <= 256 and H / KVH <= 16. Returns -1 when the shape is not supported. */
+/* Rows whose prompts began with the same cached blocks hold bit-identical keys and values there (the
+ * prefix cache guarantees it): `sharing` lets such rows read those positions from one row's slot (the
+ * leader's), and orders the tasks so that a thread takes one KV head of a whole group in a row, while
+ * the shared positions are still in its cache. Each row's arithmetic is unchanged, only where it reads. */
+typedef struct {
+    const int64_t *task;   /* B*KVH tasks in processing order, each b*KVH + h; NULL: b-major order */
+    const int64_t *leader; /* per row: the row whose slot holds its first `shared` positions */
+    const int64_t *shared; /* per row: positions read from the leader's slot (0: none) */
+} sharing;
+
 static int attend_(const float *q, int64_t q_stride, const float *keys, const float *values,
                    const int64_t *lengths, int64_t B, int64_t H, int64_t KVH, int64_t D, int64_t cap, float scale,
-                   float *out, float *scratch, int64_t scratch_stride, int threads) {
+                   float *out, float *scratch, int64_t scratch_stride, const sharing *share, int threads) {
     const int64_t G = H / KVH, C = D / 16;
     if (D % 16 || C > 16 || G > 16 || G * KVH != H) return -1;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t task = 0; task < B * KVH; task++) {
+    for (int64_t i = 0; i < B * KVH; i++) {
+        const int64_t task = share && share->task ? share->task[i] : i;
         const int64_t b = task / KVH, h = task % KVH;
+        const int64_t a = share && share->leader ? share->leader[b] : b, S = share && share->shared ? share->shared[b] : 0;
         const float *qp = q + b * q_stride + h * G * D;
         const float *kp = keys + (b * cap * KVH + h) * D, *vp = values + (b * cap * KVH + h) * D;
+        const float *ks = keys + (a * cap * KVH + h) * D, *vs = values + (a * cap * KVH + h) * D;
         float *op = out + (b * H + h * G) * D, *s = scratch + task * scratch_stride;
-        if (G == 3 && C == 4) attend_g3_d64(qp, kp, vp, lengths[b], KVH * D, G, C, scale, op, s);
-        else if (G == 4 && C == 4) attend_g4_d64(qp, kp, vp, lengths[b], KVH * D, G, C, scale, op, s);
-        else if (G == 4 && C == 8) attend_g4_d128(qp, kp, vp, lengths[b], KVH * D, G, C, scale, op, s);
-        else if (G == 8 && C == 8) attend_g8_d128(qp, kp, vp, lengths[b], KVH * D, G, C, scale, op, s);
-        else attend_any(qp, kp, vp, lengths[b], KVH * D, G, C, scale, op, s);
+        const int64_t L = lengths[b], st = KVH * D;
+        if (G == 3 && C == 4) attend_g3_d64(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
+        else if (G == 4 && C == 4) attend_g4_d64(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
+        else if (G == 4 && C == 8) attend_g4_d128(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
+        else if (G == 8 && C == 8) attend_g8_d128(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
+        else attend_any(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
     }
     return 0;
 }
@@ -373,7 +481,7 @@ static int attend_(const float *q, int64_t q_stride, const float *keys, const fl
 int attend(const float *q, const float *keys, const float *values, const int64_t *lengths, int64_t B,
            int64_t H, int64_t KVH, int64_t D, int64_t cap, float scale, float *out, float *scratch,
            int64_t scratch_stride, int threads) {
-    return attend_(q, H * D, keys, values, lengths, B, H, KVH, D, cap, scale, out, scratch, scratch_stride,
+    return attend_(q, H * D, keys, values, lengths, B, H, KVH, D, cap, scale, out, scratch, scratch_stride, NULL,
                    threads);
 }
 
@@ -479,7 +587,9 @@ int64_t decode_work_floats(int64_t B, int64_t H, int64_t KVH, int64_t D, int64_t
 int decode_layers(int64_t B, int64_t nlayers, const qlayer *layers, float *const *keys, float *const *values,
                   int64_t cap, int64_t H, int64_t KVH, int64_t D, int64_t hidden, int64_t inter, float eps,
                   float scale, float *x, const float *cos, const float *sin, const int64_t *slots,
-                  const int64_t *seen, int64_t max_seen, float *work, int threads) {
+                  const int64_t *seen, int64_t max_seen, const int64_t *task_order, const int64_t *leader,
+                  const int64_t *shared, float *work, int threads) {
+    const sharing share = {task_order, leader, shared};
     const int64_t nqkv = (H + 2 * KVH) * D, G = H / KVH;
     float *h = work, *qkv = h + B * hidden, *att = qkv + B * nqkv, *tmp = att + B * H * D;
     float *gu = tmp + B * hidden, *act = gu + B * 2 * inter, *scratch = act + B * inter;
@@ -497,7 +607,7 @@ int decode_layers(int64_t B, int64_t nlayers, const qlayer *layers, float *const
             }
         }
         int rc = attend_(qkv, nqkv, keys[l], values[l], seen, B, H, KVH, D, cap, scale, att, scratch,
-                         G * max_seen, threads);
+                         G * max_seen, &share, threads);
         if (rc) return rc;
         qmat_apply(&L->o, att, B, tmp, threads);
         for (int64_t i = 0; i < B * hidden; i++) x[i] += tmp[i];

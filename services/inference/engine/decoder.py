@@ -15,9 +15,10 @@ runs the same arithmetic on the same weights with ~20 tensor ops per layer:
   fused base weights.
 
 Prompts of base-model requests (`prefill`) run the same layers over all prompt positions at once
-with the model's own fp32 weights (MKL's GEMMs: a prompt is compute-bound) and the native RoPE,
-RMSNorm and SiLU: transformers' forward spent ~15% of a 300-token prompt on element-wise ops and
-module dispatch. Prompts with an adapter, and models this path cannot serve, use the model's forward.
+with the native RoPE, RMSNorm and SiLU (transformers' forward spent ~15% of a 300-token prompt on
+element-wise ops and module dispatch) and either the model's own fp32 weights through MKL or, with a
+prefix cache, the packed kernels (exact reuse needs rows that do not depend on each other; see
+prefix_cache.py). Prompts with an adapter, and models this path cannot serve, use the model's forward.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from .kernels import (
     silu_mul,
 )
 from .kvcache import SlotCache
+from .prefix_cache import BLOCK as PREFIX_BLOCK
+from .prefix_cache import Layers
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 _STATIC_ROPE = {"default", "linear", "llama3"}  # rotary tables that do not depend on sequence length
@@ -203,29 +206,64 @@ class LlamaDecoder:
             if all(layer.complete for layer in layers):
                 self.prefill_layers = layers
                 self.embed_weight = embed_base.weight.detach()
+        # Every projection packed: prompts through the same kernels, whose rows never depend on each other
+        # (MKL's do), so a prompt may start from cached positions and get the bits it would alone.
+        self.exact_prefill = self.prefill_layers is not None and self.native is not None
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: list[int]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def prefill(self, prompt_ids: list[int], past: Layers | None = None) -> tuple[torch.Tensor, Layers]:
         """One base-model prompt: its last-position logits and, per layer, its keys and values as
-        (1, kv heads, length, head dim), the layout of the model's own cache."""
+        (1, kv heads, length, head dim), the layout of the model's own cache.
+
+        `past` holds the keys and values of the prompt's first positions (a multiple of the prefix
+        cache's block), taken from the prefix cache; only with `exact_prefill`, where every position's
+        result is the same bits whether the positions before it were computed in this call or not."""
         assert self.prefill_layers is not None
         n = len(prompt_ids)
+        start = past[0][0].shape[2] if past else 0
+        assert start < n and (not past or (self.exact_prefill and start % PREFIX_BLOCK == 0))
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        x = F.embedding(torch.tensor(prompt_ids, dtype=torch.long, device=self.norm.device), self.embed_weight)
-        cos, sin = self.cos[:n], self.sin[:n]
-        layers = []
-        for layer in self.prefill_layers:
+        ids = torch.tensor(prompt_ids[start:], dtype=torch.long, device=self.norm.device)
+        keys = [self.norm.new_empty(1, kv_heads, n, dim) for _ in self.prefill_layers]
+        values = [self.norm.new_empty(1, kv_heads, n, dim) for _ in self.prefill_layers]
+        if past:
+            for (k, v), kd, vd in zip(past, keys, values, strict=True):
+                kd[:, :, :start].copy_(k)
+                vd[:, :, :start].copy_(v)
+        m = n - start
+        x = F.embedding(ids, self.embed_weight)
+        cos, sin = self.cos[start:n], self.sin[start:n]
+        # causal among the new positions, every cached one visible (SDPA gives a query row the same bits
+        # with this mask as in a causal call over the whole prompt when `start` is a multiple of 16)
+        positions = torch.arange(n, device=ids.device)
+        mask = None if start == 0 else positions.unsqueeze(0) <= positions[start:].unsqueeze(1)
+        for layer, packed, kd, vd in zip(self.prefill_layers, self.layers, keys, values, strict=True):
             h = rms_norm(x, layer.norm_in, self.eps)
-            q = rope_(F.linear(h, *layer.q).view(n, heads, dim), cos, sin).transpose(0, 1).unsqueeze(0)
-            k = rope_(F.linear(h, *layer.k).view(n, kv_heads, dim), cos, sin).transpose(0, 1).unsqueeze(0)
-            v = F.linear(h, *layer.v).view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0)
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=self.scaling)
-            x = x + F.linear(a[0].transpose(0, 1).reshape(n, heads * dim), *layer.o)
+            if self.exact_prefill:  # the packed kernels: a row's bits do not depend on the others
+                qkv = packed.qkv(h)
+                q = qkv[:, :heads * dim].contiguous().view(m, heads, dim)
+                k = qkv[:, heads * dim:(heads + kv_heads) * dim].contiguous().view(m, kv_heads, dim)
+                v = qkv[:, (heads + kv_heads) * dim:].view(m, kv_heads, dim)
+            else:
+                q = F.linear(h, *layer.q).view(m, heads, dim)
+                k = F.linear(h, *layer.k).view(m, kv_heads, dim)
+                v = F.linear(h, *layer.v).view(m, kv_heads, dim)
+            q = rope_(q, cos, sin).transpose(0, 1).unsqueeze(0)
+            kd[0, :, start:] = rope_(k, cos, sin).transpose(0, 1)
+            vd[0, :, start:] = v.transpose(0, 1)
+            a = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask,
+                                               is_causal=mask is None, enable_gqa=True, scale=self.scaling)
+            a = a[0].transpose(0, 1).reshape(m, heads * dim)
+            x = x + (packed.o(a) if self.exact_prefill else F.linear(a, *layer.o))
             h = rms_norm(x, layer.norm_post, self.eps)
-            x = x + F.linear(silu_mul(F.linear(h, *layer.gate), F.linear(h, *layer.up)), *layer.down)
-            layers.append((k, v))
+            if self.exact_prefill:
+                gate_up = packed.gate_up(h)
+                inter = gate_up.shape[1] // 2
+                x = x + packed.down(silu_mul(gate_up[:, :inter].contiguous(), gate_up[:, inter:].contiguous()))
+            else:
+                x = x + F.linear(silu_mul(F.linear(h, *layer.gate), F.linear(h, *layer.up)), *layer.down)
         last = rms_norm(x[-1:].contiguous(), self.norm, self.eps)
-        return _project(last, self.head, [self.lm_head], None, False)[0], layers
+        return _project(last, self.head, [self.lm_head], None, False)[0], list(zip(keys, values, strict=True))
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # Llama's RMSNorm: normalise in fp32, scale in the model dtype
@@ -261,7 +299,7 @@ class LlamaDecoder:
         if self.native is not None and kernel_attention and not lora_rows:
             x = x.contiguous()
             self.native.run(x, self.cos.index_select(0, positions), self.sin.index_select(0, positions), slots,
-                            seen, longest, cache.keys, cache.values, capacity)
+                            seen, longest, cache.keys, cache.values, capacity, cache.sharing(self.kv_heads))
             cache.advance()
             return _project(rms_norm(x, self.norm, self.eps), self.head, [self.lm_head], adapter_names, lora_rows)
         mask = None

@@ -128,7 +128,8 @@ def kernel() -> ctypes.CDLL | None:
             lib.decode_work_floats.argtypes = [i64] * 7
             lib.decode_work_floats.restype = i64
             lib.decode_layers.argtypes = [i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float,
-                                          ctypes.c_float, ptr, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_int]
+                                          ctypes.c_float, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr,
+                                          ctypes.c_int]
             lib.decode_layers.restype = ctypes.c_int
             _library = lib
         except Exception as exc:  # no compiler, no AVX-512, read-only home...: decode in fp32
@@ -244,8 +245,10 @@ class NativeLayers:
         return cached[2], cached[3]
 
     def run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, seen: torch.Tensor,
-            max_seen: int, keys: list[torch.Tensor], values: list[torch.Tensor], capacity: int) -> None:
-        """x (rows, hidden) fp32 contiguous, updated in place; cos/sin (rows, head dim) contiguous."""
+            max_seen: int, keys: list[torch.Tensor], values: list[torch.Tensor], capacity: int,
+            sharing: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+        """x (rows, hidden) fp32 contiguous, updated in place; cos/sin (rows, head dim) contiguous; sharing:
+        SlotCache.sharing's (task order, leader, shared positions), int64, or None."""
         lib = _library
         assert lib is not None
         rows = x.shape[0]
@@ -257,7 +260,8 @@ class NativeLayers:
         rc = lib.decode_layers(rows, len(self.layers), self._table, key_ptrs, value_ptrs, capacity, self.heads,
                                self.kv_heads, self.head_dim, self.hidden, self.inter, self.eps, self.scale,
                                x.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(), seen.data_ptr(),
-                               max_seen, self._work.data_ptr(), torch.get_num_threads())
+                               max_seen, *(t.data_ptr() for t in sharing) if sharing else (None, None, None),
+                               self._work.data_ptr(), torch.get_num_threads())
         if rc != 0:
             raise RuntimeError("the native decode step refused the model's attention shape")
 

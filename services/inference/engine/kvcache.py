@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .prefix_cache import BLOCK as PREFIX_BLOCK
+
 _MIN_ROWS = 4
 _MIN_LENGTH = 256
 
@@ -40,6 +42,8 @@ class SlotCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.lengths: list[int] = []
+        self.blocks: list[tuple[bytes, ...]] = []  # per row: its prompt's prefix-cache block keys (see sharing)
+        self._sharing: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None | bool = False  # False: not built
         self._spec: tuple[int, int, int, torch.dtype, torch.device] | None = None  # layers, heads, dim, ...
 
     @property
@@ -76,8 +80,11 @@ class SlotCache:
         self.keys, self.values = keys, values
 
     @torch.inference_mode()
-    def append_row(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
-        """Copy one freshly prefilled sequence (batch of one, (1, heads, length, dim)) into the next slot."""
+    def append_row(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int,
+                   blocks: tuple[bytes, ...] = ()) -> None:
+        """Copy one freshly prefilled sequence (batch of one, (1, heads, length, dim)) into the next slot.
+        `blocks`: the prefix-cache keys of its prompt's full blocks when its keys and values there are the
+        cache's bits (the runner says), so that rows sharing them may read them from one slot."""
         k0 = layers[0][0]
         self._spec = (len(layers), k0.shape[1], k0.shape[3], k0.dtype, k0.device)
         self._reserve(self.rows + 1, length + 1)  # + the position the next decode step writes
@@ -86,6 +93,8 @@ class SlotCache:
             ck[row, :length].copy_(k[0].transpose(0, 1))
             cv[row, :length].copy_(v[0].transpose(0, 1))
         self.lengths.append(length)
+        self.blocks.append(tuple(blocks))
+        self._sharing = False
 
     @torch.inference_mode()
     def remove_rows(self, dead: list[int]) -> list[int]:
@@ -98,12 +107,48 @@ class SlotCache:
                 for cache in self.keys + self.values:
                     cache[row, :n].copy_(cache[last, :n])
                 self.lengths[row] = n
+                self.blocks[row] = self.blocks[last]
                 order[row] = order[last]
             order.pop()
             self.lengths.pop()
+            self.blocks.pop()
+        self._sharing = False
         if not self.lengths and self.capacity > 4 * _MIN_LENGTH:
             self.keys, self.values = [], []  # one long request must not pin its memory for good
         return order
+
+    def sharing(self, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For the attention kernel: (task order, leader, shared positions) when some rows begin with the
+        same blocks, else None. A row's leader is the first row with the same first block; they share the
+        blocks both prompts have in common. Tasks (row * kv_heads + head) run group by group, head by head,
+        so one thread reads a group's shared positions for one head while they are in its cache."""
+        if self._sharing is False:
+            self._sharing = self._build_sharing(kv_heads)
+        return self._sharing  # type: ignore[return-value]
+
+    def _build_sharing(self, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        first: dict[bytes, int] = {}
+        leader, shared = list(range(self.rows)), [0] * self.rows
+        for row, keys in enumerate(self.blocks):
+            if not keys:
+                continue
+            lead = first.setdefault(keys[0], row)
+            if lead == row:
+                continue
+            common = 0
+            for mine, theirs in zip(keys, self.blocks[lead], strict=False):
+                if mine != theirs:
+                    break
+                common += 1
+            leader[row], shared[row] = lead, common * PREFIX_BLOCK
+        if not any(shared):
+            return None
+        groups: dict[int, list[int]] = {}
+        for row, lead in enumerate(leader):
+            groups.setdefault(lead, []).append(row)
+        tasks = [row * kv_heads + head for rows in groups.values() for head in range(kv_heads) for row in rows]
+        return (torch.tensor(tasks, dtype=torch.int64), torch.tensor(leader, dtype=torch.int64),
+                torch.tensor(shared, dtype=torch.int64))
 
     def reserve_step(self) -> None:
         """Room for the position that the next decode step writes in every row."""

@@ -24,4 +24,8 @@ async def metrics(state: StateDep) -> Response:
         state.metrics.adapter_sequences.clear()
         for adapter, count in stats.adapters_in_use.items():
             state.metrics.adapter_sequences.labels(adapter=adapter).set(count)
+        prefix = state.engine.runner.prefix_cache.stats()
+        state.metrics.prefix_hit_tokens.set(prefix.hit_tokens)
+        state.metrics.prefix_lookup_tokens.set(prefix.prompt_tokens)
+        state.metrics.prefix_bytes.set(prefix.bytes)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
