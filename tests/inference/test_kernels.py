@@ -50,6 +50,19 @@ def test_products_match_float64_and_do_not_depend_on_the_batch(bits: int) -> Non
         assert torch.equal(y, alone), f"a batch of {rows} changed some row's bits"
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_prompt_products_give_a_row_the_same_bits_in_any_company(bits: int) -> None:
+    """What exact prefix reuse stands on: a prompt position's projections do not depend on which other
+    positions share the call (MKL's GEMMs do)."""
+    weight = blockwise(200, 576, bits, seed=bits)
+    packed = pack(weight)
+    x = torch.randn(53, 576, generator=torch.Generator().manual_seed(3))
+    full = packed.rows(x)
+    assert torch.allclose(full, (x.double() @ weight.double().T).float(), atol=1e-4, rtol=1e-5)
+    for start, stop in ((0, 1), (0, 8), (5, 21), (16, 53), (52, 53), (9, 10)):
+        assert torch.equal(packed.rows(x[start:stop]), full[start:stop]), (start, stop)
+
+
 def test_weights_that_are_not_blockwise_stay_fp32() -> None:
     weight = torch.randn(64, 576, generator=torch.Generator().manual_seed(1))
     assert pack(weight) is None  # packing would have to round them: the caller keeps the fp32 matrix

@@ -144,93 +144,72 @@ static inline int64_t q8_panel_bytes(int64_t K) { return K * 16; }
 PTILES(q4)
 PTILES(q8)
 
-/* Many rows (a prompt): a panel pair's q, converted once to floats for the whole of K (a buffer that
- * stays in L2); block after block, every group of 8 rows passes over the block's 32 k with its block
- * sums in registers and adds them to its totals in a row buffer. Conversion costs nothing per row,
- * and the arithmetic is the tiles' above, in the same order per output: a prompt's rows get the bits
- * a decode step would give them. */
-#define WP 3 /* panels per wide tile */
-#define WIDE_ROWS_BODY(R)                                                                            \
+/* Prompts (q4_rows, q8_rows; x, y and weights as below): y = x w^T for any number of rows, each row's outputs computed the same way whatever the
+ * others (what the prefix cache needs: a position gets the same bits whether its prompt's earlier
+ * positions were computed in the same call or not). A panel group's weights are expanded once to their
+ * exact fp32 values (d q + m) for the whole of K, a buffer that stays in L2; then every group of 8
+ * rows runs an 8 x 3-panel outer product over K with its sums in registers, one k after the other.
+ * (Not the decode tiles' per-block factoring: that needs per-block sums outside the registers, and
+ * prompts never mix with decode rows.) */
+#define WP 3 /* panels per tile */
+#define ROWS_BODY(R)                                                                                 \
     do {                                                                                             \
-        __m512 blk[R][WP];                                                                           \
+        __m512 acc[R][WP];                                                                           \
         for (int r = 0; r < R; r++)                                                                  \
-            for (int j = 0; j < WP; j++) blk[r][j] = _mm512_setzero_ps();                            \
-        for (int64_t k = 0; k < 32; k++) {                                                           \
+            for (int j = 0; j < WP; j++) acc[r][j] = _mm512_setzero_ps();                            \
+        for (int64_t k = 0; k < K; k++) {                                                            \
             __m512 w[WP];                                                                            \
-            for (int j = 0; j < WP; j++) w[j] = _mm512_load_ps(qb + (k * WP + j) * 16);              \
+            for (int j = 0; j < WP; j++) w[j] = _mm512_load_ps(wf + (k * WP + j) * 16);              \
             for (int r = 0; r < R; r++) {                                                            \
-                const __m512 xb = _mm512_set1_ps(x[(r0 + r) * ldx + b * 32 + k]);                    \
-                for (int j = 0; j < WP; j++) blk[r][j] = _mm512_fmadd_ps(w[j], xb, blk[r][j]);       \
+                const __m512 xb = _mm512_set1_ps(x[(r0 + r) * ldx + k]);                             \
+                for (int j = 0; j < WP; j++) acc[r][j] = _mm512_fmadd_ps(w[j], xb, acc[r][j]);       \
             }                                                                                        \
         }                                                                                            \
-        for (int r = 0; r < R; r++) {                                                                \
-            float *a = acc + (r0 + r) * WP * 16;                                                     \
-            const __m512 s = m ? _mm512_set1_ps(xs[(r0 + r) * nb + b]) : _mm512_setzero_ps();        \
-            for (int j = 0; j < WP; j++) {                                                           \
-                __m512 t = _mm512_fmadd_ps(dv[j], blk[r][j], _mm512_load_ps(a + j * 16));            \
-                if (m) t = _mm512_fmadd_ps(mv[j], s, t);                                             \
-                _mm512_store_ps(a + j * 16, t);                                                      \
-            }                                                                                        \
+        for (int j = 0; j < n; j++) {                                                                \
+            const int64_t n0 = (p0 + j) * 16, left = N - n0;                                         \
+            const __mmask16 keep = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);   \
+            for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (r0 + r) * ldy + n0, keep, acc[r][j]); \
         }                                                                                            \
     } while (0)
 
-#define WIDE(KIND)                                                                                   \
-    static void KIND##_wide(const float *x, int64_t ldx, const float *xs, const void *qs, const float *d,  \
-                            const float *m, int64_t M, int64_t N, int64_t K, float *y, int64_t ldy,  \
-                            int threads) {                                                           \
+#define ROWS(KIND)                                                                                   \
+    void KIND##_rows(const float *x, int64_t ldx, const void *qs, const float *d, const float *m, int64_t M, \
+                     int64_t N, int64_t K, float *y, int64_t ldy, int threads) {                     \
         const int64_t panels = (N + 15) / 16, tiles = (panels + WP - 1) / WP, nb = K / 32;           \
         _Pragma("omp parallel num_threads(threads) if (threads > 1)")                               \
         {                                                                                            \
-            float *qf = aligned_alloc(64, (size_t)K * WP * 16 * sizeof(float)); /* [k][panel][16] */ \
-            float *acc = aligned_alloc(64, (size_t)M * WP * 16 * sizeof(float)); /* [row][panel][16] */ \
-            if (!qf || !acc) abort();                                                                \
+            float *wf = aligned_alloc(64, (size_t)K * WP * 16 * sizeof(float)); /* [k][panel][16] */ \
+            if (!wf) abort();                                                                        \
             _Pragma("omp for schedule(static)")                                                      \
             for (int64_t t = 0; t < tiles; t++) {                                                    \
                 const int64_t p0 = WP * t, n = panels - p0 < WP ? panels - p0 : WP;                  \
-                const float *dp[WP], *mp[WP];                                                        \
                 for (int j = 0; j < WP; j++) {                                                       \
                     const int64_t p = p0 + (j < n ? j : 0);                                          \
                     const char *q = (const char *)qs + p * KIND##_panel_bytes(K);                    \
-                    dp[j] = d + p * nb * 16;                                                         \
-                    mp[j] = m ? m + p * nb * 16 : NULL;                                              \
-                    for (int64_t i = 0; i < K / 2; i++) {                                            \
-                        __m512 q0, q1;                                                               \
-                        KIND##_pair(q, i, &q0, &q1);                                                 \
-                        _mm512_store_ps(qf + ((2 * i) * WP + j) * 16, q0);                           \
-                        _mm512_store_ps(qf + ((2 * i + 1) * WP + j) * 16, q1);                       \
+                    for (int64_t b = 0; b < nb; b++) {                                               \
+                        const __m512 dv = _mm512_loadu_ps(d + (p * nb + b) * 16);                    \
+                        const __m512 mv = m ? _mm512_loadu_ps(m + (p * nb + b) * 16) : _mm512_setzero_ps(); \
+                        for (int64_t i = b * 16; i < b * 16 + 16; i++) {                             \
+                            __m512 q0, q1;                                                           \
+                            KIND##_pair(q, i, &q0, &q1);                                             \
+                            /* d q + m rounds once: the weight's exact value (q8: m = 0, d q exact) */ \
+                            _mm512_store_ps(wf + ((2 * i) * WP + j) * 16, _mm512_fmadd_ps(q0, dv, mv)); \
+                            _mm512_store_ps(wf + ((2 * i + 1) * WP + j) * 16, _mm512_fmadd_ps(q1, dv, mv)); \
+                        }                                                                            \
                     }                                                                                \
                 }                                                                                    \
-                for (int64_t i = 0; i < M * WP * 16; i++) acc[i] = 0.0f;                             \
-                for (int64_t b = 0; b < nb; b++) {                                                   \
-                    const float *qb = qf + b * 32 * WP * 16;                                         \
-                    __m512 dv[WP], mv[WP];                                                           \
-                    for (int j = 0; j < WP; j++) {                                                   \
-                        dv[j] = _mm512_loadu_ps(dp[j] + b * 16);                                     \
-                        mv[j] = m ? _mm512_loadu_ps(mp[j] + b * 16) : _mm512_setzero_ps();           \
-                    }                                                                                \
-                    int64_t r0 = 0;                                                                  \
-                    for (; r0 + 8 <= M; r0 += 8) WIDE_ROWS_BODY(8);                                 \
-                    for (; r0 < M; r0++) WIDE_ROWS_BODY(1);                                          \
-                }                                                                                    \
-                for (int j = 0; j < n; j++) {                                                        \
-                    const int64_t n0 = (p0 + j) * 16, left = N - n0;                                 \
-                    const __mmask16 keep = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); \
-                    for (int64_t r = 0; r < M; r++)                                                  \
-                        _mm512_mask_storeu_ps(y + r * ldy + n0, keep, _mm512_load_ps(acc + (r * WP + j) * 16)); \
-                }                                                                                    \
+                int64_t r0 = 0;                                                                      \
+                for (; r0 + 8 <= M; r0 += 8) ROWS_BODY(8);                                          \
+                for (; r0 < M; r0++) ROWS_BODY(1);                                                   \
             }                                                                                        \
-            free(qf);                                                                                \
-            free(acc);                                                                               \
+            free(wf);                                                                                \
         }                                                                                            \
     }
 
-WIDE(q4)
-WIDE(q8)
+ROWS(q4)
+ROWS(q8)
 
-/* Rows above which a matrix product takes the wide path (both give the same bits). */
-#define WIDE_ROWS 16
-
-/* x: (M, K) row stride ldx; y: (M, N) row stride ldy; K % 32 == 0; weights in panels (see above). */
+/* Decode steps. x: (M, K) row stride ldx; y: (M, N) row stride ldy; K % 32 == 0; weights in panels (see above). */
 void q4_matmul(const float *x, int64_t ldx, const uint8_t *qs, const float *d, const float *m, int64_t M,
                int64_t N, int64_t K, float *y, int64_t ldy, int threads) {
     const int64_t nb = K / 32;
@@ -242,15 +221,13 @@ void q4_matmul(const float *x, int64_t ldx, const uint8_t *qs, const float *d, c
             const float *p = x + r * ldx + b * 32;
             xs[r * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)));
         }
-    if (M > WIDE_ROWS) q4_wide(x, ldx, xs, qs, d, m, M, N, K, y, ldy, threads);
-    else q4_matmul_(x, ldx, xs, qs, d, m, M, N, K, y, ldy, threads);
+    q4_matmul_(x, ldx, xs, qs, d, m, M, N, K, y, ldy, threads);
     free(xs);
 }
 
 void q8_matmul(const float *x, int64_t ldx, const int8_t *qs, const float *d, int64_t M, int64_t N, int64_t K,
                float *y, int64_t ldy, int threads) {
-    if (M > WIDE_ROWS) q8_wide(x, ldx, NULL, qs, d, NULL, M, N, K, y, ldy, threads);
-    else q8_matmul_(x, ldx, NULL, qs, d, NULL, M, N, K, y, ldy, threads);
+    q8_matmul_(x, ldx, NULL, qs, d, NULL, M, N, K, y, ldy, threads);
 }
 
 /* Packing: find q, d (an fp16 value, as GGUF stores it) and m such that every weight of a block of

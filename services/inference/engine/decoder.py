@@ -211,17 +211,19 @@ class LlamaDecoder:
         self.exact_prefill = self.prefill_layers is not None and self.native is not None
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: list[int], past: Layers | None = None) -> tuple[torch.Tensor, Layers]:
+    def prefill(self, prompt_ids: list[int], past: Layers | None = None, *,
+                exact: bool = False) -> tuple[torch.Tensor, Layers]:
         """One base-model prompt: its last-position logits and, per layer, its keys and values as
         (1, kv heads, length, head dim), the layout of the model's own cache.
 
-        `past` holds the keys and values of the prompt's first positions (a multiple of the prefix
-        cache's block), taken from the prefix cache; only with `exact_prefill`, where every position's
-        result is the same bits whether the positions before it were computed in this call or not."""
-        assert self.prefill_layers is not None
+        `exact` (needs `exact_prefill`): through the packed kernels, so that every position's result is
+        the same bits whether the positions before it were computed in this call or not; else through
+        MKL (a row's bits depend on the others). `past` (only when exact) holds the keys and values of
+        the prompt's first positions, a multiple of the prefix cache's block."""
+        assert self.prefill_layers is not None and (self.exact_prefill or not exact)
         n = len(prompt_ids)
         start = past[0][0].shape[2] if past else 0
-        assert start < n and (not past or (self.exact_prefill and start % PREFIX_BLOCK == 0))
+        assert start < n and (not past or (exact and start % PREFIX_BLOCK == 0))
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         ids = torch.tensor(prompt_ids[start:], dtype=torch.long, device=self.norm.device)
         keys = [self.norm.new_empty(1, kv_heads, n, dim) for _ in self.prefill_layers]
@@ -239,8 +241,8 @@ class LlamaDecoder:
         mask = None if start == 0 else positions.unsqueeze(0) <= positions[start:].unsqueeze(1)
         for layer, packed, kd, vd in zip(self.prefill_layers, self.layers, keys, values, strict=True):
             h = rms_norm(x, layer.norm_in, self.eps)
-            if self.exact_prefill:  # the packed kernels: a row's bits do not depend on the others
-                qkv = packed.qkv(h)
+            if exact:  # the packed kernels: a row's bits do not depend on the others
+                qkv = packed.qkv.rows(h)
                 q = qkv[:, :heads * dim].contiguous().view(m, heads, dim)
                 k = qkv[:, heads * dim:(heads + kv_heads) * dim].contiguous().view(m, kv_heads, dim)
                 v = qkv[:, (heads + kv_heads) * dim:].view(m, kv_heads, dim)
@@ -254,12 +256,12 @@ class LlamaDecoder:
             a = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask,
                                                is_causal=mask is None, enable_gqa=True, scale=self.scaling)
             a = a[0].transpose(0, 1).reshape(m, heads * dim)
-            x = x + (packed.o(a) if self.exact_prefill else F.linear(a, *layer.o))
+            x = x + (packed.o.rows(a) if exact else F.linear(a, *layer.o))
             h = rms_norm(x, layer.norm_post, self.eps)
-            if self.exact_prefill:
-                gate_up = packed.gate_up(h)
+            if exact:
+                gate_up = packed.gate_up.rows(h)
                 inter = gate_up.shape[1] // 2
-                x = x + packed.down(silu_mul(gate_up[:, :inter].contiguous(), gate_up[:, inter:].contiguous()))
+                x = x + packed.down.rows(silu_mul(gate_up[:, :inter].contiguous(), gate_up[:, inter:].contiguous()))
             else:
                 x = x + F.linear(silu_mul(F.linear(h, *layer.gate), F.linear(h, *layer.up)), *layer.down)
         last = rms_norm(x[-1:].contiguous(), self.norm, self.eps)

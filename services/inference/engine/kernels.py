@@ -113,6 +113,9 @@ def kernel() -> ctypes.CDLL | None:
             lib.q4_matmul.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
             lib.q8_matmul.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
             lib.q4_matmul.restype = lib.q8_matmul.restype = None
+            for name in ("q4_rows", "q8_rows"):
+                getattr(lib, name).argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
+                getattr(lib, name).restype = None
             lib.q4_pack.argtypes = [ptr, i64, ptr, ptr, ptr, ctypes.c_int]
             lib.q8_pack.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int]
             lib.q4_pack.restype = lib.q8_pack.restype = i64
@@ -168,6 +171,22 @@ class PackedLinear:
         else:
             lib.q8_matmul(x.data_ptr(), self.in_features, self.qs.data_ptr(), self.d.data_ptr(), rows,
                           self.out_features, self.in_features, y.data_ptr(), self.out_features, threads)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """For prompts: x (rows, in) fp32 -> (rows, out), each row's bits independent of the other rows
+        (and of how many there are), with the weights' exact values. Not the decode path's arithmetic."""
+        lib = _library
+        assert lib is not None
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
+        kernel_fn = lib.q4_rows if self.bits == 4 else lib.q8_rows
+        kernel_fn(x.data_ptr(), self.in_features, self.qs.data_ptr(), self.d.data_ptr(),
+                  self.m.data_ptr() if self.m is not None else None, x.shape[0], self.out_features,
+                  self.in_features, y.data_ptr(), self.out_features, torch.get_num_threads())
         if self.bias is not None:
             y += self.bias
         return y

@@ -104,7 +104,7 @@ class ModelRunner:
                 # Reuse only where it gives the same bits (batched = solo must hold, hit or not). The packed
                 # kernels are ~15% slower than MKL on a whole prompt: without a cache, MKL it is.
                 _, past = self.prefix_cache.lookup(None, prompt_ids)
-                logits, layers = decoder.prefill(prompt_ids, past)
+                logits, layers = decoder.prefill(prompt_ids, past, exact=True)
                 self.prefix_cache.store(None, prompt_ids, layers)
                 return logits, layers
             if decoder.prefill_layers is not None:
