@@ -1,11 +1,12 @@
-/* Block-quantized weights times fp32 activations, for decode steps on CPU (AVX-512).
+/* Block-quantized weights times fp32 activations on CPU (AVX-512): decode steps (q4_matmul, q8_matmul)
+ * and prompts that the prefix cache may reuse (q4_rows, q8_rows, further down).
  *
  * The default model ships as GGUF Q4_1 (linear layers) and Q8_0 (embeddings / LM head): every
  * block of 32 weights is d*q + m (q in 0..15) or d*q (q in -127..127). The fp32 copy the service
  * loads holds exactly those values, so reading them back in their 4.5/8.5-bit form is lossless and
  * moves 4-6x fewer bytes per decode step than fp32, which is what bounds decode on this CPU.
  *
- * y[r, n] = sum_k x[r, k] * w[n, k], activations fp32 (no activation quantization). Per block of 32,
+ * y[r, n] = sum_k x[r, k] * w[n, k], activations fp32 (no activation quantization). Decode: per block of 32,
  * sum_k x_k (d q_k + m) is computed as d * (sum_k q_k x_k) + m * (sum_k x_k), the form llama.cpp's
  * dot products use: the inner loop then multiplies the small integers q_k (exact in fp32) and never
  * builds the weights themselves. Outputs are laid out in panels of 16 (one vector lane per output):
