@@ -91,3 +91,46 @@ def test_base_prompt_of_a_peft_wrapped_model_uses_the_base_weights(loaded, promp
     tuned_logits, _ = runner.prefill(prompt_ids, "tuned")
     assert torch.allclose(base_logits, ref_logits, atol=TOLERANCE, rtol=0)
     assert not torch.allclose(tuned_logits, ref_logits, atol=1e-2, rtol=0)  # the adapter really applies
+
+
+def test_adapter_rows_decode_natively_as_peft_computes_them(loaded, prompt_ids) -> None:
+    """Plain LoRA adapters run inside the native decode step: each row's logits match PEFT's modules
+    (per-row adapter routing, base rows beside them), and a row's bits do not depend on its batch."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_causal_lm(resolve_base_model("smollm2-135m-instruct", MODEL_CACHE), "cpu", False).model
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    torch.manual_seed(5)
+    wrapped = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False),
+                             adapter_name="tuned")
+    wrapped.add_adapter("other", LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "down_proj"],
+                                            init_lora_weights=False))
+    wrapped.eval()
+    runner = ModelRunner(wrapped, loaded.tokenizer, "cpu")
+    runner.peft_wrapped = True
+    decoder = runner._fast_decoder()
+    assert decoder.lora_table is not None and set(decoder.lora_table.slots) == {"tuned", "other"}
+    adapters = ["tuned", None, "other"]
+    prompts = [prompt_ids, prompt_ids[:-5], prompt_ids[:-2]]
+
+    def batch_of(rows: list[int]):
+        batch = runner.new_batch(4)
+        for row in rows:
+            _, layers = runner.prefill(prompts[row], adapters[row])
+            batch.append_row(layers, len(prompts[row]))
+        return batch
+
+    native, reference, alone = batch_of([0, 1, 2]), batch_of([0, 1, 2]), batch_of([0])
+    tokens = [1, 2, 3]
+    for _ in range(4):
+        got = runner.decode(native, tokens, adapters)
+        table, decoder.lora_table = decoder.lora_table, None  # PEFT's modules, layer by layer
+        try:
+            expected = runner.decode(reference, tokens, adapters)
+        finally:
+            decoder.lora_table = table
+        assert torch.allclose(got, expected, atol=TOLERANCE, rtol=0)
+        assert torch.equal(runner.decode(alone, tokens[:1], adapters[:1])[0], got[0])
+        tokens = [int(t) for t in expected.argmax(dim=-1)]
+    # the adapters really change the output
+    assert not torch.allclose(got[0], got[1], atol=1e-2)

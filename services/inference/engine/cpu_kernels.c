@@ -481,6 +481,56 @@ typedef struct {
     qmat qkv, o, gate_up, down;
 } qlayer;
 
+/* LoRA adapters in decode steps: a fused matrix's delta is a few parts (q, k and v each have their own
+ * A and B), each adding scale * B (A x) to its own run of outputs. A: (rank, in) row-major; Bt: B
+ * transposed, (rank, out). Per row and in a fixed order, so a row's bits do not depend on the batch. */
+typedef struct {
+    int64_t rank, in_features, out_features, out_offset;
+    const float *A, *Bt;
+    float scale;
+} lora_part;
+
+typedef struct {
+    int64_t nparts;
+    const lora_part *parts;
+} lora_mat;
+
+typedef struct {
+    lora_mat qkv, o, gate_up, down;
+} lora_layer;
+
+static void lora_apply(const lora_mat *lm, const float *x, float *y) {
+    for (int64_t p = 0; p < lm->nparts; p++) {
+        const lora_part *part = lm->parts + p;
+        float t[256];
+        for (int64_t j = 0; j < part->rank; j++) {
+            const float *a = part->A + j * part->in_features;
+            __m512 acc = _mm512_setzero_ps();
+            int64_t i = 0;
+            for (; i + 16 <= part->in_features; i += 16)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(x + i), acc);
+            float s = _mm512_reduce_add_ps(acc);
+            for (; i < part->in_features; i++) s += a[i] * x[i];
+            t[j] = s * part->scale;
+        }
+        float *out = y + part->out_offset;
+        for (int64_t j = 0; j < part->rank; j++) {
+            const float *b = part->Bt + j * part->out_features;
+            const __m512 tj = _mm512_set1_ps(t[j]);
+            int64_t n = 0;
+            for (; n + 16 <= part->out_features; n += 16)
+                _mm512_storeu_ps(out + n, _mm512_fmadd_ps(tj, _mm512_loadu_ps(b + n), _mm512_loadu_ps(out + n)));
+            for (; n < part->out_features; n++) out[n] += t[j] * b[n];
+        }
+    }
+}
+
+/* Each row with an adapter (slot[b] >= 0) gets its adapter's delta for this matrix of layer l. */
+#define LORA_APPLY(MAT, x, ldx, y, ldy)                                                              \
+    if (lora && slot)                                                                                \
+        for (int64_t b = 0; b < B; b++)                                                              \
+            if (slot[b] >= 0) lora_apply(&lora[slot[b] * nlayers + l].MAT, (x) + b * (ldx), (y) + b * (ldy))
+
 static void qmat_apply(const qmat *w, const float *x, int64_t M, float *y, int threads) {
     if (w->bits == 4)
         q4_matmul(x, w->in_features, (const uint8_t *)w->qs, w->d, w->m, M, w->out_features, w->in_features, y,
@@ -566,7 +616,7 @@ int decode_layers(int64_t B, int64_t nlayers, const qlayer *layers, float *const
                   int64_t cap, int64_t H, int64_t KVH, int64_t D, int64_t hidden, int64_t inter, float eps,
                   float scale, float *x, const float *cos, const float *sin, const int64_t *slots,
                   const int64_t *seen, int64_t max_seen, const int64_t *task_order, const int64_t *leader,
-                  const int64_t *shared, float *work, int threads) {
+                  const int64_t *shared, const lora_layer *lora, const int64_t *slot, float *work, int threads) {
     const sharing share = {task_order, leader, shared};
     const int64_t nqkv = (H + 2 * KVH) * D, G = H / KVH;
     float *h = work, *qkv = h + B * hidden, *att = qkv + B * nqkv, *tmp = att + B * H * D;
@@ -575,6 +625,7 @@ int decode_layers(int64_t B, int64_t nlayers, const qlayer *layers, float *const
         const qlayer *L = layers + l;
         rms_norm(x, L->norm_in, B, hidden, eps, h, 1);
         qmat_apply(&L->qkv, h, B, qkv, threads);
+        LORA_APPLY(qkv, h, hidden, qkv, nqkv);
         rope(qkv, B, H + KVH, D, nqkv, cos, sin, 1); /* queries and keys */
         for (int64_t b = 0; b < B; b++) {
             float *kdst = keys[l] + slots[b] * KVH * D, *vdst = values[l] + slots[b] * KVH * D;
@@ -588,11 +639,14 @@ int decode_layers(int64_t B, int64_t nlayers, const qlayer *layers, float *const
                          G * max_seen, &share, threads);
         if (rc) return rc;
         qmat_apply(&L->o, att, B, tmp, threads);
+        LORA_APPLY(o, att, H * D, tmp, hidden);
         for (int64_t i = 0; i < B * hidden; i++) x[i] += tmp[i];
         rms_norm(x, L->norm_post, B, hidden, eps, h, 1);
         qmat_apply(&L->gate_up, h, B, gu, threads);
+        LORA_APPLY(gate_up, h, hidden, gu, 2 * inter);
         silu_mul(gu, gu + inter, B, inter, 2 * inter, act, 1);
         qmat_apply(&L->down, act, B, tmp, threads);
+        LORA_APPLY(down, act, inter, tmp, hidden);
         for (int64_t i = 0; i < B * hidden; i++) x[i] += tmp[i];
     }
     return 0;

@@ -10,9 +10,12 @@ runs the same arithmetic on the same weights with ~20 tensor ops per layer:
 - rotary tables computed once by the model's own rotary module, indexed by position;
 - keys/values written in place into the preallocated `SlotCache`; grouped-query attention done
   by folding the query heads that share a KV head into SDPA's query-length axis (no KV copies);
-- PEFT LoRA layers are called as modules with per-row `adapter_names`, exactly as in the model's
-  own forward, whenever a row of the step uses an adapter; steps with base rows only use the
-  fused base weights.
+- plain LoRA adapters on the layers' projections are applied inside the native step, per row
+  (scale * B (A x) beside the packed base product; `LoraTable`): without that, a step with any
+  adapter row ran PEFT's modules layer by layer, ~8x slower, and an adapter is what the service
+  answers with once the nightly training has run. Adapters it cannot apply (DoRA and other
+  variants, a bias on B) run PEFT's modules with per-row `adapter_names`, as the model's forward
+  does; LoRA on the embeddings or the LM head runs as modules around the native step.
 
 Prompts of base-model requests (`prefill`) run the same layers over all prompt positions at once
 with the native RoPE, RMSNorm and SiLU (transformers' forward spent ~15% of a 300-token prompt on
@@ -30,7 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import (
+    MAX_LORA_RANK,
     LayerWeights,
+    LoraPart,
+    LoraTable,
     NativeLayers,
     PackedLinear,
     attend,
@@ -162,6 +168,44 @@ def _project(x: torch.Tensor, fused: Fused | None,
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
+def _lora_parts(modules: list[nn.Module], offsets: list[int], name: str) -> list[LoraPart] | None:
+    """Adapter `name`'s deltas on a fused matrix (the modules' outputs side by side at `offsets`), or None
+    when one is not plain LoRA (DoRA and other variants, a bias on B, merged weights, too high a rank)."""
+    parts = []
+    for module, offset in zip(modules, offsets, strict=True):
+        if not _is_lora(module) or name not in module.lora_A:
+            continue
+        lora_b = module.lora_B[name]
+        if (name in (getattr(module, "lora_variant", None) or {}) or getattr(module, "merged", False)
+                or getattr(lora_b, "bias", None) is not None or module.lora_A[name].weight.shape[0] > MAX_LORA_RANK):
+            return None
+        parts.append(LoraPart(module.lora_A[name].weight, lora_b.weight, float(module.scaling[name]), offset))
+    return parts
+
+
+def _native_adapters(layers: list[_Layer], q_width: int, qk_width: int) -> dict[str, list[dict[str, list[LoraPart]]]]:
+    """Per adapter the native step can apply: for each layer, its parts per fused matrix."""
+    names = sorted({n for layer in layers for m in layer.qkv_modules + layer.gate_up_modules + [layer.o_module,
+                    layer.down_module] if _is_lora(m) for n in m.lora_A})
+    out = {}
+    for name in names:
+        per_layer = []
+        for layer in layers:
+            inter = layer.gate_up_modules[0].out_features if hasattr(layer.gate_up_modules[0], "out_features") else None
+            matrices = {
+                "qkv": _lora_parts(layer.qkv_modules, [0, q_width, qk_width], name),
+                "o": _lora_parts([layer.o_module], [0], name),
+                "gate_up": _lora_parts(layer.gate_up_modules, [0, inter or 0], name),
+                "down": _lora_parts([layer.down_module], [0], name),
+            }
+            if any(parts is None for parts in matrices.values()) or inter is None:
+                break
+            per_layer.append(matrices)
+        else:
+            out[name] = per_layer
+    return out
+
+
 class LlamaDecoder:
     """Decode steps for a batch of rows of one Llama model (plain, PEFT-wrapped or 4-bit)."""
 
@@ -198,6 +242,13 @@ class LlamaDecoder:
             self.native = NativeLayers(
                 [LayerWeights(layer.norm_in, layer.norm_post, layer.qkv, layer.o, layer.gate_up, layer.down)
                  for layer in self.layers], self.heads, self.kv_heads, self.head_dim, self.eps, self.scaling)
+        # LoRA adapters the native step can apply itself (plain LoRA on the layers' projections).
+        self.lora_table: LoraTable | None = None
+        if self.native is not None:
+            adapters = _native_adapters(self.layers, self.heads * self.head_dim,
+                                        (self.heads + self.kv_heads) * self.head_dim)
+            if adapters:
+                self.lora_table = LoraTable(adapters)
         # Base-model prompts through the native element-wise ops (see the module docstring).
         self.prefill_layers: list[_PrefillLayer] | None = None
         embed_base = _plain_base(self.embed)
@@ -298,10 +349,15 @@ class LlamaDecoder:
         sin = self.sin.index_select(0, positions).unsqueeze(1)
         kernel_attention = self.kernel_attention and cache.keys[0].dtype == torch.float32
         longest = max(lengths) + 1
-        if self.native is not None and kernel_attention and not lora_rows:
+        lora = None
+        if lora_rows and self.lora_table is not None and adapter_names is not None:
+            table = self.lora_table
+            if all(a == BASE_ADAPTER or a in table.slots for a in adapter_names):
+                lora = table, torch.tensor([table.slots.get(a, -1) for a in adapter_names], dtype=torch.int64)
+        if self.native is not None and kernel_attention and (not lora_rows or lora is not None):
             x = x.contiguous()
             self.native.run(x, self.cos.index_select(0, positions), self.sin.index_select(0, positions), slots,
-                            seen, longest, cache.keys, cache.values, capacity, cache.sharing(self.kv_heads))
+                            seen, longest, cache.keys, cache.values, capacity, cache.sharing(self.kv_heads), lora)
             cache.advance()
             return _project(rms_norm(x, self.norm, self.eps), self.head, [self.lm_head], adapter_names, lora_rows)
         mask = None

@@ -131,8 +131,8 @@ def kernel() -> ctypes.CDLL | None:
             lib.decode_work_floats.argtypes = [i64] * 7
             lib.decode_work_floats.restype = i64
             lib.decode_layers.argtypes = [i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float,
-                                          ctypes.c_float, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr,
-                                          ctypes.c_int]
+                                          ctypes.c_float, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr,
+                                          ptr, ctypes.c_int]
             lib.decode_layers.restype = ctypes.c_int
             _library = lib
         except Exception as exc:  # no compiler, no AVX-512, read-only home...: decode in fp32
@@ -227,6 +227,61 @@ def _qmat(p: PackedLinear) -> _QMat:
                  p.m.data_ptr() if p.m is not None else None, p.bias.data_ptr() if p.bias is not None else None)
 
 
+MAX_LORA_RANK = 256  # the native step's scratch per LoRA part
+
+
+@dataclass
+class LoraPart:
+    """One LoRA delta on a run of a fused matrix's outputs: scale * B (A x), A (rank, in), B (out, rank)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+    out_offset: int
+
+
+class _LoraPart(ctypes.Structure):
+    _fields_ = [("rank", ctypes.c_int64), ("in_features", ctypes.c_int64), ("out_features", ctypes.c_int64),
+                ("out_offset", ctypes.c_int64), ("A", ctypes.c_void_p), ("Bt", ctypes.c_void_p),
+                ("scale", ctypes.c_float)]
+
+
+class _LoraMat(ctypes.Structure):
+    _fields_ = [("nparts", ctypes.c_int64), ("parts", ctypes.c_void_p)]
+
+
+class _LoraLayer(ctypes.Structure):
+    _fields_ = [("qkv", _LoraMat), ("o", _LoraMat), ("gate_up", _LoraMat), ("down", _LoraMat)]
+
+
+class LoraTable:
+    """Every adapter the native step can apply, as one C array: slot s, layer l at s * layers + l. Keeps
+    the tensors its pointers point into."""
+
+    MATRICES = ("qkv", "o", "gate_up", "down")
+
+    def __init__(self, adapters: dict[str, list[dict[str, list[LoraPart]]]]) -> None:
+        self.slots = {name: slot for slot, name in enumerate(adapters)}
+        self._keep: list = []
+        layers = []
+        for per_layer in adapters.values():
+            for matrices in per_layer:
+                mats = []
+                for name in self.MATRICES:
+                    parts = matrices.get(name, [])
+                    for p in parts:
+                        assert p.A.shape[0] <= MAX_LORA_RANK
+                    tensors = [(p.A.detach().float().contiguous(), p.B.detach().float().t().contiguous())
+                               for p in parts]
+                    array = (_LoraPart * max(len(parts), 1))(*[
+                        _LoraPart(a.shape[0], a.shape[1], bt.shape[1], p.out_offset, a.data_ptr(), bt.data_ptr(),
+                                  p.scale) for p, (a, bt) in zip(parts, tensors, strict=True)])
+                    self._keep += [tensors, array]
+                    mats.append(_LoraMat(len(parts), ctypes.cast(array, ctypes.c_void_p)))
+                layers.append(_LoraLayer(*mats))
+        self.array = (_LoraLayer * max(len(layers), 1))(*layers)
+
+
 @dataclass
 class LayerWeights:
     norm_in: torch.Tensor
@@ -265,9 +320,11 @@ class NativeLayers:
 
     def run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, seen: torch.Tensor,
             max_seen: int, keys: list[torch.Tensor], values: list[torch.Tensor], capacity: int,
-            sharing: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+            sharing: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+            lora: tuple[LoraTable, torch.Tensor] | None = None) -> None:
         """x (rows, hidden) fp32 contiguous, updated in place; cos/sin (rows, head dim) contiguous; sharing:
-        SlotCache.sharing's (task order, leader, shared positions), int64, or None."""
+        SlotCache.sharing's (task order, leader, shared positions), int64, or None; lora: the adapters'
+        table and each row's slot in it (int64, -1 for the base weights), or None."""
         lib = _library
         assert lib is not None
         rows = x.shape[0]
@@ -280,7 +337,8 @@ class NativeLayers:
                                self.kv_heads, self.head_dim, self.hidden, self.inter, self.eps, self.scale,
                                x.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(), seen.data_ptr(),
                                max_seen, *(t.data_ptr() for t in sharing) if sharing else (None, None, None),
-                               self._work.data_ptr(), torch.get_num_threads())
+                               ctypes.cast(lora[0].array, ctypes.c_void_p) if lora else None,
+                               lora[1].data_ptr() if lora else None, self._work.data_ptr(), torch.get_num_threads())
         if rc != 0:
             raise RuntimeError("the native decode step refused the model's attention shape")
 
