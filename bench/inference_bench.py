@@ -3,6 +3,8 @@
 Single stream (in-process, one worker process per backend and thread count, all loaded at once and
 measured in turns so that they share the same machine state):
   - `aion`         the engine (services/inference/engine) as the service runs it;
+  - `aion-adapter` the same, every request through a LoRA adapter shaped as the trainer makes them
+                   (what the service answers with once a nightly training has run);
   - `aion-hf`      the same engine decoding through the model's own transformers forward (the path
                    before the decode work; kept as the `fast_decode=False` fallback);
   - `transformers` plain `model.generate` on the same fp32 model (the time-to-first-token reference);
@@ -44,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 DEFAULT_MODEL_CACHE = REPO / "data" / "models"
-BACKENDS = ("llama.cpp", "aion", "aion-hf", "transformers")
+BACKENDS = ("llama.cpp", "aion", "aion-adapter", "aion-hf", "transformers")
 HZ = os.sysconf("SC_CLK_TCK")
 
 logger = logging.getLogger("bench.inference")
@@ -174,7 +176,26 @@ def _load_hf(model_cache: Path):
     return load_causal_lm(resolve_base_model(DEFAULT_BASE_MODEL, model_cache), "cpu", False)
 
 
-def _worker_aion(threads: int, new_tokens: int, model_cache: Path, fast: bool) -> Callable[[], dict]:
+def _with_adapter(model):
+    """The model wrapped with a LoRA adapter shaped as the trainer makes them (its default rank, alpha and
+    target modules), with non-zero random weights: what the service answers with after a training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.settings import TrainerSettings
+
+    defaults = {name: field.default for name, field in TrainerSettings.model_fields.items()}
+    torch.manual_seed(0)
+    config = LoraConfig(r=defaults["lora_r"], lora_alpha=defaults["lora_alpha"],
+                        target_modules=list(defaults["lora_target_modules"]), init_lora_weights=False)
+    return get_peft_model(model, config, adapter_name=BENCH_ADAPTER).eval()
+
+
+BENCH_ADAPTER = "bench-adapter"
+
+
+def _worker_aion(threads: int, new_tokens: int, model_cache: Path, fast: bool,
+                 adapter: bool = False) -> Callable[[], dict]:
     import torch
 
     from services.inference.engine import Engine, GenerationRequest, SamplingParams
@@ -187,12 +208,15 @@ def _worker_aion(threads: int, new_tokens: int, model_cache: Path, fast: bool) -
     from services.inference.settings import InferenceSettings
 
     cache_bytes = InferenceSettings.model_fields["prefix_cache_mb"].default * 2**20
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", fast_decode=fast, prefix_cache_bytes=cache_bytes)
+    model = _with_adapter(loaded.model) if adapter else loaded.model
+    runner = ModelRunner(model, loaded.tokenizer, "cpu", fast_decode=fast, prefix_cache_bytes=cache_bytes)
+    runner.peft_wrapped = adapter
     engine = Engine(runner, max_batch_size=16, max_queue=64)
     engine.start()
 
     async def once() -> dict:
-        request = GenerationRequest(prompt_ids=list(ids), params=SamplingParams(max_new_tokens=new_tokens))
+        request = GenerationRequest(prompt_ids=list(ids), params=SamplingParams(max_new_tokens=new_tokens),
+                                    adapter=BENCH_ADAPTER if adapter else None)
         async for event in engine.stream(request):
             if event.finished is not None:
                 done = time.perf_counter()
@@ -283,6 +307,8 @@ def worker_main(backend: str, threads: int, new_tokens: int, model_cache: Path) 
     """Load one backend, warm it up, then answer `run` lines on stdin with one JSON result each."""
     if backend == "aion":
         run = _worker_aion(threads, new_tokens, model_cache, fast=True)
+    elif backend == "aion-adapter":
+        run = _worker_aion(threads, new_tokens, model_cache, fast=True, adapter=True)
     elif backend == "aion-hf":
         run = _worker_aion(threads, new_tokens, model_cache, fast=False)
     elif backend == "transformers":

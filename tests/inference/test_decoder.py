@@ -83,14 +83,22 @@ def test_base_prompt_of_a_peft_wrapped_model_uses_the_base_weights(loaded, promp
     base = load_causal_lm(resolve_base_model("smollm2-135m-instruct", MODEL_CACHE), "cpu", False).model
     ref_logits = reference(base, prompt_ids)[0][-1]
     torch.manual_seed(3)
-    wrapped = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    wrapped = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets,
                                               init_lora_weights=False), adapter_name="tuned").eval()
     runner = ModelRunner(wrapped, loaded.tokenizer, "cpu")
     runner.peft_wrapped = True
     base_logits, _ = runner.prefill(prompt_ids, None)
-    tuned_logits, _ = runner.prefill(prompt_ids, "tuned")
+    assert runner._fast_decoder().prefills_adapter("tuned")  # the adapter's prompt runs natively too
+    tuned_logits, tuned_layers = runner.prefill(prompt_ids, "tuned")
     assert torch.allclose(base_logits, ref_logits, atol=TOLERANCE, rtol=0)
     assert not torch.allclose(tuned_logits, ref_logits, atol=1e-2, rtol=0)  # the adapter really applies
+    wrapped.set_adapter("tuned")
+    tuned_ref, tuned_cache = reference(wrapped, prompt_ids)  # PEFT's own forward with the adapter active
+    assert torch.allclose(tuned_logits, tuned_ref[-1], atol=TOLERANCE, rtol=0)
+    for (keys, values), ref in zip(tuned_layers, tuned_cache.layers, strict=True):
+        assert torch.allclose(keys, ref.keys, atol=TOLERANCE, rtol=0)
+        assert torch.allclose(values, ref.values, atol=TOLERANCE, rtol=0)
 
 
 def test_adapter_rows_decode_natively_as_peft_computes_them(loaded, prompt_ids) -> None:

@@ -21,7 +21,8 @@ Prompts of base-model requests (`prefill`) run the same layers over all prompt p
 with the native RoPE, RMSNorm and SiLU (transformers' forward spent ~15% of a 300-token prompt on
 element-wise ops and module dispatch) and either the model's own fp32 weights through MKL or, with a
 prefix cache, the packed kernels (exact reuse needs rows that do not depend on each other; see
-prefix_cache.py). Prompts with an adapter, and models this path cannot serve, use the model's forward.
+prefix_cache.py). Prompts with a plain LoRA adapter take the MKL pass with the adapter's deltas added
+(no prefix cache); other adapters, and models this path cannot serve, use the model's forward.
 """
 
 from __future__ import annotations
@@ -183,6 +184,16 @@ def _lora_parts(modules: list[nn.Module], offsets: list[int], name: str) -> list
     return parts
 
 
+def _lora_touches(module: nn.Module, name: str) -> bool:
+    return _is_lora(module) and (name in module.lora_A or name in getattr(module, "lora_embedding_A", {}))
+
+
+def _add_lora(x: torch.Tensor, parts: list[LoraPart], outputs: dict[int, torch.Tensor]) -> None:
+    """outputs[offset] += B (A x) * scale for each part, as PEFT's LoRA layers add their delta."""
+    for part in parts:
+        outputs[part.out_offset].add_(F.linear(F.linear(x, part.A), part.B), alpha=part.scale)
+
+
 def _native_adapters(layers: list[_Layer], q_width: int, qk_width: int) -> dict[str, list[dict[str, list[LoraPart]]]]:
     """Per adapter the native step can apply: for each layer, its parts per fused matrix."""
     names = sorted({n for layer in layers for m in layer.qkv_modules + layer.gate_up_modules + [layer.o_module,
@@ -244,11 +255,12 @@ class LlamaDecoder:
                  for layer in self.layers], self.heads, self.kv_heads, self.head_dim, self.eps, self.scaling)
         # LoRA adapters the native step can apply itself (plain LoRA on the layers' projections).
         self.lora_table: LoraTable | None = None
+        self.lora_adapters: dict[str, list[dict[str, list[LoraPart]]]] = {}
         if self.native is not None:
-            adapters = _native_adapters(self.layers, self.heads * self.head_dim,
-                                        (self.heads + self.kv_heads) * self.head_dim)
-            if adapters:
-                self.lora_table = LoraTable(adapters)
+            self.lora_adapters = _native_adapters(self.layers, self.heads * self.head_dim,
+                                                  (self.heads + self.kv_heads) * self.head_dim)
+            if self.lora_adapters:
+                self.lora_table = LoraTable(self.lora_adapters)
         # Base-model prompts through the native element-wise ops (see the module docstring).
         self.prefill_layers: list[_PrefillLayer] | None = None
         embed_base = _plain_base(self.embed)
@@ -261,17 +273,25 @@ class LlamaDecoder:
         # (MKL's do), so a prompt may start from cached positions and get the bits it would alone.
         self.exact_prefill = self.prefill_layers is not None and self.native is not None
 
+    def prefills_adapter(self, adapter: str) -> bool:
+        """Whether `prefill` can run this adapter's prompts (plain LoRA on the layers' projections only)."""
+        return (self.prefill_layers is not None and adapter in self.lora_adapters
+                and not _lora_touches(self.embed, adapter) and not _lora_touches(self.lm_head, adapter))
+
     @torch.inference_mode()
-    def prefill(self, prompt_ids: list[int], past: Layers | None = None, *,
-                exact: bool = False) -> tuple[torch.Tensor, Layers]:
+    def prefill(self, prompt_ids: list[int], past: Layers | None = None, *, exact: bool = False,
+                adapter: str | None = None) -> tuple[torch.Tensor, Layers]:
         """One base-model prompt: its last-position logits and, per layer, its keys and values as
         (1, kv heads, length, head dim), the layout of the model's own cache.
 
         `exact` (needs `exact_prefill`): through the packed kernels, so that every position's result is
         the same bits whether the positions before it were computed in this call or not; else through
         MKL (a row's bits depend on the others). `past` (only when exact) holds the keys and values of
-        the prompt's first positions, a multiple of the prefix cache's block."""
+        the prompt's first positions, a multiple of the prefix cache's block. `adapter` (not exact; see
+        `prefills_adapter`): its LoRA deltas added to the base projections, as PEFT's layers do."""
         assert self.prefill_layers is not None and (self.exact_prefill or not exact)
+        assert adapter is None or (not exact and self.prefills_adapter(adapter))
+        lora = self.lora_adapters[adapter] if adapter is not None else None
         n = len(prompt_ids)
         start = past[0][0].shape[2] if past else 0
         assert start < n and (not past or (exact and start % PREFIX_BLOCK == 0))
@@ -290,7 +310,9 @@ class LlamaDecoder:
         # with this mask as in a causal call over the whole prompt when `start` is a multiple of 16)
         positions = torch.arange(n, device=ids.device)
         mask = None if start == 0 else positions.unsqueeze(0) <= positions[start:].unsqueeze(1)
-        for layer, packed, kd, vd in zip(self.prefill_layers, self.layers, keys, values, strict=True):
+        for index, (layer, packed, kd, vd) in enumerate(zip(self.prefill_layers, self.layers, keys, values,
+                                                             strict=True)):
+            deltas = lora[index] if lora is not None else None
             h = rms_norm(x, layer.norm_in, self.eps)
             if exact:  # the packed kernels: a row's bits do not depend on the others
                 qkv = packed.qkv.rows(h)
@@ -298,23 +320,37 @@ class LlamaDecoder:
                 k = qkv[:, heads * dim:(heads + kv_heads) * dim].contiguous().view(m, kv_heads, dim)
                 v = qkv[:, (heads + kv_heads) * dim:].view(m, kv_heads, dim)
             else:
-                q = F.linear(h, *layer.q).view(m, heads, dim)
-                k = F.linear(h, *layer.k).view(m, kv_heads, dim)
-                v = F.linear(h, *layer.v).view(m, kv_heads, dim)
+                q, k, v = F.linear(h, *layer.q), F.linear(h, *layer.k), F.linear(h, *layer.v)
+                if deltas:
+                    _add_lora(h, deltas["qkv"], {0: q, heads * dim: k, (heads + kv_heads) * dim: v})
+                q, k, v = q.view(m, heads, dim), k.view(m, kv_heads, dim), v.view(m, kv_heads, dim)
             q = rope_(q, cos, sin).transpose(0, 1).unsqueeze(0)
             kd[0, :, start:] = rope_(k, cos, sin).transpose(0, 1)
             vd[0, :, start:] = v.transpose(0, 1)
             a = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask,
                                                is_causal=mask is None, enable_gqa=True, scale=self.scaling)
             a = a[0].transpose(0, 1).reshape(m, heads * dim)
-            x = x + (packed.o.rows(a) if exact else F.linear(a, *layer.o))
+            if exact:
+                x = x + packed.o.rows(a)
+            else:
+                o = F.linear(a, *layer.o)
+                if deltas:
+                    _add_lora(a, deltas["o"], {0: o})
+                x = x + o
             h = rms_norm(x, layer.norm_post, self.eps)
             if exact:
                 gate_up = packed.gate_up.rows(h)
                 inter = gate_up.shape[1] // 2
                 x = x + packed.down.rows(silu_mul(gate_up[:, :inter].contiguous(), gate_up[:, inter:].contiguous()))
             else:
-                x = x + F.linear(silu_mul(F.linear(h, *layer.gate), F.linear(h, *layer.up)), *layer.down)
+                gate, up = F.linear(h, *layer.gate), F.linear(h, *layer.up)
+                if deltas:
+                    _add_lora(h, deltas["gate_up"], {0: gate, gate.shape[1]: up})
+                act = silu_mul(gate, up)
+                down = F.linear(act, *layer.down)
+                if deltas:
+                    _add_lora(act, deltas["down"], {0: down})
+                x = x + down
         last = rms_norm(x[-1:].contiguous(), self.norm, self.eps)
         return _project(last, self.head, [self.lm_head], None, False)[0], list(zip(keys, values, strict=True))
 

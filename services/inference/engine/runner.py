@@ -101,14 +101,16 @@ class ModelRunner:
         if self.fast and adapter is None:
             decoder = self._fast_decoder()
             if decoder.exact_prefill and self.prefix_cache.enabled:
-                # Reuse only where it gives the same bits (batched = solo must hold, hit or not). The packed
-                # kernels are ~15% slower than MKL on a whole prompt: without a cache, MKL it is.
+                # Reuse only where it gives the same bits (batched = solo must hold, hit or not): the
+                # packed kernels' rows do not depend on each other. Without a cache, MKL.
                 _, past = self.prefix_cache.lookup(None, prompt_ids)
                 logits, layers = decoder.prefill(prompt_ids, past, exact=True)
                 self.prefix_cache.store(None, prompt_ids, layers)
                 return logits, layers
             if decoder.prefill_layers is not None:
                 return decoder.prefill(prompt_ids)
+        elif self.fast and self._fast_decoder().prefills_adapter(adapter):
+            return self._fast_decoder().prefill(prompt_ids, adapter=adapter)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         cache = DynamicCache(config=self.config)
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
