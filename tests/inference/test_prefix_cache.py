@@ -192,3 +192,38 @@ def test_decode_reading_shared_blocks_from_one_slot_gives_every_row_its_own_bits
         without = runner.decode(plain_batch, tokens, [None] * len(tokens))
         assert torch.equal(with_sharing, without), step
         tokens = [int(t) for t in with_sharing.argmax(dim=-1)]
+
+
+@needs_kernels
+def test_adapter_prompts_reuse_their_own_blocks_exactly(prompts) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import DynamicCache
+
+    base = load_causal_lm(resolve_base_model("smollm2-135m-instruct", MODEL_CACHE), "cpu", False)
+    torch.manual_seed(11)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    wrapped = get_peft_model(base.model, LoraConfig(r=8, lora_alpha=16, target_modules=targets,
+                                                    init_lora_weights=False), adapter_name="tuned").eval()
+    cached = ModelRunner(wrapped, base.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    cold = ModelRunner(wrapped, base.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    for runner in (cached, cold):
+        runner.peft_wrapped = True
+
+    cached.prefill(prompts[0], None)  # the base model's blocks are not the adapter's
+    before = cached.prefix_cache.stats().hit_tokens
+    cached.prefill(prompts[0], "tuned")
+    assert cached.prefix_cache.stats().hit_tokens == before
+    for prompt in prompts[1:]:
+        logits, layers = cached.prefill(prompt, "tuned")
+        cold.prefix_cache.clear()
+        ref_logits, ref_layers = cold.prefill(prompt, "tuned")
+        assert torch.equal(logits, ref_logits)
+        assert all(torch.equal(k, rk) and torch.equal(v, rv) for (k, v), (rk, rv) in zip(layers, ref_layers, strict=True))
+    assert cached.prefix_cache.stats().hit_tokens - before >= 2 * 2 * BLOCK
+    # and it is the adapter's model: PEFT's own forward with the adapter active agrees
+    wrapped.set_adapter("tuned")
+    with torch.inference_mode():
+        out = wrapped(input_ids=torch.tensor([prompts[2]]), past_key_values=DynamicCache(config=wrapped.config),
+                      use_cache=True)
+    assert torch.allclose(logits, out.logits[0, -1], atol=2e-4, rtol=0)
+    assert cached.shared_blocks(prompts[2], "tuned") != cached.shared_blocks(prompts[2], None)

@@ -525,6 +525,13 @@ static void lora_apply(const lora_mat *lm, const float *x, float *y) {
     }
 }
 
+/* A prompt's rows (M of them, any number): each gets the same delta, the same bits, as in a decode step
+ * (and whatever the other rows), so adapter prompts can use the prefix cache too. */
+void lora_rows(const lora_mat *lm, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && M > 1)
+    for (int64_t r = 0; r < M; r++) lora_apply(lm, x + r * ldx, y + r * ldy);
+}
+
 /* Each row with an adapter (slot[b] >= 0) gets its adapter's delta for this matrix of layer l. */
 #define LORA_APPLY(MAT, x, ldx, y, ldy)                                                              \
     if (lora && slot)                                                                                \

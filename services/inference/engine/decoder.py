@@ -287,11 +287,13 @@ class LlamaDecoder:
         `exact` (needs `exact_prefill`): through the packed kernels, so that every position's result is
         the same bits whether the positions before it were computed in this call or not; else through
         MKL (a row's bits depend on the others). `past` (only when exact) holds the keys and values of
-        the prompt's first positions, a multiple of the prefix cache's block. `adapter` (not exact; see
-        `prefills_adapter`): its LoRA deltas added to the base projections, as PEFT's layers do."""
+        the prompt's first positions, a multiple of the prefix cache's block. `adapter` (see
+        `prefills_adapter`): its LoRA deltas added to the base projections — as PEFT's layers do on the
+        MKL pass, as the decode step does (row by row) on the exact one."""
         assert self.prefill_layers is not None and (self.exact_prefill or not exact)
-        assert adapter is None or (not exact and self.prefills_adapter(adapter))
-        lora = self.lora_adapters[adapter] if adapter is not None else None
+        assert adapter is None or self.prefills_adapter(adapter)
+        lora = self.lora_adapters[adapter] if adapter is not None and not exact else None
+        table = self.lora_table if adapter is not None and exact else None  # exact: the decode step's deltas
         n = len(prompt_ids)
         start = past[0][0].shape[2] if past else 0
         assert start < n and (not past or (exact and start % PREFIX_BLOCK == 0))
@@ -316,6 +318,8 @@ class LlamaDecoder:
             h = rms_norm(x, layer.norm_in, self.eps)
             if exact:  # the packed kernels: a row's bits do not depend on the others
                 qkv = packed.qkv.rows(h)
+                if table is not None:
+                    table.add_rows(adapter, index, "qkv", h, qkv)
                 q = qkv[:, :heads * dim].contiguous().view(m, heads, dim)
                 k = qkv[:, heads * dim:(heads + kv_heads) * dim].contiguous().view(m, kv_heads, dim)
                 v = qkv[:, (heads + kv_heads) * dim:].view(m, kv_heads, dim)
@@ -331,7 +335,10 @@ class LlamaDecoder:
                                                is_causal=mask is None, enable_gqa=True, scale=self.scaling)
             a = a[0].transpose(0, 1).reshape(m, heads * dim)
             if exact:
-                x = x + packed.o.rows(a)
+                o = packed.o.rows(a)
+                if table is not None:
+                    table.add_rows(adapter, index, "o", a, o)
+                x = x + o
             else:
                 o = F.linear(a, *layer.o)
                 if deltas:
@@ -340,8 +347,14 @@ class LlamaDecoder:
             h = rms_norm(x, layer.norm_post, self.eps)
             if exact:
                 gate_up = packed.gate_up.rows(h)
+                if table is not None:
+                    table.add_rows(adapter, index, "gate_up", h, gate_up)
                 inter = gate_up.shape[1] // 2
-                x = x + packed.down.rows(silu_mul(gate_up[:, :inter].contiguous(), gate_up[:, inter:].contiguous()))
+                act = silu_mul(gate_up[:, :inter].contiguous(), gate_up[:, inter:].contiguous())
+                down = packed.down.rows(act)
+                if table is not None:
+                    table.add_rows(adapter, index, "down", act, down)
+                x = x + down
             else:
                 gate, up = F.linear(h, *layer.gate), F.linear(h, *layer.up)
                 if deltas:

@@ -113,6 +113,8 @@ def kernel() -> ctypes.CDLL | None:
             lib.q4_matmul.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
             lib.q8_matmul.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
             lib.q4_matmul.restype = lib.q8_matmul.restype = None
+            lib.lora_rows.argtypes = [ptr, ptr, i64, i64, ptr, i64, ctypes.c_int]
+            lib.lora_rows.restype = None
             for name in ("q4_rows", "q8_rows"):
                 getattr(lib, name).argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
                 getattr(lib, name).restype = None
@@ -280,6 +282,17 @@ class LoraTable:
                     mats.append(_LoraMat(len(parts), ctypes.cast(array, ctypes.c_void_p)))
                 layers.append(_LoraLayer(*mats))
         self.array = (_LoraLayer * max(len(layers), 1))(*layers)
+        self.layers_per_slot = len(layers) // max(len(adapters), 1)
+
+    def add_rows(self, adapter: str, layer: int, matrix: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        """y (rows, out) += the adapter's delta for one fused matrix of one layer on x (rows, in), each row
+        as a decode step computes it (bits independent of the other rows)."""
+        lib = _library
+        assert lib is not None and x.is_contiguous() and y.is_contiguous()
+        entry = self.array[self.slots[adapter] * self.layers_per_slot + layer]
+        mat = getattr(entry, matrix)
+        lib.lora_rows(ctypes.addressof(mat), x.data_ptr(), x.shape[1], x.shape[0], y.data_ptr(), y.shape[1],
+                      torch.get_num_threads())
 
 
 @dataclass

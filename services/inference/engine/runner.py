@@ -98,19 +98,18 @@ class ModelRunner:
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run one prompt; return its last-position logits and its KV cache layers."""
-        if self.fast and adapter is None:
-            decoder = self._fast_decoder()
-            if decoder.exact_prefill and self.prefix_cache.enabled:
+        decoder = self._fast_decoder() if self.fast else None
+        if decoder is not None and (decoder.prefill_layers is not None if adapter is None
+                                    else decoder.prefills_adapter(adapter)):
+            if self._exact_prompts(decoder):
                 # Reuse only where it gives the same bits (batched = solo must hold, hit or not): the
-                # packed kernels' rows do not depend on each other. Without a cache, MKL.
-                _, past = self.prefix_cache.lookup(None, prompt_ids)
-                logits, layers = decoder.prefill(prompt_ids, past, exact=True)
-                self.prefix_cache.store(None, prompt_ids, layers)
+                # packed kernels' rows, and the LoRA deltas', do not depend on each other. Without a
+                # cache, MKL.
+                _, past = self.prefix_cache.lookup(adapter, prompt_ids)
+                logits, layers = decoder.prefill(prompt_ids, past, exact=True, adapter=adapter)
+                self.prefix_cache.store(adapter, prompt_ids, layers)
                 return logits, layers
-            if decoder.prefill_layers is not None:
-                return decoder.prefill(prompt_ids)
-        elif self.fast and self._fast_decoder().prefills_adapter(adapter):
-            return self._fast_decoder().prefill(prompt_ids, adapter=adapter)
+            return decoder.prefill(prompt_ids, adapter=adapter)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         cache = DynamicCache(config=self.config)
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
@@ -121,9 +120,15 @@ class ModelRunner:
     def shared_blocks(self, prompt_ids: list[int], adapter: str | None) -> tuple[bytes, ...]:
         """The prefix-cache keys of a prompt's full blocks when its prefill gives the cache's bits there (then
         rows with the same leading blocks hold identical keys and values, and decode reads them once)."""
-        if not (self.fast and adapter is None and self.prefix_cache.enabled and self._fast_decoder().exact_prefill):
+        if not self.fast:
             return ()
-        return tuple(block_keys(None, prompt_ids, len(prompt_ids) // PREFIX_BLOCK))
+        decoder = self._fast_decoder()
+        if not self._exact_prompts(decoder) or (adapter is not None and not decoder.prefills_adapter(adapter)):
+            return ()
+        return tuple(block_keys(adapter, prompt_ids, len(prompt_ids) // PREFIX_BLOCK))
+
+    def _exact_prompts(self, decoder: LlamaDecoder) -> bool:
+        return decoder.exact_prefill and self.prefix_cache.enabled
 
     @torch.inference_mode()
     def decode(self, batch: Batch, tokens: list[int], adapters: list[str | None]) -> torch.Tensor:
