@@ -21,8 +21,9 @@ Prompts of base-model requests (`prefill`) run the same layers over all prompt p
 with the native RoPE, RMSNorm and SiLU (transformers' forward spent ~15% of a 300-token prompt on
 element-wise ops and module dispatch) and either the model's own fp32 weights through MKL or, with a
 prefix cache, the packed kernels (exact reuse needs rows that do not depend on each other; see
-prefix_cache.py). Prompts with a plain LoRA adapter take the MKL pass with the adapter's deltas added
-(no prefix cache); other adapters, and models this path cannot serve, use the model's forward.
+prefix_cache.py). Prompts with a plain LoRA adapter take the same pass with the adapter's deltas added
+(per row on the packed pass, as the decode step adds them, so they use the prefix cache too); other
+adapters, and models this path cannot serve, use the model's forward.
 """
 
 from __future__ import annotations
