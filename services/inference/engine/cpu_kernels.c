@@ -112,15 +112,12 @@ static inline int64_t q8_panel_bytes(int64_t K) { return K * 16; }
         _Pragma("omp parallel for num_threads(threads) schedule(static) if (threads > 1)")           \
         for (int64_t t = 0; t < tiles; t++) {                                                        \
             const int64_t p0 = t * np, n = panels - p0 < np ? panels - p0 : np;                      \
-            if (M < 8) {                                                                             \
+            if (M <= 4) { /* few rows: wider tiles, for enough accumulators */                        \
                 switch (M) {                                                                         \
                 case 1: KIND##_tile_1x8(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
                 case 2: KIND##_tile_2x4(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
                 case 3: KIND##_tile_3x3(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
-                case 4: KIND##_tile_4x3(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
-                case 5: KIND##_tile_5x2(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
-                case 6: KIND##_tile_6x2(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;           \
-                default: KIND##_tile_7x2(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;          \
+                default: KIND##_tile_4x3(x, ldx, xs, qs, d, m, N, K, p0, n, y, ldy); break;          \
                 }                                                                                    \
                 continue;                                                                            \
             }                                                                                        \

@@ -203,14 +203,14 @@ def _native_adapters(layers: list[_Layer], q_width: int, qk_width: int) -> dict[
     for name in names:
         per_layer = []
         for layer in layers:
-            inter = layer.gate_up_modules[0].out_features if hasattr(layer.gate_up_modules[0], "out_features") else None
+            inter = layer.gate_up.out_features // 2  # packed: the native step runs only on packed layers
             matrices = {
                 "qkv": _lora_parts(layer.qkv_modules, [0, q_width, qk_width], name),
                 "o": _lora_parts([layer.o_module], [0], name),
-                "gate_up": _lora_parts(layer.gate_up_modules, [0, inter or 0], name),
+                "gate_up": _lora_parts(layer.gate_up_modules, [0, inter], name),
                 "down": _lora_parts([layer.down_module], [0], name),
             }
-            if any(parts is None for parts in matrices.values()) or inter is None:
+            if any(parts is None for parts in matrices.values()):
                 break
             per_layer.append(matrices)
         else:

@@ -82,15 +82,16 @@ class PrefixCache:
             self._prompt_tokens += len(prompt_ids)
             if not self.enabled:
                 return 0, None
+            keys = block_keys(adapter, prompt_ids, reusable_blocks(len(prompt_ids)))
             found: list[torch.Tensor] = []
-            for key in block_keys(adapter, prompt_ids, reusable_blocks(len(prompt_ids))):
+            for key in keys:
                 block = self._blocks.get(key)
                 if block is None:
                     break
                 found.append(block)
             if not found:
                 return 0, None
-            self._touch(block_keys(adapter, prompt_ids, len(found)))
+            self._touch(keys[:len(found)])
             self._hit_tokens += len(found) * BLOCK
         joined = torch.cat(found, dim=3) if len(found) > 1 else found[0]
         return len(found) * BLOCK, [(joined[layer, 0].unsqueeze(0), joined[layer, 1].unsqueeze(0))
