@@ -34,3 +34,11 @@ async def test_token_required_on_every_route_but_health(app_not_loaded) -> None:
             assert "AION_INFERENCE_TOKEN" in r.json()["error"]["message"]
         wrong = await c.get("/v1/models", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize("value", ["-5", "lots"])
+def test_a_bad_prefix_cache_size_is_refused_by_name(tmp_path, value: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="AION_PREFIX_CACHE_MB"):
+        InferenceSettings(AION_DATA_DIR=str(tmp_path), AION_PREFIX_CACHE_MB=value)
