@@ -24,6 +24,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -429,6 +430,16 @@ typedef struct {
     const int64_t *shared; /* per row: positions read from the leader's slot (0: none) */
 } sharing;
 
+static inline void attend_task(const float *q, const float *kp, const float *vp, const float *ks, const float *vs,
+                               int64_t S, int64_t L, int64_t stride, int64_t G, int64_t C, float scale, float *out,
+                               float *s) {
+    if (G == 3 && C == 4) attend_g3_d64(q, kp, vp, ks, vs, S, L, stride, G, C, scale, out, s);
+    else if (G == 4 && C == 4) attend_g4_d64(q, kp, vp, ks, vs, S, L, stride, G, C, scale, out, s);
+    else if (G == 4 && C == 8) attend_g4_d128(q, kp, vp, ks, vs, S, L, stride, G, C, scale, out, s);
+    else if (G == 8 && C == 8) attend_g8_d128(q, kp, vp, ks, vs, S, L, stride, G, C, scale, out, s);
+    else attend_any(q, kp, vp, ks, vs, S, L, stride, G, C, scale, out, s);
+}
+
 static int attend_(const float *q, int64_t q_stride, const float *keys, const float *values,
                    const int64_t *lengths, int64_t B, int64_t H, int64_t KVH, int64_t D, int64_t cap, float scale,
                    float *out, float *scratch, int64_t scratch_stride, const sharing *share, int threads) {
@@ -443,12 +454,7 @@ static int attend_(const float *q, int64_t q_stride, const float *keys, const fl
         const float *kp = keys + (b * cap * KVH + h) * D, *vp = values + (b * cap * KVH + h) * D;
         const float *ks = keys + (a * cap * KVH + h) * D, *vs = values + (a * cap * KVH + h) * D;
         float *op = out + (b * H + h * G) * D, *s = scratch + task * scratch_stride;
-        const int64_t L = lengths[b], st = KVH * D;
-        if (G == 3 && C == 4) attend_g3_d64(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
-        else if (G == 4 && C == 4) attend_g4_d64(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
-        else if (G == 4 && C == 8) attend_g4_d128(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
-        else if (G == 8 && C == 8) attend_g8_d128(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
-        else attend_any(qp, kp, vp, ks, vs, S, L, st, G, C, scale, op, s);
+        attend_task(qp, kp, vp, ks, vs, S, lengths[b], KVH * D, G, C, scale, op, s);
     }
     return 0;
 }
@@ -458,6 +464,27 @@ int attend(const float *q, const float *keys, const float *values, const int64_t
            int64_t scratch_stride, int threads) {
     return attend_(q, H * D, keys, values, lengths, B, H, KVH, D, cap, scale, out, scratch, scratch_stride, NULL,
                    threads);
+}
+
+/* Prompt attention, causal: query row i (absolute position start + i) against positions 0..start+i of
+ * one sequence's keys/values, laid out (positions, KVH, D). Each row is a decode-attention task reading
+ * exactly its own positions in a fixed order, so its bits depend neither on the other rows nor on how
+ * many there are: a prompt whose first positions came from the prefix cache gets the bits of a fresh one
+ * on any CPU. (torch's flash attention cuts the queries into blocks by the prompt's length, and the
+ * matrix product inside a block may give a row other bits for another block height; on some CPUs it
+ * does.) q: (M, H, D); out: (M, H, D); scratch: threads * G * (start + M) floats. */
+int attend_causal(const float *q, const float *keys, const float *values, int64_t M, int64_t start, int64_t H,
+                  int64_t KVH, int64_t D, float scale, float *out, float *scratch, int threads) {
+    const int64_t G = H / KVH, C = D / 16, per_thread = G * (start + M);
+    if (D % 16 || C > 16 || G > 16 || G * KVH != H) return -1;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (threads > 1)
+    for (int64_t i = 0; i < M * KVH; i++) {
+        const int64_t b = i / KVH, h = i % KVH;
+        const float *kp = keys + h * D, *vp = values + h * D;
+        attend_task(q + (b * H + h * G) * D, kp, vp, kp, vp, 0, start + b + 1, KVH * D, G, C, scale,
+                    out + (b * H + h * G) * D, scratch + (int64_t)omp_get_thread_num() * per_thread);
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------- */

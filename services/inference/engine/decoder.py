@@ -20,8 +20,8 @@ runs the same arithmetic on the same weights with ~20 tensor ops per layer:
 Prompts of base-model requests (`prefill`) run the same layers over all prompt positions at once
 with the native RoPE, RMSNorm and SiLU (transformers' forward spent ~15% of a 300-token prompt on
 element-wise ops and module dispatch) and either the model's own fp32 weights through MKL or, with a
-prefix cache, the packed kernels (exact reuse needs rows that do not depend on each other; see
-prefix_cache.py). Prompts with a plain LoRA adapter take the same pass with the adapter's deltas added
+prefix cache, the packed kernels and the kernels' causal attention (exact reuse needs rows that do not
+depend on each other; see prefix_cache.py). Prompts with a plain LoRA adapter take the same pass with the adapter's deltas added
 (per row on the packed pass, as the decode step adds them, so they use the prefix cache too); other
 adapters, and models this path cannot serve, use the model's forward.
 """
@@ -42,6 +42,7 @@ from .kernels import (
     NativeLayers,
     PackedLinear,
     attend,
+    attend_causal,
     attention_supported,
     pack,
     rms_norm,
@@ -300,8 +301,14 @@ class LlamaDecoder:
         assert start < n and (not past or (exact and start % PREFIX_BLOCK == 0))
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         ids = torch.tensor(prompt_ids[start:], dtype=torch.long, device=self.norm.device)
-        keys = [self.norm.new_empty(1, kv_heads, n, dim) for _ in self.prefill_layers]
-        values = [self.norm.new_empty(1, kv_heads, n, dim) for _ in self.prefill_layers]
+        if exact:  # (positions, kv heads, dim) for the causal kernel; handed out as the cache's layout
+            flat_keys = [self.norm.new_empty(n, kv_heads, dim) for _ in self.prefill_layers]
+            flat_values = [self.norm.new_empty(n, kv_heads, dim) for _ in self.prefill_layers]
+            keys = [t.permute(1, 0, 2).unsqueeze(0) for t in flat_keys]
+            values = [t.permute(1, 0, 2).unsqueeze(0) for t in flat_values]
+        else:
+            keys = [self.norm.new_empty(1, kv_heads, n, dim) for _ in self.prefill_layers]
+            values = [self.norm.new_empty(1, kv_heads, n, dim) for _ in self.prefill_layers]
         if past:
             for (k, v), kd, vd in zip(past, keys, values, strict=True):
                 kd[:, :, :start].copy_(k)
@@ -309,10 +316,6 @@ class LlamaDecoder:
         m = n - start
         x = F.embedding(ids, self.embed_weight)
         cos, sin = self.cos[start:n], self.sin[start:n]
-        # causal among the new positions, every cached one visible (SDPA gives a query row the same bits
-        # with this mask as in a causal call over the whole prompt when `start` is a multiple of 16)
-        positions = torch.arange(n, device=ids.device)
-        mask = None if start == 0 else positions.unsqueeze(0) <= positions[start:].unsqueeze(1)
         for index, (layer, packed, kd, vd) in enumerate(zip(self.prefill_layers, self.layers, keys, values,
                                                              strict=True)):
             deltas = lora[index] if lora is not None else None
@@ -329,12 +332,16 @@ class LlamaDecoder:
                 if deltas:
                     _add_lora(h, deltas["qkv"], {0: q, heads * dim: k, (heads + kv_heads) * dim: v})
                 q, k, v = q.view(m, heads, dim), k.view(m, kv_heads, dim), v.view(m, kv_heads, dim)
-            q = rope_(q, cos, sin).transpose(0, 1).unsqueeze(0)
             kd[0, :, start:] = rope_(k, cos, sin).transpose(0, 1)
             vd[0, :, start:] = v.transpose(0, 1)
-            a = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask,
-                                               is_causal=mask is None, enable_gqa=True, scale=self.scaling)
-            a = a[0].transpose(0, 1).reshape(m, heads * dim)
+            if exact:  # rows independent of each other (SDPA's are not on every CPU)
+                a = attend_causal(rope_(q, cos, sin), flat_keys[index], flat_values[index], start, self.scaling)
+                a = a.view(m, heads * dim)
+            else:
+                q = rope_(q, cos, sin).transpose(0, 1).unsqueeze(0)
+                a = F.scaled_dot_product_attention(q, kd, vd, is_causal=True, enable_gqa=True,
+                                                   scale=self.scaling)
+                a = a[0].transpose(0, 1).reshape(m, heads * dim)
             if exact:
                 o = packed.o.rows(a)
                 if table is not None:

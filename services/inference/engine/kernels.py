@@ -124,6 +124,9 @@ def kernel() -> ctypes.CDLL | None:
             lib.attend.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, i64,
                                    ctypes.c_int]
             lib.attend.restype = ctypes.c_int
+            lib.attend_causal.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr,
+                                          ctypes.c_int]
+            lib.attend_causal.restype = ctypes.c_int
             lib.rms_norm.argtypes = [ptr, ptr, i64, i64, ctypes.c_float, ptr, ctypes.c_int]
             lib.rms_norm.restype = None
             lib.silu_mul.argtypes = [ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
@@ -209,6 +212,25 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: t
     scratch = torch.empty(rows * kv_heads * stride, dtype=torch.float32)
     rc = lib.attend(q.data_ptr(), keys.data_ptr(), values.data_ptr(), lengths.data_ptr(), rows, heads, kv_heads,
                     dim, capacity, scale, out.data_ptr(), scratch.data_ptr(), stride, torch.get_num_threads())
+    if rc != 0:
+        raise ValueError(f"attention kernel does not support {heads} heads / {kv_heads} KV heads of {dim}")
+    return out
+
+
+def attend_causal(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+    """Prompt attention: q (rows, heads, dim) for positions start..start+rows-1; keys/values (positions,
+    kv heads, dim) contiguous, holding at least start+rows positions. Each row attends to its own positions
+    only, in a fixed order: its bits depend neither on the other rows nor on their number. -> (rows, heads, dim)."""
+    lib = _library
+    assert lib is not None and keys.is_contiguous() and values.is_contiguous()
+    rows, heads, dim = q.shape
+    kv_heads = keys.shape[1]
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    threads = torch.get_num_threads()
+    scratch = torch.empty(threads * (heads // kv_heads) * (start + rows), dtype=torch.float32)
+    rc = lib.attend_causal(q.data_ptr(), keys.data_ptr(), values.data_ptr(), rows, start, heads, kv_heads, dim,
+                           scale, out.data_ptr(), scratch.data_ptr(), threads)
     if rc != 0:
         raise ValueError(f"attention kernel does not support {heads} heads / {kv_heads} KV heads of {dim}")
     return out

@@ -11,8 +11,10 @@ computes at least its last token (the first new token needs its logits).
 Exact reuse: the runner uses the cache only where a prompt's positions come out the same bits whether
 the positions before them were computed in the same call or taken from here — the engine's own prompt
 pass on the packed CPU kernels, whose rows never depend on each other (MKL's GEMMs do: their blocking
-changes with the number of rows), with torch's CPU flash attention, which gives a query row the same
-bits for any start that is a multiple of 16 (measured; a test holds it). So answers never depend on
+changes with the number of rows), with the kernels' own causal attention, where each query row reads
+exactly its own positions in a fixed order (torch's flash attention cuts the queries into blocks by the
+prompt's length, and on some CPUs a row's bits change with the block it falls in). The guarantee rests
+only on the kernels' code, so it holds on every CPU they run on (AVX-512). So answers never depend on
 what was asked before, and batched = solo holds with or without hits. It also means rows whose prompts
 share leading blocks hold identical keys and values there, which decode uses (SlotCache.sharing).
 """
