@@ -63,6 +63,31 @@ def test_prompt_products_give_a_row_the_same_bits_in_any_company(bits: int) -> N
         assert torch.equal(packed.rows(x[start:stop]), full[start:stop]), (start, stop)
 
 
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (28, 4, 128), (6, 6, 32)])
+def test_prompt_attention_matches_float64_and_gives_a_row_the_same_bits_for_any_prompt(heads: int, kv_heads: int,
+                                                                                        dim: int) -> None:
+    """What exact prefix reuse stands on for attention: a query row's output depends only on its own
+    positions, not on how long the prompt is nor on whether the rows before it were computed in the call."""
+    g = torch.Generator().manual_seed(heads)
+    n, scale = 75, dim ** -0.5
+    q = torch.randn(n, heads, dim, generator=g)
+    keys = torch.randn(n, kv_heads, dim, generator=g)
+    values = torch.randn(n, kv_heads, dim, generator=g)
+    full = kernels.attend_causal(q, keys, values, 0, scale)
+    groups = heads // kv_heads
+    k64 = keys.double().repeat_interleave(groups, dim=1)
+    v64 = values.double().repeat_interleave(groups, dim=1)
+    for row in (0, 1, 16, 41, n - 1):
+        scores = torch.einsum("hd,thd->ht", q[row].double(), k64[:row + 1]) * scale
+        reference = torch.einsum("ht,thd->hd", scores.softmax(-1), v64[:row + 1]).float()
+        assert torch.allclose(full[row], reference, atol=1e-5, rtol=1e-4), row
+    for length in (1, 17, 48, 60):  # a shorter prompt: the same bits on its rows
+        assert torch.equal(kernels.attend_causal(q[:length], keys[:length].contiguous(),
+                                                 values[:length].contiguous(), 0, scale), full[:length])
+    for start in (16, 32, 64):  # rows after cached positions: the bits of the whole-prompt call
+        assert torch.equal(kernels.attend_causal(q[start:], keys, values, start, scale), full[start:])
+
+
 def test_weights_that_are_not_blockwise_stay_fp32() -> None:
     weight = torch.randn(64, 576, generator=torch.Generator().manual_seed(1))
     assert pack(weight) is None  # packing would have to round them: the caller keeps the fp32 matrix
