@@ -124,11 +124,21 @@ def gateway_auth_env(host: str) -> dict[str, str]:
     return {}
 
 
+def active_adapter_link() -> Path:
+    """AION_ADAPTER_DIR as the trainer and the gateway resolve it: the link to the active adapter."""
+    from trainer.worker_settings import WorkerSettings
+
+    return WorkerSettings().active_adapter_link().resolve()
+
+
 def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference_port: int,
-                database_url: str | None, inference_token: str,
+                database_url: str | None, inference_token: str, adapter_link: Path | None = None,
                 gateway_env: Mapping[str, str] | None = None) -> list[ServiceSpec]:
     """The service table for the chosen names (see `choose`)."""
     aion = [sys.executable, "-m", "aion"]
+    # One path for all three: the trainer points it at each adapter it promotes, the gateway re-points it
+    # on rollback, and inference serves it from start-up, so a restart keeps serving the active adapter.
+    adapter_env = {"AION_ADAPTER_DIR": str(adapter_link)} if adapter_link is not None else {}
     inference_url = f"http://127.0.0.1:{inference_port}"
     db_env = {"DATABASE_URL": database_url} if database_url else {}
     migrate_first = ("migrate",) if "migrate" in names else ()
@@ -137,7 +147,7 @@ def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference
         "inference": ServiceSpec(
             "inference", [*aion, *COMMANDS["inference"]],
             env={"AION_HOST": "127.0.0.1", "AION_PORT": str(inference_port),
-                 "AION_INFERENCE_TOKEN": inference_token},
+                 "AION_INFERENCE_TOKEN": inference_token, **adapter_env},
             health_url=f"{inference_url}/health", ready_status="ready", url=inference_url,
             note="Bearer token required; local callers only"),
         "gateway": ServiceSpec(
@@ -145,13 +155,14 @@ def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference
             env={**db_env, "AION_GATEWAY_HOST": host, "AION_GATEWAY_PORT": str(gateway_port),
                  "AION_LOCAL_LLM_URL": inference_url, "AION_INFERENCE_TOKEN": inference_token,
                  # `migrate` ran already; the gateway does not race it.
-                 "AION_DB_MIGRATE_ON_START": "false", **(gateway_env or {})},
+                 "AION_DB_MIGRATE_ON_START": "false", **adapter_env, **(gateway_env or {})},
             health_url=f"http://{_connect_host(host)}:{gateway_port}/health",
             after=migrate_first, url=f"http://{_connect_host(host)}:{gateway_port}"),
         "scheduler": ServiceSpec("scheduler", [*aion, *COMMANDS["scheduler"]], env=db_env, after=migrate_first),
         "trainer": ServiceSpec(
             "trainer", [*aion, *COMMANDS["trainer"]],
-            env={**db_env, "AION_LOCAL_LLM_URL": inference_url, "AION_INFERENCE_TOKEN": inference_token},
+            env={**db_env, "AION_LOCAL_LLM_URL": inference_url, "AION_INFERENCE_TOKEN": inference_token,
+                 **adapter_env},
             # It loads the same base weights: let inference convert/cache them first.
             after=migrate_first + (("inference",) if "inference" in names else ())),
     }
@@ -215,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         gateway_env = gateway_auth_env(args.host) if "gateway" in names else {}
         table = build_table(names, host=args.host, gateway_port=args.gateway_port,
                             inference_port=args.inference_port, database_url=database_url,
-                            inference_token=token, gateway_env=gateway_env)
+                            inference_token=token, adapter_link=active_adapter_link(), gateway_env=gateway_env)
         supervisor = Supervisor(table, start_timeout=args.timeout, grace_s=args.grace)
         return supervisor.run(on_ready=lambda sup: _on_ready(sup, args, names, embedded_dir, gateway_env))
     finally:

@@ -77,9 +77,10 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
                           local_frequency_penalty=settings.local_frequency_penalty,
                           fallback_max_tokens=settings.fallback_max_tokens,
                           fallback_temperature=settings.fallback_temperature, prices=settings.fallback_prices,
-                          unknown_price=settings.fallback_unknown_price)
+                          unknown_price=settings.fallback_unknown_price,
+                          log_max_chars=settings.answer_log_max_chars)
     answers = AnswerService(retrieve=retrieve_context, log_event=log_event, local=local, fallback=fallback,
                             budget=budget, policy=policy, on_answer=metrics.observe_answer if metrics else None)
-    return ChatParts(answers=answers, budget=budget, exporter=Exporter(sessions, settings.rag_system_prompt),
+    return ChatParts(answers=answers, budget=budget, exporter=Exporter(sessions, settings.selection_policy()),
                      admin=InferenceAdmin(settings.local_llm_url, settings.inference_token), local=local,
                      fallback=fallback)

@@ -104,8 +104,10 @@ def resolve_embed_model(name: str) -> str:
 def choose_device(setting: str) -> str:
     import torch
 
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise AionError("AION_DEVICE=cuda but no CUDA device is visible; use AION_DEVICE=cpu or auto")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise AionError(f"device {setting} asked for, but no CUDA device is visible; use cpu or auto")
+    if setting.startswith("cuda:") and int(setting[5:]) >= torch.cuda.device_count():
+        raise AionError(f"device {setting} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
@@ -113,7 +115,7 @@ def choose_device(setting: str) -> str:
 
 def wants_4bit(setting: str, device: str) -> bool:
     """auto: nf4 on CUDA (where it saves real memory), full precision on CPU (where it is not faster)."""
-    return setting == "true" or (setting == "auto" and device == "cuda")
+    return setting == "true" or (setting == "auto" and device.startswith("cuda"))
 
 
 @dataclass
@@ -152,21 +154,22 @@ def load_causal_lm(path: str, device: str, four_bit: bool) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {}
+    cuda = device.startswith("cuda")  # "cuda" or "cuda:N"
     if four_bit:
-        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        compute = torch.bfloat16 if cuda else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = {"": torch.device(device).index or 0} if cuda else {"": "cpu"}
         quantization = "nf4"
     else:
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        dtype = torch.bfloat16 if cuda else torch.float32
         kwargs["dtype"] = dtype
         quantization = "bf16" if dtype == torch.bfloat16 else "fp32"
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if four_bit:
         disable_cpu_4bit_repack(model)
-    elif device == "cuda":
-        model.to("cuda")
+    elif cuda:
+        model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, device=device, quantization=quantization)

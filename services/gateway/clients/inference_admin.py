@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -56,6 +57,10 @@ class InferenceAdmin:
 
     async def adapters(self) -> dict[str, Any]:
         return await self._call("GET", "/adapters")
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        """Free an adapter's memory in the inference service (409 while it is active or serving)."""
+        return await self._call("DELETE", f"/adapters/{quote(name, safe='')}")
 
     async def smoke(self, model: str, prompt: str = "Responda em uma frase: o que é a AION?") -> str:
         """One short greedy generation on `model`; raises unless it returns text."""

@@ -58,8 +58,10 @@ def _answer_request(request: Request, body: ChatRequest) -> AnswerRequest:
         raise BadRequest(f"the question has {len(body.message)} characters; the limit is "
                          f"{settings.max_query_chars} (AION_MAX_QUERY_CHARS)")
     tau = settings.tau_confidence if body.tau is None else body.tau
+    # The answer's id is always the server's own: feedback addresses it, so a caller-chosen
+    # X-Request-ID (kept as a correlation id) can never name, or collide with, someone else's answer.
     return AnswerRequest(question=body.message.strip(), tenant_id=_tenant(request),
-                         request_id=request_id_var.get() or uuid.uuid4().hex, tau=tau,
+                         request_id=uuid.uuid4().hex, correlation_id=request_id_var.get(), tau=tau,
                          force_fallback=body.forceFallback,
                          history=[t.model_dump() for t in body.history])
 

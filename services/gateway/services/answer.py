@@ -17,6 +17,7 @@ import anyio
 from shared.errors import AionError
 
 from ..clients.chat import ChatClient, ChatUnavailable
+from .answer_record import model_input
 from .budget import BudgetGuard, Denial, Reservation
 from .pricing import Price, estimate_messages_tokens, estimate_tokens, price_for
 from .prompt import PromptPassage, build_rag_messages, source_label
@@ -58,6 +59,7 @@ class AnswerRequest:
     tau: float
     force_fallback: bool = False
     history: Sequence[dict[str, str]] = ()
+    correlation_id: str | None = None  # the caller's X-Request-ID; never the answer's id
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class AnswerPolicy:
     fallback_temperature: float
     prices: dict[str, tuple[float, float]]
     unknown_price: tuple[float, float]
+    log_max_chars: int = 64_000  # AION_ANSWER_LOG_MAX_CHARS: the messages an answer event may hold
 
 
 RetrieveFn = Callable[[str, str], Awaitable[RetrievedContext]]      # (tenant_id, question)
@@ -90,6 +93,7 @@ class _Outcome:
     error: str | None = None
     complete: bool = False
     first_token_ms: int | None = None
+    finish_reason: str | None = None  # "length": cut off at max_tokens
 
 
 class AnswerService:
@@ -109,6 +113,7 @@ class AnswerService:
         out = _Outcome()
         context: RetrievedContext | None = None
         passages: list[PromptPassage] = []
+        messages: list[dict[str, str]] = []
         try:
             context = await self.retrieve(req.tenant_id, req.question)
             passages = [PromptPassage(n=i + 1, text=p.text, source=source_label(p.title, p.page_or_heading))
@@ -135,7 +140,7 @@ class AnswerService:
         finally:
             # Shielded: a client that went away cancels the generation, never the record of it.
             with anyio.CancelScope(shield=True):
-                await self._log_answer(req, context, out, started)
+                await self._log_answer(req, context, out, started, messages)
         if out.complete:
             yield AnswerEvent("done", self._done_payload(req, context, out, started))
 
@@ -210,7 +215,7 @@ class AnswerService:
 
     async def _stream_local(self, req: AnswerRequest, messages: list[dict[str, str]], out: _Outcome,
                             started: float) -> AsyncIterator[AnswerEvent]:
-        out.used, out.model = "local", self.local.model
+        out.used, out.model, out.finish_reason = "local", self.local.model, None
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
@@ -222,13 +227,14 @@ class AnswerService:
                 yield AnswerEvent("token", {"text": delta.text})
             if delta.prompt_tokens is not None:
                 out.prompt_tokens, out.completion_tokens = delta.prompt_tokens, delta.completion_tokens or 0
+            out.finish_reason = delta.finish_reason or out.finish_reason
         out.complete = True
 
     async def _stream_fallback(self, req: AnswerRequest, reservation: Reservation, messages: list[dict[str, str]],
                                out: _Outcome, started: float) -> AsyncIterator[AnswerEvent]:
         """Stream from the paid model; settle the reservation whatever happens."""
         assert self.fallback is not None
-        out.used, out.model = "fallback", reservation.model
+        out.used, out.model, out.finish_reason = "fallback", reservation.model, None
         parts: list[str] = []
         usage: tuple[int, int] | None = None
         failed: str | None = None
@@ -243,6 +249,7 @@ class AnswerService:
                     yield AnswerEvent("token", {"text": delta.text})
                 if delta.prompt_tokens is not None:
                     usage = (delta.prompt_tokens, delta.completion_tokens or 0)
+                out.finish_reason = delta.finish_reason or out.finish_reason
             out.complete = True
         except ChatUnavailable as exc:
             failed = str(exc)
@@ -271,7 +278,7 @@ class AnswerService:
 
     # -- the record ----------------------------------------------------------------------------------
     async def _log_answer(self, req: AnswerRequest, context: RetrievedContext | None, out: _Outcome,
-                    started: float) -> None:
+                          started: float, messages: list[dict[str, str]]) -> None:
         meta = {
             "prompt": req.question, "reply": "".join(out.parts), "used": out.used, "source": out.used,
             "model": out.model, "C": round(context.confidence, 4) if context else None, "tau": req.tau,
@@ -282,6 +289,11 @@ class AnswerService:
             "sources": [{"document": p.document_id, "chunk": p.chunk_id, "score": round(p.score, 4)}
                         for p in (context.passages if context else [])],
             "history_turns": len(req.history),
+            # What the model was given (exactly; export trains on it) and who answered.
+            **model_input(messages, self.policy.log_max_chars),
+            "chunk_ids": [p.chunk_id for p in (context.passages if context else [])],
+            "fallback": out.used == "fallback", "finish_reason": out.finish_reason,
+            "correlation_id": req.correlation_id,
         }
         if self.on_answer:  # before the write: metrics count answers whose record the database refused too
             self.on_answer(meta)

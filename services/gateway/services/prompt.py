@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Logged with every answer: training rows and the gate's RAG sets are only comparable with answers
+# given under the same template. Change it whenever the wording or layout below changes.
+PROMPT_TEMPLATE_VERSION = "rag-pt-1"
+
 DEFAULT_RAG_SYSTEM_PROMPT = (
     "Você é a AION, assistente que responde a partir dos documentos do proprietário. "
     "Responda em PT-BR, de forma objetiva."
