@@ -14,7 +14,6 @@ import pytest
 from tests.fixtures.servers import MODEL_CACHE
 from trainer.settings import TrainerSettings
 
-
 # SmolLM2-135M's weights, as trainer.model_size.count_parameters counts them.
 SMOLLM2_PARAMETERS = 134_515_008
 
