@@ -88,9 +88,12 @@ class RagItem:
 
 @dataclass
 class RagScore:
-    """Per item: answerable ones score (answer + cited) / 2, the others 1 when they say "not found"."""
+    """Answerable items score 0.5 for the answer in the reply and 0.5 more when it also cites exactly the
+    right passage (a citation without the answer earns nothing: a random "[2]" is not grounding);
+    `answer_score` is their mean. `not_found_rate`: the items whose context lacks the answer, answered
+    "not found". The gate judges the two apart, so saying "not found" to everything cannot pass."""
 
-    score: float
+    answer_score: float
     answer_rate: float
     citation_rate: float
     not_found_rate: float
@@ -98,8 +101,8 @@ class RagScore:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
-        return {"score": round(self.score, 4), "answer_rate": round(self.answer_rate, 4),
-                "citation_rate": round(self.citation_rate, 4), "not_found_rate": round(self.not_found_rate, 4),
+        return {"answer_score": _r(self.answer_score), "answer_rate": _r(self.answer_rate),
+                "citation_rate": _r(self.citation_rate), "not_found_rate": _r(self.not_found_rate),
                 "items": self.total}
 
 
@@ -131,7 +134,7 @@ class GateResult:
     seconds: float
     candidate_failures: list[dict[str, str]] = field(default_factory=list)
     current_failures: list[dict[str, str]] = field(default_factory=list)
-    rag_score_current: float = math.nan
+    rag_score_current: float = math.nan  # RagScore.answer_score of each
     rag_score_candidate: float = math.nan
     rag_score_base: float = math.nan
     rag_margin: float = 0.0
@@ -239,23 +242,26 @@ def regression_score(model: Any, tokenizer: Any, items: Sequence[RegressionItem]
 def rag_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: TrainerSettings) -> RagScore:
     """The RAG regression set answered greedily in the gateway's prompt, judged per item."""
     if not items:
-        return RagScore(score=math.nan, answer_rate=math.nan, citation_rate=math.nan, not_found_rate=math.nan, total=0)
+        return RagScore(answer_score=math.nan, answer_rate=math.nan, citation_rate=math.nan, not_found_rate=math.nan,
+                        total=0)
     replies = reply_greedily(model, tokenizer, [i.messages(settings.rag_system_prompt) for i in items],
                              settings.regression_max_new_tokens, _eval_batch(settings),
                              autocast_dtype(settings.autocast, _device(model)))
     judged = [(item, item.judge(reply), reply.strip()) for item, reply in zip(items, replies, strict=True)]
     answerable = [v for i, v, _ in judged if i.cite is not None]
     absent = [v for i, v, _ in judged if i.cite is None]
-    points = [(v["answer"] + v["cited"]) / 2 if i.cite is not None else float(v["not_found"]) for i, v, _ in judged]
+    points = [0.5 * v["answer"] + 0.5 * (v["answer"] and v["cited"]) if i.cite is not None else float(v["not_found"])
+              for i, v, _ in judged]
 
     def rate(rows: list[dict[str, bool]], key: str) -> float:
         return sum(r[key] for r in rows) / len(rows) if rows else math.nan
 
+    answer_points = [p for (i, _, _), p in zip(judged, points, strict=True) if i.cite is not None]
     failures = [{"question": i.question, "expected": " | ".join(i.expected) or "not found", "cite": i.cite,
                  "reply": r, **v} for (i, v, r), p in zip(judged, points, strict=True) if p < 1.0]
-    return RagScore(score=sum(points) / len(points), answer_rate=rate(answerable, "answer"),
-                    citation_rate=rate(answerable, "cited"), not_found_rate=rate(absent, "not_found"),
-                    total=len(items), failures=failures)
+    return RagScore(answer_score=sum(answer_points) / len(answer_points) if answer_points else math.nan,
+                    answer_rate=rate(answerable, "answer"), citation_rate=rate(answerable, "cited"),
+                    not_found_rate=rate(absent, "not_found"), total=len(items), failures=failures)
 
 
 def _adapter_identity(path: Path | None) -> tuple[str, int, int] | None:
@@ -295,10 +301,12 @@ def _use(model: Any, adapter: str | None) -> Iterator[None]:
 
 
 def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float,
-           acc_current: float, acc_candidate: float, acc_base: float, *, rag_current: float = math.nan,
-           rag_candidate: float = math.nan, rag_base: float = math.nan) -> tuple[str, list[str]]:
-    """The gate's rule on the figures; reasons name every check, passed or failed. A RAG score of NaN
-    (no RAG set) is not judged."""
+           acc_current: float, acc_candidate: float, acc_base: float, *,
+           rag: dict[str, tuple[float, float, float]] | None = None) -> tuple[str, list[str]]:
+    """The gate's rule on the figures; reasons name every check, passed or failed.
+
+    `rag`: {measure: (current, candidate, base)} of the RAG set; a NaN candidate figure (no such items) is
+    not judged."""
     reasons, ok = [], True
     if not math.isfinite(loss_candidate) or not math.isfinite(loss_current):
         ok = False
@@ -320,16 +328,18 @@ def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float
                        f"below the base's {acc_base:.3f}")
     else:
         reasons.append(f"regression accuracy held {acc_current:.3f} -> {acc_candidate:.3f} (base {acc_base:.3f})")
-    if not math.isnan(rag_candidate):
-        margin = settings.rag_regression_margin
-        if rag_candidate + 1e-9 < rag_current - margin:
+    margin = settings.rag_regression_margin
+    for measure, (current, candidate, base) in (rag or {}).items():
+        if math.isnan(candidate):
+            continue
+        if candidate + 1e-9 < current - margin:
             ok = False
-            reasons.append(f"RAG score fell {rag_current:.3f} -> {rag_candidate:.3f} (margin {margin})")
-        elif rag_candidate + 1e-9 < rag_base - margin:
+            reasons.append(f"{measure} fell {current:.3f} -> {candidate:.3f} (margin {margin})")
+        elif candidate + 1e-9 < base - margin:
             ok = False
-            reasons.append(f"RAG score {rag_candidate:.3f} is more than {margin} below the base's {rag_base:.3f}")
+            reasons.append(f"{measure} {candidate:.3f} is more than {margin} below the base's {base:.3f}")
         else:
-            reasons.append(f"RAG score held {rag_current:.3f} -> {rag_candidate:.3f} (base {rag_base:.3f})")
+            reasons.append(f"{measure} held {current:.3f} -> {candidate:.3f} (base {base:.3f})")
     return ("promote" if ok else "reject"), reasons
 
 
@@ -373,8 +383,11 @@ def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence
             score_cand = regression_score(model, tokenizer, items, settings)
             rag_cand = rag_score(model, tokenizer, rag_items, settings)
     decision, reasons = decide(settings, loss_cur, loss_cand, score_cur.accuracy, score_cand.accuracy,
-                               score_base.accuracy, rag_current=rag_cur.score, rag_candidate=rag_cand.score,
-                               rag_base=rag_base.score)
+                               score_base.accuracy, rag={
+                                   "RAG answer score": (rag_cur.answer_score, rag_cand.answer_score,
+                                                        rag_base.answer_score),
+                                   "RAG not-found rate": (rag_cur.not_found_rate, rag_cand.not_found_rate,
+                                                          rag_base.not_found_rate)})
     report = {
         "heldout": {"examples": len(heldout), "answer_tokens": tokens, "loss_current": _r(loss_cur),
                     "loss_candidate": _r(loss_cand)},
@@ -392,7 +405,8 @@ def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence
         current=str(current_adapter) if current_adapter else "base",
         seconds=round(time.perf_counter() - started, 3),
         candidate_failures=score_cand.failures, current_failures=score_cur.failures,
-        rag_score_current=rag_cur.score, rag_score_candidate=rag_cand.score, rag_score_base=rag_base.score,
+        rag_score_current=rag_cur.answer_score, rag_score_candidate=rag_cand.answer_score,
+        rag_score_base=rag_base.answer_score,
         rag_margin=settings.rag_regression_margin, report=report, rag_candidate_failures=rag_cand.failures)
     logger.info("gate %s for %s: %s", decision, Path(candidate_dir).name, "; ".join(reasons))
     return result

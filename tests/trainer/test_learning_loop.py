@@ -1,5 +1,6 @@
-"""Real LoRA training on SmolLM2-135M (fp32, CPU): a made-up fact is learned and promoted, a damaged
-run is rejected, cancellation leaves nothing behind."""
+"""Real LoRA training on SmolLM2-135M (fp32, CPU): a made-up fact is learned and promoted, an adapter
+trained on wrong grounded answers is rejected by the RAG regression set, cancellation leaves nothing
+behind, and the answer-only loss is the model's own."""
 
 from __future__ import annotations
 
@@ -16,14 +17,24 @@ from services.inference.settings import DEFAULT_SYSTEM_PROMPT
 from tests.trainer.conftest import trainer_settings
 from tests.trainer.facts import FACT_WORD, QUESTIONS, fact_rows, write_jsonl
 from trainer.base_model import load_base
-from trainer.data_builder import BuiltDataset, build_dataset, conversation_key, is_heldout, row_to_messages
+from trainer.data_builder import (
+    DEFAULT_REPLAY_FILE,
+    BuiltDataset,
+    build_dataset,
+    conversation_key,
+    is_heldout,
+    row_to_messages,
+)
 from trainer.evaluate import (
     GateResult,
+    RagItem,
     RegressionItem,
     answer_greedily,
     evaluate_candidate,
+    load_rag_regression_set,
     load_regression_set,
 )
+from trainer.loss import answer_loss
 from trainer.run_lora import TrainingCancelled, TrainResult, remove_partial_adapters, train_adapter
 from trainer.settings import TrainerSettings
 
@@ -51,6 +62,12 @@ def base(workdir: Path) -> LoadedModel:
     return load_base(trainer_settings(workdir))
 
 
+def rag_subset() -> list[RagItem]:
+    """Part of the shipped RAG regression set, both kinds of item: the same gate, fewer generations."""
+    items = load_rag_regression_set()
+    return [i for i in items if i.cite is not None][:6] + [i for i in items if i.cite is None][:3]
+
+
 def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | None) -> list[str]:
     """Greedy replies to the fact questions, asked as the gateway asks (AION system prompt)."""
     from peft import PeftModel
@@ -76,7 +93,7 @@ def trained(base: LoadedModel, workdir: Path) -> Trained:
     progress: list[tuple[int, int, float]] = []
     result = train_adapter(base, dataset, settings.root() / "fact-v1", settings,
                            progress=lambda step, total, loss: progress.append((step, total, loss)))
-    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings)
+    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings, rag_regression=rag_subset())
     logger.info("fact run: %s", {k: v for k, v in result.to_dict().items() if k != "losses"})
     logger.info("fact gate: %s", gate.to_dict())
     return Trained(settings, dataset, result, progress, gate, heldout_questions)
@@ -115,13 +132,17 @@ def test_training_learns_the_fact_and_the_gate_promotes(trained: Trained, base: 
     assert gate.current_failures == [] and gate.regression_accuracy_current == 1.0
     assert gate.regression_total == len(load_regression_set()) >= 20
     assert gate.regression_accuracy_candidate >= 1.0 - trained.settings.regression_margin
+    # Grounded answering held too (the replay rows are RAG answers), and the report has every set.
+    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 2, gate.reasons
+    assert set(gate.report) == {"heldout", "rag", "general"} and gate.report["rag"]["candidate"]["items"] == 9
 
 
 def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trained, base: LoadedModel) -> None:
     """With the fact adapter active, the same adapter as candidate does not improve held-out loss."""
     # A short regression list keeps this test quick; the full set is exercised above and below.
     gate = evaluate_candidate(base, trained.result.adapter_dir, trained.dataset.heldout, trained.settings,
-                              current_adapter=trained.result.adapter_dir, regression=load_regression_set()[:3])
+                              current_adapter=trained.result.adapter_dir, regression=load_regression_set()[:3],
+                              rag_regression=[])
     assert gate.decision == "reject"
     assert gate.current == str(trained.result.adapter_dir)
     assert gate.regression_accuracy_base == gate.regression_accuracy_current == 1.0
@@ -129,20 +150,36 @@ def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trai
     assert any("did not improve" in r for r in gate.reasons)
 
 
-def test_a_damaged_run_is_rejected(trained: Trained, base: LoadedModel, workdir: Path) -> None:
-    """A learning rate far too high, and no replay: it still memorises the fact but forgets the rest."""
-    settings = trainer_settings(workdir, AION_TRAIN_LEARNING_RATE=1e-2, AION_TRAIN_EPOCHS=1,
-                                AION_TRAIN_REPLAY_RATIO=0, AION_TRAIN_WARMUP_RATIO=0,
+def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(trained: Trained, base: LoadedModel,
+                                                                   workdir: Path) -> None:
+    """Grounded rows whose replies belong to other questions: the adapter learns to answer without
+    reading the context. Held-out loss on rows like those cannot see it; the RAG set does."""
+    rows = [json.loads(line) for line in DEFAULT_REPLAY_FILE.read_text(encoding="utf-8").splitlines()]
+    answers = [r["answer"] for r in rows]
+    wrong = [{**row, "answer": answers[(i + 7) % len(rows)]} for i, row in enumerate(rows)]
+    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=1, AION_TRAIN_REPLAY_RATIO=0,
                                 AION_TRAIN_HELDOUT_FRACTION=0.15)
-    dataset = build_dataset([workdir / "export.jsonl"], base.tokenizer, settings)
-    result = train_adapter(base, dataset, settings.root() / "damaged-v1", settings)
-    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings)
-    logger.info("damaged run: %s; gate: %s", result.to_dict(), gate.to_dict())
+    dataset = build_dataset([write_jsonl(workdir / "wrong.jsonl", wrong)], base.tokenizer, settings)
+    result = train_adapter(base, dataset, settings.root() / "wrong-v1", settings)
+    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings,
+                              regression=load_regression_set()[:3], rag_regression=rag_subset())
+    logger.info("wrong-answers run: %s; gate: %s", result.to_dict(), gate.to_dict())
 
     assert gate.decision == "reject"
-    assert gate.regression_accuracy_candidate < gate.regression_accuracy_current - settings.regression_margin
-    assert any("regression accuracy fell" in r for r in gate.reasons)
-    assert gate.candidate_failures
+    assert gate.rag_score_candidate < gate.rag_score_base - settings.rag_regression_margin
+    assert any("RAG answer score fell" in r for r in gate.reasons), gate.reasons  # the current one is the base
+    assert gate.rag_candidate_failures
+
+
+def test_the_answer_only_loss_is_the_models_own(base: LoadedModel, trained: Trained) -> None:
+    import torch
+
+    from trainer.run_lora import collate
+
+    batch = collate(trained.dataset.train[:3], base.tokenizer.pad_token_id)
+    with torch.no_grad():
+        summed, tokens = answer_loss(base.model, batch, 7)
+        torch.testing.assert_close(summed / tokens, base.model(**batch).loss, rtol=1e-4, atol=1e-5)
 
 
 def test_cancellation_leaves_no_adapter(trained: Trained, base: LoadedModel, workdir: Path) -> None:

@@ -156,8 +156,8 @@ def build_adapters(root: Path, count: int) -> list[Path]:
 
 
 GATE_REPORT = {"heldout": {"examples": 3, "answer_tokens": 90, "loss_current": 1.5, "loss_candidate": 1.234},
-               "rag": {"margin": 0.05, **{who: {"score": s, "answer_rate": a, "citation_rate": c, "not_found_rate": n,
-                                                "items": 16} for who, s, a, c, n in [
+               "rag": {"margin": 0.05, **{who: {"answer_score": s, "answer_rate": a, "citation_rate": c,
+                                                "not_found_rate": n, "items": 16} for who, s, a, c, n in [
                    ("base", 0.3, 0.5, 0.1, 0.0), ("current", 0.3, 0.5, 0.1, 0.0), ("candidate", 0.55, 0.75, 0.5, 0.25)]}},
                "general": {"base": 1.0, "current": 1.0, "candidate": 0.9615, "questions": 26, "margin": 0.05}}
 
@@ -259,17 +259,18 @@ def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> 
                      (json.dumps({"step": 4, "total": 4, "loss": 1.1}), "step 4/4 loss 1.1\ngate: promote\n",
                       json.dumps({"train": {"losses": [2.31, 1.87, 1.4, 1.1]},
                                   "gate": {"decision": "promote", "report": GATE_REPORT,
-                                           "reasons": ["RAG score held 0.300 -> 0.550 (base 0.300)"]}}), job_id))
+                                           "reasons": ["RAG answer score held 0.300 -> 0.550 (base 0.300)"]}}),
+                      job_id))
     page.locator("#job-status", has_text="succeeded").wait_for(timeout=15_000)
     # The gate report stored on the job: every set, base / before / candidate.
     gate = page.locator("#job-gate")
     gate.wait_for()
     assert "promoted" in gate.locator("caption").inner_text()
     cells = [r.split("\t") for r in gate.locator("tbody").inner_text().splitlines()]
-    assert cells[0] == ["RAG set score (16 items)", "30.0%", "30.0%", "55.0%"]
+    assert cells[0] == ["RAG set (16 items): answer score", "30.0%", "30.0%", "55.0%"]
     assert ["General questions (26)", "100.0%", "100.0%", "96.2%"] in cells
     assert ["Held-out loss (3 rows)", "—", "1.500", "1.234"] in cells
-    assert "RAG score held" in gate.inner_text()
+    assert "RAG answer score held" in gate.inner_text()
     assert page.locator("#chart-loss circle").count() == 4
     assert page.locator("#job-progress").evaluate("p => p.value") == 1
     assert "adapter aion-v9" in page.locator("#job-detail").inner_text()

@@ -155,7 +155,7 @@ function gateSummary(metrics) {
   if (g) {
     const r = g.report || {};
     const parts = [g.decision || "?"];
-    if (r.rag) parts.push(`RAG ${num(r.rag.candidate.score)} vs ${num(r.rag.current.score)}`);
+    if (r.rag) parts.push(`RAG ${num(r.rag.candidate.answer_score)} vs ${num(r.rag.current.answer_score)}`);
     if (r.general) parts.push(`general ${num(r.general.candidate)} vs ${num(r.general.current)}`);
     parts.push(`held-out loss ${num(g.heldout_loss_candidate, 3)} vs ${num(g.heldout_loss_current, 3)}`);
     return parts.join(" · ");
@@ -265,8 +265,9 @@ function renderGate(job) {
   $("job-gate-decision").textContent = g.decision === "promote" ? "promoted" : "rejected";
   const rag = (key, label) => [label, pct(r.rag.base[key]), pct(r.rag.current[key]), pct(r.rag.candidate[key])];
   const rows = [
-    ...(r.rag ? [rag("score", `RAG set score (${r.rag.candidate.items} items)`), rag("answer_rate", "  answer in the reply"),
-      rag("citation_rate", "  right passage cited"), rag("not_found_rate", "  says “not found” when it should")] : []),
+    ...(r.rag ? [rag("answer_score", `RAG set (${r.rag.candidate.items} items): answer score`),
+      rag("answer_rate", "RAG: answer in the reply"), rag("citation_rate", "RAG: right passage cited"),
+      rag("not_found_rate", "RAG: “not found” when the context lacks it")] : []),
     ...(r.general ? [[`General questions (${r.general.questions})`, pct(r.general.base), pct(r.general.current),
       pct(r.general.candidate)]] : []),
     [`Held-out loss (${r.heldout.examples} rows)`, "—", num(r.heldout.loss_current, 3), num(r.heldout.loss_candidate, 3)],
