@@ -26,6 +26,8 @@ import asyncio
 import json
 import random
 import re
+import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 from bench.kb_common import RESULTS, CpuMeter, machine, readme_corpus, say
 
@@ -160,9 +164,6 @@ def teacher_reply(user_message: str, key: dict[str, Question]) -> str:
 
 @contextmanager
 def run_teacher(key: dict[str, Question]) -> Iterator[str]:
-    from fastapi import FastAPI, Request
-    from fastapi.responses import StreamingResponse
-
     from tests.fixtures.servers import run_asgi
 
     app = FastAPI()
@@ -419,6 +420,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--out", type=Path, default=None)
     args, _ = parser.parse_known_args()  # bench.run_all passes its extra arguments to every benchmark
+    # A stop (SIGTERM) unwinds like Ctrl-C, so the services and the database this run started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = asyncio.run(run(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.out or RESULTS / f"loop_bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.json"

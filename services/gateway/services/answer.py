@@ -59,7 +59,9 @@ class AnswerRequest:
     tau: float
     force_fallback: bool = False
     history: Sequence[dict[str, str]] = ()
-    correlation_id: str | None = None  # the caller's X-Request-ID; never the answer's id
+    # The caller's X-Request-ID (or the middleware's): model calls carry it, so one trace id follows the
+    # question through every service's log; it is never the answer's id.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class AnswerService:
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
-                                             request_id=req.request_id):
+                                             request_id=req.correlation_id or req.request_id):
             out.model = delta.model or out.model  # the adapter version that really served it
             if delta.text:
                 out.parts.append(delta.text)
@@ -241,7 +243,7 @@ class AnswerService:
         try:
             async for delta in self.fallback.stream(messages, max_tokens=self.policy.fallback_max_tokens,
                                                     temperature=self.policy.fallback_temperature,
-                                                    request_id=req.request_id):
+                                                    request_id=req.correlation_id or req.request_id):
                 if delta.text:
                     parts.append(delta.text)
                     out.parts.append(delta.text)
