@@ -146,7 +146,22 @@ def absent_questions(docs: list[tuple[str, str]], count: int, rng: random.Random
 
 # ---------------------------------------------------------------- the teacher (fallback stand-in)
 
-_PASSAGE = re.compile(r"^\[(\d+)\] \((.*?)\) (.*)$", re.MULTILINE)
+def passages_in(user_message: str) -> list[tuple[int, str, str]]:
+    """(n, source, text) of the numbered passages of a RAG message (a passage's text may span lines)."""
+    if "CONTEXTO:\n" not in user_message:
+        return []
+    context = user_message.split("CONTEXTO:\n", 1)[1].rsplit("\n\nFontes: ", 1)[0]
+    starts, n, pos = [], 1, 0  # (n, where its marker begins, where its source begins)
+    while (match := re.compile(rf"(?:^|\n\n)\[{n}\] \(").search(context, pos)) is not None:
+        starts.append((n, match.start(), match.end()))
+        pos, n = match.end(), n + 1
+    out = []
+    for i, (number, _, start) in enumerate(starts):
+        end = starts[i + 1][1] if i + 1 < len(starts) else len(context)
+        body = context[start:end]
+        source, _, text = body.partition(") ")
+        out.append((number, source, text))
+    return out
 
 
 def teacher_reply(user_message: str, key: dict[str, Question]) -> str:
@@ -155,9 +170,8 @@ def teacher_reply(user_message: str, key: dict[str, Question]) -> str:
     question = key.get(question_text)
     if question is None or question.answer is None:
         return NOT_FOUND_REPLY
-    for match in _PASSAGE.finditer(user_message):
-        if question.sentence in _clean(match.group(3)):
-            n, source = match.group(1), match.group(2)
+    for n, source, text in passages_in(user_message):
+        if question.sentence in _clean(text):
             return f"{question.answer} [{n}].\n\nFontes: [{n}] {source}"
     return NOT_FOUND_REPLY  # retrieval did not bring the passage: the teacher cannot know
 
@@ -329,6 +343,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         scheduler = SchedulerSettings(DATABASE_URL=db, AION_TRAIN_ROOT=str(train_root),
                                                       AION_TRAIN_MIN_EXAMPLES=args.min_examples)
                         eval_set = heldout + absent
+                        measured = {1, args.nights} if args.measure_after is None else set(args.measure_after)
                         with CpuMeter(ours={inference.proc.pid, gateway.proc.pid}) as meter:
                             before = measure(gw, eval_set, args.tau)
                             say(f"night 0 (base): {before.figures()}")
@@ -338,7 +353,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 results["nights"].append(await one_night(
                                     night, args, gw, training[(night - 1) * args.train_per_night:
                                                                night * args.train_per_night],
-                                    eval_set, sessions, scheduler, worker, jobs_repo, nightly_export, rng, root))
+                                    eval_set if night in measured else [], sessions, scheduler, worker, jobs_repo,
+                                    nightly_export, rng, root))
                         results["others_cores"] = meter.others_cores()
                         await worker.admin.close()
                     finally:
@@ -346,11 +362,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await engine.dispose()
             stop_embedded_postgres(pgdata)
-    first, last = results["nights"][0], results["nights"][-1]
+    measured = [n for n in results["nights"] if "exact_answer_rate" in n]
+    first, last = measured[0], measured[-1]
     results["summary"] = {
-        "exact_answer_rate": [n["exact_answer_rate"] for n in results["nights"]],
+        "exact_answer_rate": {n["night"]: n["exact_answer_rate"] for n in measured},
         "gain_points": round(100 * ((last["exact_answer_rate"] or 0) - (first["exact_answer_rate"] or 0)), 1),
-        "damaged_rejected": [n.get("damaged", {}).get("status") for n in results["nights"][1:]]}
+        "jobs": [(n.get("job") or {}).get("status") if isinstance(n.get("job"), dict) else n.get("job")
+                 for n in results["nights"][1:]],
+        "damaged": [n.get("damaged", {}).get("status") for n in results["nights"][1:]]}
     return results
 
 
@@ -397,9 +416,11 @@ async def one_night(night: int, args: argparse.Namespace, gw: str, questions: li
             if bad["status"] == "succeeded" and job["status"] == "succeeded":  # keep measuring the real one
                 httpx.post(f"{gw}/api/ai/adapters/{job['adapter_name']}/activate", timeout=600).raise_for_status()
     active = httpx.get(f"{gw}/api/ai/llm/health", timeout=30).json().get("adapter")
-    scores = measure(gw, eval_set, args.tau)
-    report.update({"adapter": active, **scores.figures(), "samples": scores.samples,
-                   "night_seconds": round(time.perf_counter() - started, 1)})
+    report["adapter"] = active
+    if eval_set:  # measured after this night
+        scores = measure(gw, eval_set, args.tau)
+        report.update({**scores.figures(), "samples": scores.samples})
+    report["night_seconds"] = round(time.perf_counter() - started, 1)
     say(f"night {night}: {json.dumps({k: v for k, v in report.items() if k != 'samples'}, ensure_ascii=False)}")
     return report
 
@@ -415,6 +436,8 @@ def main() -> None:
     parser.add_argument("--min-examples", type=int, default=20, help="AION_TRAIN_MIN_EXAMPLES")
     parser.add_argument("--max-tokens", type=int, default=96, help="AION_LOCAL_MAX_TOKENS")
     parser.add_argument("--tau", type=float, default=0.62, help="the default tau the fallback share is counted at")
+    parser.add_argument("--measure-after", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                        help="nights after which the held-out questions are asked (default: 1 and the last)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-damaged", dest="damaged", action="store_false", help="skip the damaged candidates")
     parser.add_argument("--seed", type=int, default=13)

@@ -65,7 +65,7 @@ def base(workdir: Path) -> LoadedModel:
 def rag_subset() -> list[RagItem]:
     """Part of the shipped RAG regression set, both kinds of item: the same gate, fewer generations."""
     items = load_rag_regression_set()
-    return [i for i in items if i.cite is not None][:6] + [i for i in items if i.cite is None][:3]
+    return [i for i in items if i.cite is not None][:4] + [i for i in items if i.cite is None][:2]
 
 
 def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | None) -> list[str]:
@@ -84,7 +84,9 @@ def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | No
 
 @pytest.fixture(scope="module")
 def trained(base: LoadedModel, workdir: Path) -> Trained:
-    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15)
+    # A few grounded replay rows (they are long: a RAG prompt each) keep the adapter answering from context.
+    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15,
+                                AION_TRAIN_REPLAY_RATIO=0.3)
     data = write_jsonl(workdir / "export.jsonl", fact_rows(), ["{broken", json.dumps({"kind": "answer"})])
     dataset = build_dataset([data], base.tokenizer, settings)
     heldout_questions = [row_to_messages(r, DEFAULT_SYSTEM_PROMPT)[1]["content"] for r in fact_rows()
@@ -134,7 +136,7 @@ def test_training_learns_the_fact_and_the_gate_promotes(trained: Trained, base: 
     assert gate.regression_accuracy_candidate >= 1.0 - trained.settings.regression_margin
     # Grounded answering held too (the replay rows are RAG answers), and the report has every set.
     assert sum("RAG" in r and "held" in r for r in gate.reasons) == 2, gate.reasons
-    assert set(gate.report) == {"heldout", "rag", "general"} and gate.report["rag"]["candidate"]["items"] == 9
+    assert set(gate.report) == {"heldout", "rag", "general"} and gate.report["rag"]["candidate"]["items"] == 6
 
 
 def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trained, base: LoadedModel) -> None:
@@ -150,15 +152,14 @@ def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trai
     assert any("did not improve" in r for r in gate.reasons)
 
 
-def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(trained: Trained, base: LoadedModel,
-                                                                   workdir: Path) -> None:
+def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedModel, workdir: Path) -> None:
     """Grounded rows whose replies belong to other questions: the adapter learns to answer without
     reading the context. Held-out loss on rows like those cannot see it; the RAG set does."""
     rows = [json.loads(line) for line in DEFAULT_REPLAY_FILE.read_text(encoding="utf-8").splitlines()]
     answers = [r["answer"] for r in rows]
     wrong = [{**row, "answer": answers[(i + 7) % len(rows)]} for i, row in enumerate(rows)]
-    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=1, AION_TRAIN_REPLAY_RATIO=0,
-                                AION_TRAIN_HELDOUT_FRACTION=0.15)
+    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=1, AION_TRAIN_MAX_STEPS=6, AION_TRAIN_REPLAY_RATIO=0,
+                                AION_TRAIN_HELDOUT_FRACTION=0.15, AION_TRAIN_WARMUP_RATIO=0)
     dataset = build_dataset([write_jsonl(workdir / "wrong.jsonl", wrong)], base.tokenizer, settings)
     result = train_adapter(base, dataset, settings.root() / "wrong-v1", settings)
     gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings,
