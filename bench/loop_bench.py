@@ -311,8 +311,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     try:
                         gateway.wait_healthy()
                         gw = gateway.url
-                        files = [("files", (name, body.encode(), "text/markdown")) for name, body in ingested]
-                        httpx.post(f"{gw}/api/ai/documents", files=files, timeout=900).raise_for_status()
+                        for start in range(0, len(ingested), 8):  # AION_MAX_UPLOAD_FILES per request at most
+                            files = [("files", (name, body.encode(), "text/markdown"))
+                                     for name, body in ingested[start:start + 8]]
+                            httpx.post(f"{gw}/api/ai/documents", files=files, timeout=900).raise_for_status()
                         from sqlalchemy import text
                         async with sessions() as session:
                             chunks = [(r[0], r[1]) for r in (await session.execute(text(

@@ -153,11 +153,14 @@ def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trai
 
 
 def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedModel, workdir: Path) -> None:
-    """Grounded rows whose replies belong to other questions: the adapter learns to answer without
-    reading the context. Held-out loss on rows like those cannot see it; the RAG set does."""
+    """Grounded rows answered the wrong way round: "not found" where the passages hold the answer, and
+    another question's answer where they do not. Held-out loss on rows like those cannot see the
+    damage (it falls: the adapter learns them); the RAG set does."""
     rows = [json.loads(line) for line in DEFAULT_REPLAY_FILE.read_text(encoding="utf-8").splitlines()]
-    answers = [r["answer"] for r in rows]
-    wrong = [{**row, "answer": answers[(i + 7) % len(rows)]} for i, row in enumerate(rows)]
+    refusal = next(r["answer"] for r in rows if "Não encontrei" in r["answer"])
+    answers = [r["answer"] for r in rows if "Não encontrei" not in r["answer"]]
+    wrong = [{**row, "answer": refusal if "Não encontrei" not in row["answer"] else answers[i % len(answers)]}
+             for i, row in enumerate(rows)]
     settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=1, AION_TRAIN_MAX_STEPS=6, AION_TRAIN_REPLAY_RATIO=0,
                                 AION_TRAIN_HELDOUT_FRACTION=0.15, AION_TRAIN_WARMUP_RATIO=0)
     dataset = build_dataset([write_jsonl(workdir / "wrong.jsonl", wrong)], base.tokenizer, settings)
@@ -167,6 +170,7 @@ def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedMo
     logger.info("wrong-answers run: %s; gate: %s", result.to_dict(), gate.to_dict())
 
     assert gate.decision == "reject"
+    assert gate.heldout_loss_candidate < gate.heldout_loss_current  # the held-out rows alone would let it in
     assert gate.rag_score_candidate < gate.rag_score_base - settings.rag_regression_margin
     assert any("RAG answer score fell" in r for r in gate.reasons), gate.reasons  # the current one is the base
     assert gate.rag_candidate_failures
