@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # label value the loss skips
 ROLES = ("system", "user", "assistant")
 DEFAULT_REPLAY_FILE = Path(__file__).with_name("rag_replay.jsonl")
+# General questions in the base model's own greedy words, checked correct: self-distillation that keeps
+# an adapter from forgetting what the gate's general regression set checks (measured: a 2-epoch fact run
+# with grounded replay only fell from 26/26 to 20/26 there).
+DEFAULT_GENERAL_REPLAY_FILE = Path(__file__).with_name("general_replay.jsonl")
 MAX_REJECT_SAMPLES = 20
 
 
@@ -281,12 +285,13 @@ def build_dataset(paths: Sequence[Path], tokenizer: Any, settings: TrainerSettin
                            f"to evaluate); rejected: {dict(collector.rejected)}")
     train, heldout = split_heldout(examples, settings.heldout_fraction)
     replay: list[Example] = []
-    wanted = math.ceil(settings.replay_ratio * len(train))
-    if wanted:
-        replay_file = settings.replay_file or DEFAULT_REPLAY_FILE
-        # The shipped replay file is ours: a bad row there is a bug to hear about, not to count.
-        pool, _, _ = load_examples([replay_file], tokenizer, settings, "replay")
-        replay = pick_replay(pool, wanted, settings.seed)
+    for ratio, path in ((settings.replay_ratio, settings.replay_file or DEFAULT_REPLAY_FILE),
+                        (settings.general_replay_ratio, settings.general_replay_file or DEFAULT_GENERAL_REPLAY_FILE)):
+        wanted = math.ceil(ratio * len(train))
+        if wanted:
+            # The shipped replay files are ours: a bad row there is a bug to hear about, not to count.
+            pool, _, _ = load_examples([path], tokenizer, settings, "replay")
+            replay += pick_replay(pool, wanted, settings.seed)
     dataset = BuiltDataset(train=train + replay, heldout=heldout, rows_read=rows, replay_rows=len(replay),
                            duplicates=duplicates, rejected=collector.rejected, reject_samples=collector.samples)
     if collector.rejected:

@@ -344,11 +344,10 @@ def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float
 
 
 def _reference_score(model: Any, base: LoadedModel, adapter_path: Path | None, items: list[Any],
-                     settings: TrainerSettings) -> Any:
+                     settings: TrainerSettings, *, rag: bool = False) -> Any:
     """The base's (adapter_path None) or the active adapter's score on a set, computed once per process."""
-    rag = bool(items) and isinstance(items[0], RagItem)
     key = (base.path, base.quantization, _adapter_identity(adapter_path), settings.regression_max_new_tokens,
-           settings.rag_system_prompt if rag else None, tuple(items))
+           settings.rag_system_prompt if rag else None, rag, tuple(items))
     if key not in _reference_scores:
         with _use(model, CURRENT if adapter_path is not None else None):
             _reference_scores[key] = (rag_score if rag else regression_score)(model, base.tokenizer, items, settings)
@@ -376,8 +375,8 @@ def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence
             loss_cur, tokens = loss(model)
         score_cur = _reference_score(model, base, current_adapter, items, settings)
         score_base = _reference_score(model, base, None, items, settings) if current_adapter else score_cur
-        rag_cur = _reference_score(model, base, current_adapter, rag_items, settings)
-        rag_base = _reference_score(model, base, None, rag_items, settings) if current_adapter else rag_cur
+        rag_cur = _reference_score(model, base, current_adapter, rag_items, settings, rag=True)
+        rag_base = _reference_score(model, base, None, rag_items, settings, rag=True) if current_adapter else rag_cur
         with _use(model, CANDIDATE):
             loss_cand, _ = loss(model)
             score_cand = regression_score(model, tokenizer, items, settings)

@@ -83,16 +83,26 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _uses_checkpointing(settings: TrainerSettings, device: str) -> bool:
-    return settings.gradient_checkpointing == "true" or (settings.gradient_checkpointing == "auto" and device.startswith("cuda"))
+# Rows longer than this turn activation checkpointing on under `auto` on CPU too: a grounded row (the RAG
+# prompt) is ~1,500-2,000 tokens, and a batch of 4 kept ~10 GB of activations on the 135M default (the
+# process was killed for memory); checkpointed, it keeps one layer's.
+CHECKPOINT_ABOVE_TOKENS = 1024
 
 
-def attach_lora(base: LoadedModel, settings: TrainerSettings, resume_from: Path | None = None) -> Any:
-    """Wrap the base in trainable LoRA layers (fresh, or continuing an existing adapter)."""
+def _uses_checkpointing(settings: TrainerSettings, device: str, longest: int = 0) -> bool:
+    if settings.gradient_checkpointing != "auto":
+        return settings.gradient_checkpointing == "true"
+    return device.startswith("cuda") or longest > CHECKPOINT_ABOVE_TOKENS
+
+
+def attach_lora(base: LoadedModel, settings: TrainerSettings, resume_from: Path | None = None,
+                longest: int = 0) -> Any:
+    """Wrap the base in trainable LoRA layers (fresh, or continuing an existing adapter); `longest`: the
+    longest training row, in tokens."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     model = base.model
-    checkpointing = _uses_checkpointing(settings, base.device)
+    checkpointing = _uses_checkpointing(settings, base.device, longest)
     # Non-reentrant checkpointing: torch warns the reentrant default is going away.
     kwargs = {"use_reentrant": False}
     if base.quantization == "nf4":
@@ -220,7 +230,7 @@ def train_adapter(base: LoadedModel, dataset: BuiltDataset, output_dir: Path, se
     partial = _prepare_output(output_dir)
     peft_model = None
     try:
-        peft_model = attach_lora(base, settings, resume_from)
+        peft_model = attach_lora(base, settings, resume_from, max(len(e.input_ids) for e in dataset.train))
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=float(settings.sized("learning_rate")),
                                       weight_decay=settings.weight_decay)

@@ -35,7 +35,8 @@ class TrainerSettings(CommonSettings):
     # auto: nf4 (QLoRA) on CUDA; full precision on CPU, where nf4 is slower and saves nothing for 135M.
     load_in_4bit: Literal["auto", "true", "false"] = Field(default="auto",
                                                            validation_alias="AION_TRAIN_LOAD_IN_4BIT")
-    # auto: on with CUDA (memory for a 7B), off on CPU (it only costs time there).
+    # auto: on with CUDA (memory for a 7B), and on CPU when rows are long (over 1,024 tokens: grounded RAG
+    # rows are), where a batch's activations would take gigabytes; off otherwise (it only costs time).
     gradient_checkpointing: Literal["auto", "true", "false"] = Field(
         default="auto", validation_alias="AION_TRAIN_GRADIENT_CHECKPOINTING")
     threads: int | None = Field(default=None, ge=1, validation_alias="AION_TRAIN_THREADS")
@@ -73,10 +74,16 @@ class TrainerSettings(CommonSettings):
     min_examples: int = Field(default=20, ge=1, validation_alias="AION_TRAIN_MIN_EXAMPLES")
     # Replay rows per training row (capped by the replay file's size): general Q&A in the base's own
     # greedy words, checked correct, so forgetting shows up as loss and is trained back.
-    # Replay rows are grounded answers about the documents shipped in aion/demo_docs, in the live RAG
-    # prompt (trainer/rag_replay.jsonl), so the adapter keeps answering from context and saying "not found".
-    replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0, validation_alias="AION_TRAIN_REPLAY_RATIO")
+    # Replay rows per training row, capped by each file's size. Grounded replay: answers about the documents
+    # shipped in aion/demo_docs, in the live RAG prompt (trainer/rag_replay.jsonl), so the adapter keeps
+    # answering from context and saying "not found" (long rows: a RAG prompt each). General replay: the
+    # base's own correct answers to general questions (trainer/general_replay.jsonl, short rows), so it
+    # does not forget what the general regression set checks.
+    replay_ratio: float = Field(default=0.5, ge=0.0, le=10.0, validation_alias="AION_TRAIN_REPLAY_RATIO")
     replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_REPLAY_FILE")
+    general_replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0,
+                                        validation_alias="AION_TRAIN_GENERAL_REPLAY_RATIO")
+    general_replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_GENERAL_REPLAY_FILE")
 
     # Gate: the candidate's regression accuracy may fall at most this much below the current model's
     # and the base's (the base too, so small drops cannot pile up over many promotions).

@@ -139,7 +139,8 @@ def test_malformed_rows_are_counted_by_reason_and_skipped(tmp_path: Path, tokeni
         "",  # blank lines are not rows
     ]
     path = write_jsonl(tmp_path / "mixed.jsonl", good, bad_lines)
-    settings = trainer_settings(tmp_path, AION_TRAIN_MAX_SEQ_LEN=256, AION_TRAIN_REPLAY_RATIO=0)
+    settings = trainer_settings(tmp_path, AION_TRAIN_MAX_SEQ_LEN=256, AION_TRAIN_REPLAY_RATIO=0,
+                                AION_TRAIN_GENERAL_REPLAY_RATIO=0)
 
     dataset = build_dataset([path], tokenizer, settings)
 
@@ -155,7 +156,8 @@ def test_malformed_rows_are_counted_by_reason_and_skipped(tmp_path: Path, tokeni
 
 def test_split_is_deterministic_stable_and_disjoint(tmp_path: Path, tokenizer) -> None:
     rows = fact_rows()
-    settings = trainer_settings(tmp_path, AION_TRAIN_HELDOUT_FRACTION=0.2, AION_TRAIN_REPLAY_RATIO=0.5)
+    settings = trainer_settings(tmp_path, AION_TRAIN_HELDOUT_FRACTION=0.2, AION_TRAIN_REPLAY_RATIO=0.5,
+                                AION_TRAIN_GENERAL_REPLAY_RATIO=0.25)
     first = build_dataset([write_jsonl(tmp_path / "a.jsonl", rows)], tokenizer, settings)
     shuffled = rows[:]
     random.Random(7).shuffle(shuffled)
@@ -174,7 +176,11 @@ def test_split_is_deterministic_stable_and_disjoint(tmp_path: Path, tokenizer) -
     assert not heldout & {e.key for e in grown.train}
     data_train = [e for e in first.train if e.source == "data"]
     assert len(data_train) + len(heldout) == 30
-    assert first.replay_rows == math.ceil(0.5 * len(data_train))
+    # Both replay pools, each at its ratio: grounded rows (the RAG prompt) and general ones (the base's words).
+    replay = [tokenizer.decode(e.input_ids) for e in first.train if e.source == "replay"]
+    grounded = [text for text in replay if "CONTEXTO:" in text]
+    assert first.replay_rows == len(replay) == math.ceil(0.5 * len(data_train)) + math.ceil(0.25 * len(data_train))
+    assert len(grounded) == math.ceil(0.5 * len(data_train))
     assert all(e.source == "data" for e in first.heldout)
     # The same settings give the same replay rows.
     assert [e.key for e in first.train if e.source == "replay"] == [e.key for e in again.train if e.source == "replay"]

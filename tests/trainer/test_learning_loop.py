@@ -84,7 +84,8 @@ def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | No
 
 @pytest.fixture(scope="module")
 def trained(base: LoadedModel, workdir: Path) -> Trained:
-    # A few grounded replay rows (they are long: a RAG prompt each) keep the adapter answering from context.
+    # A few grounded replay rows (they are long: a RAG prompt each) keep the adapter answering from context;
+    # general replay (the default ratio, short rows) keeps it answering what the base knew.
     settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15,
                                 AION_TRAIN_REPLAY_RATIO=0.3)
     data = write_jsonl(workdir / "export.jsonl", fact_rows(), ["{broken", json.dumps({"kind": "answer"})])
@@ -162,6 +163,7 @@ def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedMo
     wrong = [{**row, "answer": refusal if "Não encontrei" not in row["answer"] else answers[i % len(answers)]}
              for i, row in enumerate(rows)]
     settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=1, AION_TRAIN_MAX_STEPS=6, AION_TRAIN_REPLAY_RATIO=0,
+                                AION_TRAIN_GENERAL_REPLAY_RATIO=0,
                                 AION_TRAIN_HELDOUT_FRACTION=0.15, AION_TRAIN_WARMUP_RATIO=0)
     dataset = build_dataset([write_jsonl(workdir / "wrong.jsonl", wrong)], base.tokenizer, settings)
     result = train_adapter(base, dataset, settings.root() / "wrong-v1", settings)

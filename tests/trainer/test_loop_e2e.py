@@ -163,11 +163,11 @@ async def test_logged_answers_become_an_active_adapter_and_rollback_restores_the
             assert gw.post("/api/ai/adapters/stray-prev/activate").status_code == 200
             assert ask(inference, QUESTIONS[0]) == base_reply
             assert active_link.resolve() == prev.resolve()
-            # … then to the base weights (the rollback target now is the new version) …
+            # … then to the base weights: what served just before (stray-prev) stays loaded to roll back to …
             assert gw.post("/api/ai/adapters/deactivate").status_code == 200
             assert not active_link.exists()
-            assert inference_adapters(inference) == {name}
-            # … and forward again to that version.
+            assert inference_adapters(inference) == {"stray-prev"}
+            # … and forward again to the new version (loaded again from its folder).
             assert gw.post(f"/api/ai/adapters/{name}/activate").status_code == 200
             assert ask(inference, QUESTIONS[0]) == learned
 

@@ -122,3 +122,15 @@ def test_the_training_device_names_a_gpu(device: str, ok: bool) -> None:
     else:
         with pytest.raises(ValidationError, match="AION_TRAIN_DEVICE"):
             TrainerSettings(_env_file=None, AION_TRAIN_DEVICE=device)
+
+
+@pytest.mark.parametrize(("setting", "device", "longest", "on"), [
+    ("auto", "cpu", 400, False), ("auto", "cpu", 1800, True), ("auto", "cuda:1", 100, True),
+    ("false", "cpu", 1800, False), ("true", "cpu", 10, True)])
+def test_activation_checkpointing_for_long_rows(tmp_path: Path, setting: str, device: str, longest: int,
+                                                on: bool) -> None:
+    """Grounded rows are long: without checkpointing a CPU batch of them held ~10 GB of activations."""
+    from trainer.run_lora import _uses_checkpointing
+
+    settings = trainer_settings(tmp_path, AION_TRAIN_GRADIENT_CHECKPOINTING=setting)
+    assert _uses_checkpointing(settings, device, longest) is on
