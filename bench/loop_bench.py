@@ -305,7 +305,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                    OPENAI_API_KEY="bench", AION_BUDGET_USD="1000",
                                    AION_FALLBACK_SHARE_MIN_ANSWERS="1000000", AION_TRAIN_ROOT=str(train_root),
                                    AION_ADAPTER_DIR=str(link), AION_LOCAL_TEMPERATURE="0",
-                                   AION_LOCAL_MAX_TOKENS=str(args.max_tokens))
+                                   AION_LOCAL_MAX_TOKENS=str(args.max_tokens), AION_TOP_K=str(args.top_k))
                     gateway = ServiceProcess(["gateway", "--port", str(port)], env, root / "logs" / "gateway.log",
                                              f"http://127.0.0.1:{port}").start()
                     try:
@@ -436,7 +436,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=40, help="READMEs ingested")
     parser.add_argument("--fallback-share", type=float, default=0.7, help="share of training questions sent to the teacher")
     parser.add_argument("--min-examples", type=int, default=20, help="AION_TRAIN_MIN_EXAMPLES")
-    parser.add_argument("--max-tokens", type=int, default=96, help="AION_LOCAL_MAX_TOKENS")
+    parser.add_argument("--max-tokens", type=int, default=64, help="AION_LOCAL_MAX_TOKENS")
+    parser.add_argument("--top-k", type=int, default=4,
+                        help="AION_TOP_K: passages per answer (default 8 in production; fewer keep rows short on CPU)")
     parser.add_argument("--tau", type=float, default=0.62, help="the default tau the fallback share is counted at")
     parser.add_argument("--measure-after", type=lambda v: [int(x) for x in v.split(",")], default=None,
                         help="nights after which the held-out questions are asked (default: 1 and the last)")
