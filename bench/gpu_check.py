@@ -10,7 +10,8 @@ weights (decode speed does not depend on their values) and a word-level tokenize
 2. trains five QLoRA steps and runs one gate evaluation with the trainer's code;
 3. reloads that adapter into the running service and serves it per request beside base-model requests;
 4. merges it into the base (and reads /health);
-5. serves the same model in bf16 at 1, 8 and 32 streams;
+5. serves the same model in bf16 at 1, 8 and 32 streams, and runs the 32-prompt burst through transformers'
+   own continuous batching (`generate_batch`, paged KV cache) for comparison;
 
 printing peak GPU memory and, beside single-stream decode, its physical bound: the weight bytes a token
 reads over the memory bandwidth measured on the device. Writes everything as JSON to --out.
@@ -312,6 +313,44 @@ def adapter_phase(url: str, adapter: str, plan: Plan, memory: MemorySampler) -> 
     return result
 
 
+def transformers_batching(model: Path, plan: Plan, streams: int) -> dict[str, Any]:
+    """The same burst through transformers' own continuous batching (`generate_batch`, paged KV cache),
+    offline: what AION's engine on the transformers path is measured against."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from services.inference.loader import compute_dtype
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=compute_dtype(plan.device), device_map=plan.device)
+    loaded.eval()
+    rng = random.Random("transformers")
+    prompts = [tokenizer.apply_chat_template(
+        [{"role": "system", "content": "w1 w2"}, {"role": "user", "content": prompt_text(rng, plan.prompt_words,
+                                                                                          plan.config["vocab_size"])}],
+        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] for _ in range(streams)]
+    config = GenerationConfig(max_new_tokens=plan.new_tokens, do_sample=False,
+                              eos_token_id=plan.config["eos_token_id"], pad_token_id=tokenizer.pad_token_id)
+    # The paged cache sized for this burst (by default it takes most of the free memory).
+    longest = max(len(p) for p in prompts) + plan.new_tokens
+    batching = ContinuousBatchingConfig(num_blocks=streams * -(-longest // 256) + 8,
+                                        max_batch_tokens=max(1024, 4 * longest))
+    with torch.inference_mode():
+        loaded.generate_batch(inputs=prompts[:2], generation_config=config, continuous_batching_config=batching)
+        started = time.perf_counter()
+        out = loaded.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=batching)
+        wall = time.perf_counter() - started
+    tokens = sum(len(o.generated_tokens) for o in out.values())
+    if not tokens:
+        raise RuntimeError("generate_batch returned no tokens (see its log above)")
+    del loaded
+    _empty_device_cache(plan)
+    result = {"streams": streams, "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 1)}
+    log(f"transformers generate_batch {streams} prompts: {result['tokens_per_s']} tok/s")
+    return result
+
+
 # -- the device --------------------------------------------------------------------------------------
 class MemorySampler:
     """Peak device memory in use (every process) per phase, sampled every 50 ms."""
@@ -439,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "prompt_words": plan.prompt_words, "new_tokens": plan.new_tokens},
                               "environment": environment(plan), "ok": False}
     memory = MemorySampler(plan.device)
+
+    def save() -> None:  # after every phase: a run cut short still leaves what it measured
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2))
+
     try:
         report["bandwidth_gb_s"] = bandwidth = measure_bandwidth(plan)
         model = work / "model"
@@ -446,28 +492,32 @@ def main(argv: list[str] | None = None) -> int:
         with inference_service(model, plan, True, work) as url:
             report["nf4"] = streams_phase(url, plan, "nf4", memory)
             report["nf4_bound"] = bound(report["nf4"][0], bandwidth, weight_bytes_per_token(plan.config, True))
+            save()
             with memory.phase("qlora"):
                 report["qlora"] = train_and_gate(model, plan, work)
             report["qlora"]["peak_memory_mb"] = memory.peaks["qlora"]
             log(f"QLoRA: {report['qlora']['steps']} steps at {report['qlora']['seconds_per_step']} s/step; gate "
                 f"{report['qlora']['gate']['decision']} in {report['qlora']['gate']['seconds']} s")
+            save()
             report["adapter"] = adapter_phase(url, report["qlora"]["adapter"], plan, memory)
+            save()
         if not args.skip_full_precision:
             with inference_service(model, plan, False, work) as url:
                 report["full"] = streams_phase(url, plan, plan.dtype, memory)
                 report["full_bound"] = bound(report["full"][0], bandwidth,
                                              weight_bytes_per_token(plan.config, False))
+            save()
+            try:  # a comparison, not a check of AION: its failure is recorded, not fatal
+                report["transformers_generate_batch"] = transformers_batching(model, plan, max(plan.streams))
+            except Exception as exc:
+                report["transformers_generate_batch"] = {"error": f"{type(exc).__name__}: {exc}"}
         report["ok"] = True
     except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(f"FAILED: {report['error']}")
     finally:
-        report["seconds"] = round(time.perf_counter() - started, 1)
-        text = json.dumps(report, indent=2)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-        sys.stdout.write(text + "\n")
+        save()
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0 if report["ok"] else 1
