@@ -17,9 +17,9 @@ else
   where=(--user)
 fi
 if [ -d .gpu-wheels ]; then
-  "$PY" -m pip install -q "${where[@]}" --no-index --find-links .gpu-wheels "${needs[@]}"
+  "$PY" -m pip install -q ${where[@]+"${where[@]}"} --no-index --find-links .gpu-wheels "${needs[@]}"
 else
-  "$PY" -m pip install -q "${where[@]}" "${needs[@]}"
+  "$PY" -m pip install -q ${where[@]+"${where[@]}"} "${needs[@]}"
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD"
 exec "$PY" -m bench.gpu_check "$@"
