@@ -149,7 +149,7 @@ def inference_service(model: Path, plan: Plan, four_bit: bool, work: Path) -> It
            "AION_MAX_BATCH_SIZE": str(max(plan.streams)), "AION_MAX_QUEUE": "256",
            "AION_MAX_NEW_TOKENS": str(plan.new_tokens), "AION_DATA_DIR": str(work / "data"),
            "AION_PREFIX_CACHE_MB": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)}
     env.pop("AION_INFERENCE_TOKEN", None)
     log_path = work / f"inference-{'nf4' if four_bit else 'full'}.log"
     code = ("import uvicorn; from services.inference.main import create_app; "
