@@ -185,13 +185,13 @@ def inference_service(model: Path, plan: Plan, four_bit: bool, work: Path) -> It
             proc.wait(10)
 
 
-async def one_stream(client: httpx.AsyncClient, prompt: str, plan: Plan, adapter: str | None) -> tuple[float, int]:
+async def one_stream(client: httpx.AsyncClient, prompt: str, new_tokens: int, adapter: str | None) -> tuple[float, int]:
     """(seconds to the first token, tokens generated) of one /generate/stream request."""
     started = time.perf_counter()
     first: float | None = None
     tokens = 0
-    body = {"prompt": prompt, "system": "w1 w2", "temperature": 0, "max_new_tokens": plan.new_tokens,
-            "adapter": adapter}
+    body = {"prompt": prompt, "system": "w1 w2", "temperature": 0, "max_new_tokens": new_tokens,
+            "adapter": adapter, "ignore_eos": True}  # random weights: a stream's length is the test's choice
     async with client.stream("POST", "/generate/stream", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"stream answered {response.status_code}: {(await response.aread())[:400]!r}")
@@ -208,33 +208,58 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, plan: Plan, adapter
     return (first if first is not None else time.perf_counter() - started), tokens
 
 
-async def burst(url: str, plan: Plan, streams: int, rng: random.Random,
-                adapters: tuple[str | None, ...] = (None,)) -> dict[str, Any]:
-    """`streams` concurrent requests of distinct prompts: aggregate tokens/s and first-token times."""
+def step_metrics(url: str) -> dict[str, float]:
+    """The engine's step and prefill timers (sum and count of each histogram) from /metrics."""
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        for name in ("step_forward_seconds", "step_tokens_seconds", "prefill_seconds"):
+            for part in ("sum", "count"):
+                if line.startswith(f"aion_inference_{name}_{part} "):
+                    out[f"{name}_{part}"] = float(line.split()[-1])
+    return out
+
+
+def _mean_ms(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    return round(1000 * (after[f"{name}_sum"] - before[f"{name}_sum"]) / count, 2) if count else None
+
+
+async def burst(url: str, plan: Plan, streams: int, rng: random.Random, adapters: tuple[str | None, ...] = (None,),
+                new_tokens: int | None = None) -> dict[str, Any]:
+    """`streams` concurrent requests of distinct prompts: aggregate tokens/s, first-token times, and where a
+    decode step's time went (the engine's own timers)."""
+    new_tokens = new_tokens or plan.new_tokens
     prompts = [prompt_text(rng, plan.prompt_words, plan.config["vocab_size"]) for _ in range(streams)]
+    before = await asyncio.to_thread(step_metrics, url)
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         started = time.perf_counter()
-        results = await asyncio.gather(*[one_stream(client, p, plan, adapters[i % len(adapters)])
+        results = await asyncio.gather(*[one_stream(client, p, new_tokens, adapters[i % len(adapters)])
                                          for i, p in enumerate(prompts)])
         wall = time.perf_counter() - started
+    after = await asyncio.to_thread(step_metrics, url)
     firsts = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
     return {"streams": streams, "tokens": tokens, "seconds": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1), "ttft_p50_s": round(statistics.median(firsts), 3),
             "ttft_max_s": round(firsts[-1], 3),
-            "decode_tokens_per_s_per_stream": round(plan.new_tokens / max(wall - firsts[-1], 1e-6), 1)
-            if streams == 1 else None}
+            "decode_tokens_per_s_per_stream": round(new_tokens / max(wall - firsts[-1], 1e-6), 1)
+            if streams == 1 else None,
+            "step_forward_ms": _mean_ms(before, after, "step_forward_seconds"),
+            "step_tokens_ms": _mean_ms(before, after, "step_tokens_seconds"),
+            "prefill_ms": _mean_ms(before, after, "prefill_seconds")}
 
 
 def streams_phase(url: str, plan: Plan, label: str, memory: MemorySampler) -> list[dict[str, Any]]:
     rng = random.Random(label)
-    asyncio.run(burst(url, plan, 1, rng))  # warm-up: first-call allocations and kernel choices
+    for n in plan.streams:  # warm-up: first-call allocations and kernel choices at every batch shape
+        asyncio.run(burst(url, plan, n, rng, new_tokens=4))
     out = []
     for n in plan.streams:
         with memory.phase(f"{label} {n} streams"):
             result = asyncio.run(burst(url, plan, n, rng))
         result["peak_memory_mb"] = memory.peaks[f"{label} {n} streams"]
-        log(f"{label} {n:>2} streams: {result['tokens_per_s']:8.1f} tok/s, first token p50 {result['ttft_p50_s']} s")
+        log(f"{label} {n:>2} streams: {result['tokens_per_s']:8.1f} tok/s, first token p50 {result['ttft_p50_s']} s, "
+            f"step {result['step_forward_ms']} + {result['step_tokens_ms']} ms, prefill {result['prefill_ms']} ms")
         out.append(result)
     return out
 
@@ -262,7 +287,7 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
         "AION_TRAIN_DEVICE": "cuda" if plan.device.startswith("cuda") else "cpu",
         "AION_TRAIN_LOAD_IN_4BIT": "true", "AION_TRAIN_MAX_STEPS": plan.train_steps, "AION_TRAIN_BATCH_SIZE": 4,
         "AION_TRAIN_REPLAY_RATIO": 0, "AION_TRAIN_HELDOUT_FRACTION": 0.2, "AION_TRAIN_MIN_EXAMPLES": 1,
-        "AION_TRAIN_REGRESSION_MAX_NEW_TOKENS": 8})
+        "AION_TRAIN_REGRESSION_MAX_NEW_TOKENS": 8, "AION_TRAIN_LEARNING_RATE": 2e-4})
     started = time.perf_counter()
     base = load_base(settings)
     loaded_s = time.perf_counter() - started
@@ -308,7 +333,8 @@ def adapter_phase(url: str, adapter: str, plan: Plan, memory: MemorySampler) -> 
                   k: health.get(k) for k in ("quantization", "merged", "adapter", "kv_cache", "runner")},
               "after_merge_1_stream": after, "base_after_merge_status": refused,
               "merge_peak_memory_mb": memory.peaks["merge"]}
-    log(f"adapter: reload {result['reload_s']} s, 1 stream {alone['tokens_per_s']} tok/s, "
+    log(f"adapter: reload {result['reload_s']} s, 1 stream {alone['tokens_per_s']} tok/s "
+        f"(step {alone['step_forward_ms']} + {alone['step_tokens_ms']} ms), "
         f"{plan.streams[1]} mixed {mixed['tokens_per_s']} tok/s; merge {merge.status_code} in {merge_s:.1f} s")
     return result
 
@@ -316,7 +342,6 @@ def adapter_phase(url: str, adapter: str, plan: Plan, memory: MemorySampler) -> 
 def transformers_batching(model: Path, plan: Plan, streams: int) -> dict[str, Any]:
     """The same burst through transformers' own continuous batching (`generate_batch`, paged KV cache),
     offline: what AION's engine on the transformers path is measured against."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -336,11 +361,10 @@ def transformers_batching(model: Path, plan: Plan, streams: int) -> dict[str, An
     longest = max(len(p) for p in prompts) + plan.new_tokens
     batching = ContinuousBatchingConfig(num_blocks=streams * -(-longest // 256) + 8,
                                         max_batch_tokens=max(1024, 4 * longest))
-    with torch.inference_mode():
-        loaded.generate_batch(inputs=prompts[:2], generation_config=config, continuous_batching_config=batching)
-        started = time.perf_counter()
-        out = loaded.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=batching)
-        wall = time.perf_counter() - started
+    loaded.generate_batch(inputs=prompts[:2], generation_config=config, continuous_batching_config=batching)
+    started = time.perf_counter()
+    out = loaded.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=batching)
+    wall = time.perf_counter() - started
     tokens = sum(len(o.generated_tokens) for o in out.values())
     if not tokens:
         raise RuntimeError("generate_batch returned no tokens (see its log above)")

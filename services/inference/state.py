@@ -87,7 +87,8 @@ class InferenceState:
             runner.kv_budget_bytes = kv_budget_bytes(self.settings.kv_cache_mb, device, runner,
                                                      self.settings.max_batch_size)
             engine = Engine(runner, max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
-                            on_step=self._on_step, on_finish=self._on_finish)
+                            on_step=self._on_step, on_prefill=self.metrics.prefill_seconds.observe,
+                            on_finish=self._on_finish)
             adapters = AdapterManager(runner, self.base_name, four_bit)
             if self.settings.embed_model != NO_EMBEDDINGS:
                 embed_path = resolve_embed_model(self.settings.embed_model)
@@ -152,9 +153,11 @@ class InferenceState:
                           if line.startswith("MemAvailable:")), 0)
         return available - weight_bytes - margin
 
-    def _on_step(self, rows: int) -> None:
+    def _on_step(self, rows: int, forward_s: float, tokens_s: float) -> None:
         self.metrics.batch_size.observe(rows)
         self.metrics.running.set(rows)
+        self.metrics.step_forward_seconds.observe(forward_s)
+        self.metrics.step_tokens_seconds.observe(tokens_s)
 
     def _on_finish(self, event: StreamEvent) -> None:
         m = self.metrics

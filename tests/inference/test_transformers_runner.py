@@ -163,7 +163,7 @@ async def test_the_kv_budget_bounds_how_many_rows_run_and_refuses_what_never_fit
     longest = max(len(r.prompt_ids) + 10 for r in requests)
     runner.kv_budget_bytes = 2 * longest * runner.kv_position_bytes()  # room for two rows, not three
     seen: list[int] = []
-    engine = Engine(runner, max_batch_size=8, max_queue=8, on_step=seen.append)
+    engine = Engine(runner, max_batch_size=8, max_queue=8, on_step=lambda rows, *_: seen.append(rows))
     too_big = request_for(qwen, "hi", max_new=2 * longest)  # alone it would need more than the budget
     try:
         results = await run_all(engine, [*requests, too_big])
