@@ -47,7 +47,10 @@ def chat_gateway(clean_db: str, inference_url: str, standin: StandIn) -> Callabl
         env = {"AION_FALLBACK_BASE_URL": f"{inference_url}/v1", "AION_FALLBACK_MODEL": "smollm2-135m-instruct",
                "OPENAI_API_KEY": "test-key", "AION_BUDGET_USD": 5.0, "AION_FALLBACK_SHARE_MIN_ANSWERS": 1000,
                "AION_LOCAL_MAX_TOKENS": 48, "AION_FALLBACK_MAX_TOKENS": 48, "AION_LOCAL_TEMPERATURE": 0,
-               "AION_FALLBACK_TEMPERATURE": 0}
+               "AION_FALLBACK_TEMPERATURE": 0,
+               # Off unless a test turns it on (test_trust.py): routing by C and the budget must not
+               # hang on whether the small model's words happen to be backed by the passages.
+               "AION_SUPPORT_THRESHOLD": 0}
         env.update(overrides)
         return _gateway(clean_db, inference_url, env)
     return factory
