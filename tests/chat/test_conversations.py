@@ -9,23 +9,13 @@ import httpx
 import psycopg
 import pytest
 
-from services.gateway.auth.keys import generate_key
-from tests.chat.conftest import TENANT, answer_events, ledger_rows
+from tests.chat.conftest import answer_events, ledger_rows, new_key
 from tests.fixtures.openai_standin import REPLY
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "At what temperature do the greenhouse roof vents open?"
 FOLLOW_UP = "And when do they close?"
-
-
-def new_key(db: str, role: str) -> str:
-    key = generate_key()
-    with psycopg.connect(db) as conn:
-        conn.execute("INSERT INTO api_keys (id, name, role, tenant_id, key_prefix, key_hash) "
-                     "VALUES (%s, %s, %s, %s, %s, %s)", (uuid.uuid4(), f"{role}-{key.prefix}", role, TENANT,
-                                                         key.prefix, key.hash))
-    return key.key
 
 
 def client(url: str, key: str) -> httpx.Client:

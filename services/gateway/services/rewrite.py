@@ -83,7 +83,8 @@ def clean(text: str) -> str:
 
 
 def acceptable(candidate: str, question: str, history: Sequence[dict[str, str]]) -> bool:
-    """One plain question-sized line whose content words come from the conversation, not the instructions."""
+    """One question-sized line that keeps the follow-up's own words and takes the rest from the conversation
+    (not from the instructions, nor from the model's imagination)."""
     if not 3 <= len(candidate) <= max(300, 3 * len(question)):
         return False
     said = set(terms(candidate))
@@ -91,7 +92,10 @@ def acceptable(candidate: str, question: str, history: Sequence[dict[str, str]])
         return False  # empty, or the question again with nothing added
     if any(len(said & set(terms(i))) >= 4 for i in INSTRUCTIONS.values()):
         return False
-    known = set(terms(question)).union(*(set(terms(t["content"])) for t in history))
+    asked = set(terms(question))
+    if asked and len(said & asked) * 2 < len(asked):
+        return False  # it dropped what the follow-up asks (the model answered instead of rewriting)
+    known = asked.union(*(set(terms(t["content"])) for t in history))
     return len(said & known) / len(said) >= _MIN_GROUNDED
 
 
