@@ -27,8 +27,8 @@ from shared.protocol.openai import (
 )
 
 from ..auth.deps import principal_of
-from ..chat_schemas import ChatRequest, ChatResponse
 from ..deps import StateDep
+from ..schemas import ChatRequest, ChatResponse
 from ..services.answer import AnswerEvent, AnswerRequest, AnswerService
 from ..services.conversations import ConversationRef
 

@@ -11,7 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ..auth.deps import PrincipalDep
-from ..chat_schemas import (
+from ..deps import StateDep
+from ..schemas import (
     ConversationDeleted,
     ConversationDetail,
     ConversationPage,
@@ -19,7 +20,6 @@ from ..chat_schemas import (
     ConversationSummary,
     ConversationTurnOut,
 )
-from ..deps import StateDep
 
 router = APIRouter(prefix="/api/ai/conversations", tags=["conversations"])
 

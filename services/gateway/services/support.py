@@ -24,8 +24,10 @@ _TOKEN = re.compile(r"\d+(?:[.,:]\d+)*|[^\W\d_]+", re.UNICODE)
 _THOUSANDS = re.compile(r"^\d{1,3}(?:[.,]\d{3})+$")
 _NUMBER_WORDS = {
     **{w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())},
-    **{w: str(i) for i, w in enumerate("zero um dois três quatro cinco seis sete oito nove dez onze doze".split())},
-    "uma": "1", "duas": "2", "tres": "3",
+    # Portuguese "um"/"uma" are left out: far more often articles ("um robô") than the number one.
+    **{w: str(i) for i, w in enumerate("zero - dois três quatro cinco seis sete oito nove dez onze doze".split())
+       if w != "-"},
+    "duas": "2", "tres": "3",
 }
 # Words that carry no claim in either language (content words are what an answer asserts).
 _STOP = frozenset("""
@@ -37,6 +39,7 @@ _STOP = frozenset("""
     o os as um uma uns umas de da das dos em na nas no nos num numa para pelo pela pelos pelas por com sem que
     qual quais quanto quanta quantos quantas quando onde como porque é são está estão foi foram ser ter tem têm
     há seu sua seus suas isso isto esse essa este esta ao aos à às e ou mas não sim também já mais muito muita
+    um uma quem tempo
     até sobre entre cada qualquer você ele ela eles elas eu nós lhe se resposta pergunta documento documentos
     """.split())
 _NOT_FOUND = re.compile(
