@@ -195,8 +195,9 @@ async def openai_chat(body: ChatCompletionRequest, request: Request, answers: An
             model=GATEWAY_MODEL, choices=[Choice(message=ChoiceMessage(content=out["text"]), finish_reason="stop")],
             usage=Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                         total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),
-            sources=out["sources"], aion={"used": out["used"], "C": out["C"], "request_id": out["request_id"],
-                                          "warnings": out["warnings"]})
+            sources=out["sources"], aion={"used": out["used"], "answer": out["answer"], "C": out["C"],
+                                          "support": out["support"], "request_id": out["request_id"],
+                                          "warnings": out["warnings"], "conversation_id": out.get("conversation_id")})
 
     cid, created = completion_id(), int(time.time())
 
@@ -224,7 +225,9 @@ async def openai_chat(body: ChatCompletionRequest, request: Request, answers: An
                                         usage=Usage(prompt_tokens=usage["prompt_tokens"],
                                                     completion_tokens=usage["completion_tokens"],
                                                     total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),
-                                        aion={"used": event.data["used"], "request_id": event.data["request_id"]})
+                                        aion={"used": event.data["used"], "answer": event.data["answer"],
+                                              "support": event.data["support"],
+                                              "request_id": event.data["request_id"]})
                 yield {"data": c.model_dump_json(exclude_none=True)}
         yield {"data": "[DONE]"}
 
