@@ -219,6 +219,8 @@ class ConversationRename(BaseModel):
         value = " ".join(value.split())
         if not value:
             raise ValueError("title must not be blank")
+        if "\x00" in value:  # Postgres text cannot hold it
+            raise ValueError("title must not contain NUL characters")
         return value
 
 

@@ -30,7 +30,9 @@ MAX_OFFSET = 10**12
 @router.get("", response_model=ConversationPage)
 async def list_conversations(
     state: StateDep, principal: PrincipalDep,
-    q: Annotated[str | None, Query(max_length=200, description="search titles and turn text")] = None,
+    # No NUL: Postgres text cannot hold it (a 422 here, not a database error).
+    q: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$",
+                                   description="search titles and turn text")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ConversationPage:
