@@ -71,7 +71,7 @@ def test_no_key_means_not_found_or_local_with_a_warning(chat_gateway, clean_db) 
     # Below τ and nothing paid may answer: the documents do not seem to cover it (the closest quoted).
     assert out["used"] == "documents" and out["answer"] == "not_found"
     assert {"low_confidence", "fallback_disabled"} <= set(out["warnings"])
-    assert out["text"].startswith("The documents do not seem to answer this directly.") and "[1]" in out["text"]
+    assert out["text"].startswith("The documents do not seem to cover this.") and "[1]" in out["text"]
     with chat_gateway(OPENAI_API_KEY=None, AION_FALLBACK_BASE_URL=None, AION_LOW_CONFIDENCE_ANSWER="local") as url:
         tried = ask(url, tau=0.99)
     assert tried["used"] == "local" and tried["answer"] == "generated"

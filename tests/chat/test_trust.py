@@ -107,7 +107,7 @@ def test_a_question_outside_the_documents_gets_not_found_without_a_fallback(chat
         out = ask(url, message="Who won the football World Cup in 2018?")
     assert out["C"] < 0.62 and "low_confidence" in out["warnings"] and "fallback_disabled" in out["warnings"]
     assert out["answer"] == "not_found" and out["used"] == "documents"
-    assert out["text"].startswith("The documents do not seem to answer this directly.")
+    assert out["text"].startswith("The documents do not seem to cover this.")
     assert standin.calls == []  # no model was asked to make something up
     assert ledger_rows(clean_db) == []
 

@@ -49,8 +49,8 @@ def test_quoted_and_not_found_answers_quote_the_best_passage_sentence_with_its_n
     assert quoted.startswith("Quoted from the documents:\n“Every Pomelo robot comes with a three-year warranty")
     assert "onboard computer.” [1]" in quoted  # cited by the number its passage had in the prompt, not its place
     missing = not_found_answer("Who won the World Cup?", [PRICE], "pt")
-    assert missing.startswith("Os documentos não parecem responder a isso diretamente.")
-    assert not_found_answer("anything", [], "en") == "The documents do not seem to answer this directly."
+    assert missing.startswith("Não encontrei isso nos documentos.")
+    assert not_found_answer("anything", [], "en") == "The documents do not seem to cover this."
     assert says_not_found(missing) and says_not_found("I could not find this in the documents.")
     assert not says_not_found("The warranty lasts three years [1].")
 

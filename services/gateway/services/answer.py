@@ -63,6 +63,8 @@ class SourcePassage:
 class RetrievedContext:
     passages: Sequence[SourcePassage]
     confidence: float
+    # `warn` payloads from retrieval ({"reason", "message"}), e.g. embeddings_unavailable: sent first.
+    warnings: Sequence[dict[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,9 @@ class AnswerService:
             out.language = self._language(req.question, *texts)
             yield AnswerEvent("sources", {"sources": out.sources, "C": round(context.confidence, 4),
                                           **self._conversation_fields(req, out)})
+            for warning in context.warnings:
+                out.warnings.append(warning["reason"])
+                yield AnswerEvent("warn", dict(warning))
             persona = self.policy.personas[out.language]
             messages, out.history_dropped = fit_history(
                 lambda kept: build_rag_messages(req.question, out.passages, language=out.language or "pt",

