@@ -3,6 +3,9 @@ deleted, each key seeing its own; and forceFallback/tau honoured for admin keys 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 
 import httpx
@@ -89,3 +92,23 @@ def test_force_fallback_and_tau_are_honoured_for_admin_keys_only(chat_gateway, c
             forced = c.post("/api/ai/chat", json={"message": QUESTION, "forceFallback": True, "store": False}).json()
         assert forced["used"] == "fallback" and standin.calls[-1]["model"] == "paid"
         assert "admin_only_option" not in forced["warnings"] and len(ledger_rows(clean_db)) == 1
+
+
+def test_aion_ask_names_the_two_numbers_and_continues_a_conversation(chat_gateway, clean_db, standin) -> None:
+    env = {"AION_LOCAL_CHAT_URL": standin.url, "AION_LOCAL_MODEL": "ok", "AION_AUTH": "on",
+           "AION_TAU_CONFIDENCE": 0.3}
+    with chat_gateway(**env) as url:
+        cli_env = {**os.environ, "AION_API_KEY": new_key(clean_db, "user"), "AION_GATEWAY_URL": url}
+
+        def aion_ask(*args: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "aion", "ask", *args], env=cli_env, capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        first = aion_ask(QUESTION)
+        assert REPLY in first and "local model · retrieval match 0." in first and "· answer support " in first
+        conversation = first.split("conversation ")[1].split(" ")[0]
+        second = aion_ask("--conversation", conversation, FOLLOW_UP)
+        assert f"conversation {conversation}" in second
+    assert [m["role"] for m in standin.calls[-1]["messages"]] == ["system", "user", "assistant", "user"]

@@ -51,8 +51,10 @@ logger = logging.getLogger(__name__)
 
 
 class ChatClient:
-    # A context length learnt from the server is trusted this long (a restart may serve another model).
+    # A context length learnt from the server is trusted this long (a restart may serve another model);
+    # after a failed lookup the server is asked again only after RETRY_S (a down server costs no time twice).
     CONTEXT_TTL_S = 300.0
+    CONTEXT_RETRY_S = 30.0
 
     def __init__(self, *, base_url: str, api_key: str | None, model: str, timeout_s: float,
                  max_retries: int, request_id_header: str = "x-request-id") -> None:
@@ -84,7 +86,8 @@ class ChatClient:
             window = int(value) if value else None
         except (openai.OpenAIError, ValueError, TypeError) as exc:
             logger.info("%s/models did not give a context length: %s", self.base_url, exc)
-            return None  # not cached: ask again next time
+            self._context = (now - self.CONTEXT_TTL_S + self.CONTEXT_RETRY_S, None)
+            return None
         self._context = (now, window)
         return window
 
