@@ -37,6 +37,9 @@ _PREFIX = re.compile(r"^\s*(?:rewritten question|question|pergunta reescrita|per
 # Of the rewrite's content words, at least this share must come from the conversation or the question.
 _MIN_GROUNDED = 0.8
 _TURN_CHARS = 400  # each earlier turn, as shown to the rewriter (the recent words matter, not whole answers)
+_RULE_WORDS = 30  # of the previous question, at most
+_LONG_QUESTION = 1000  # characters: such a question is not a terse follow-up
+_MAX_REWRITE = 1000
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class QuestionRewriter:
                       request_id: str | None = None) -> Rewrite:
         """A standalone version of `question`; only call it when there is history."""
         recent = list(history[-self.turns:])
-        if self.max_tokens == 0:
+        if self.max_tokens == 0 or len(question) > _LONG_QUESTION:
             return Rewrite(rule_rewrite(question, recent), "rule")
         try:
             result = await self.client.complete(self._messages(question, recent, language),
@@ -85,7 +88,7 @@ def clean(text: str) -> str:
 def acceptable(candidate: str, question: str, history: Sequence[dict[str, str]]) -> bool:
     """One question-sized line that keeps the follow-up's own words and takes the rest from the conversation
     (not from the instructions, nor from the model's imagination)."""
-    if not 3 <= len(candidate) <= max(300, 3 * len(question)):
+    if not 3 <= len(candidate) <= min(_MAX_REWRITE, max(300, 3 * len(question))):
         return False
     said = set(terms(candidate))
     if not said or said <= set(terms(question)) and len(candidate) <= len(question):
@@ -100,6 +103,11 @@ def acceptable(candidate: str, question: str, history: Sequence[dict[str, str]])
 
 
 def rule_rewrite(question: str, history: Sequence[dict[str, str]]) -> str:
-    """The previous question's content words, then the new question: retrieval sees both subjects."""
+    """The previous question's content words, then the new question: retrieval sees both subjects.
+
+    A long question is its own context (and must stay under the query length limit): it is kept as is.
+    """
+    if len(question) > _LONG_QUESTION:
+        return question.strip()
     previous = next((t["content"] for t in reversed(history) if t["role"] == "user"), "")
-    return f"{' '.join(content_words(previous))} {question.strip()}".strip()
+    return f"{' '.join(content_words(previous)[:_RULE_WORDS])} {question.strip()}".strip()
