@@ -16,7 +16,7 @@ from .clients.inference import InferenceClient
 from .clients.inference_admin import InferenceAdmin
 from .observability import GatewayMetrics
 from .repositories.events import insert_event
-from .services.answer import AnswerPolicy, AnswerService, RetrievedContext, SourcePassage
+from .services.answer import AnswerPolicy, AnswerService, RetrievedContext
 from .services.budget import BudgetGuard, BudgetPolicy
 from .services.context_fit import ChatTokens
 from .services.conversations import ConversationStore
@@ -58,10 +58,7 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
             # Down or restarting: the same retryable 503 the other routes give (see main.py).
             raise ServiceUnavailable("the database is unavailable; retry in a few seconds",
                                      code="database_unavailable", headers={"Retry-After": "2"}) from exc
-        return RetrievedContext(confidence=found.confidence, passages=[
-            SourcePassage(chunk_id=str(p.chunk_id), document_id=str(p.document_id),
-                          title=p.title or p.source_name, page_or_heading=p.page_or_heading, text=p.text,
-                          score=p.score) for p in found.passages])
+        return RetrievedContext(confidence=found.confidence, passages=found.passages)
 
     async def log_event(tenant_id: str, kind: str, value: float, meta: dict[str, Any], request_id: str) -> None:
         async with sessions.begin() as session:

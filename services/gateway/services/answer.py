@@ -29,6 +29,7 @@ from .conversations import ConversationRef, ConversationStore
 from .language import Language, detect_language
 from .pricing import Price, estimate_messages_tokens, estimate_tokens, price_for
 from .prompt import PROMPT_VERSION, PromptPassage, build_rag_messages, source_label
+from .retrieval import Passage
 from .rewrite import QuestionRewriter, Rewrite
 from .support import Evidence, measure_support, not_found_answer, quoted_answer
 
@@ -48,20 +49,8 @@ class AnswerEvent:
 
 
 @dataclass(frozen=True)
-class SourcePassage:
-    """What retrieval hands the answer path (one chosen passage)."""
-
-    chunk_id: str
-    document_id: str
-    title: str
-    page_or_heading: str | None
-    text: str
-    score: float
-
-
-@dataclass(frozen=True)
 class RetrievedContext:
-    passages: Sequence[SourcePassage]
+    passages: Sequence[Passage]  # retrieval's own passages, best first: no copy into another type
     confidence: float
     # `warn` payloads from retrieval ({"reason", "message"}), e.g. embeddings_unavailable: sent first.
     warnings: Sequence[dict[str, Any]] = ()
@@ -128,6 +117,13 @@ class _Outcome:
     messages: list[dict[str, str]] = field(default_factory=list)  # exactly what the answering model got
 
 
+def source_item(n: int, passage: Passage) -> dict[str, Any]:
+    """A passage as the `sources` event, the chat response (SourceOut) and a conversation turn show it."""
+    return {"n": n, "document": str(passage.document_id), "chunk": str(passage.chunk_id),
+            "title": passage.title or passage.source_name, "page_or_heading": passage.page_or_heading,
+            "score": round(passage.score, 4), "text": passage.text}
+
+
 class AnswerService:
     def __init__(self, *, retrieve: RetrieveFn, log_event: LogEventFn, local: ChatClient,
                  fallback: ChatClient | None, budget: BudgetGuard, policy: AnswerPolicy, tokens: ChatTokens,
@@ -162,12 +158,10 @@ class AnswerService:
                                           original=req.question if query != req.question else None)
             budget = await self._prompt_budget()
             texts = fit_passages([p.text for p in context.passages], budget, self.tokens)
-            out.passages = [PromptPassage(n=i + 1, text=text, source=source_label(p.title, p.page_or_heading))
+            out.passages = [PromptPassage(n=i + 1, text=text, source=source_label(p.title or p.source_name,
+                                                                                    p.page_or_heading))
                             for i, (p, text) in enumerate(zip(context.passages, texts, strict=False))]
-            out.sources = [
-                {"n": i + 1, "document": p.document_id, "chunk": p.chunk_id, "title": p.title,
-                 "page_or_heading": p.page_or_heading, "score": round(p.score, 4), "text": p.text}
-                for i, p in enumerate(context.passages[:len(texts)])]
+            out.sources = [source_item(i + 1, p) for i, p in enumerate(context.passages[:len(texts)])]
             out.language = self._language(req.question, *texts)
             yield AnswerEvent("sources", {"sources": out.sources, "C": round(context.confidence, 4),
                                           **self._conversation_fields(req, out)})
