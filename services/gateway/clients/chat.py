@@ -24,9 +24,9 @@ class ContextOverflow(ChatUnavailable):
     """The model refused the prompt as longer than its context: no other model should silently take it."""
 
 
-# How servers word a too-long prompt: AION's inference ("the prompt has N tokens but only M fit"),
+# How servers word a too-long prompt: AION's inference ("the prompt has N tokens and the context holds M"),
 # vLLM and OpenAI ("maximum context length is N tokens").
-_OVERFLOW = re.compile(r"tokens but only|context length|context window|too many tokens", re.IGNORECASE)
+_OVERFLOW = re.compile(r"tokens but only|context holds|context length|context window|too many tokens", re.IGNORECASE)
 
 
 @dataclass
