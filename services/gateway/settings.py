@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from shared.db.settings import DatabaseSettings
 
 from .services.pricing import DEFAULT_PRICES
-from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
+from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, DEFAULT_RAG_SYSTEM_PROMPT_EN
 
 
 class GatewaySettings(DatabaseSettings):
@@ -55,7 +55,31 @@ class GatewaySettings(DatabaseSettings):
     tau_fallback: float = Field(default=0.18, ge=0.0, le=1.0, validation_alias="AION_TAU_FALLBACK")
     # Kept for the seed's retrieval-quality alarm (nDCG); read but not yet used by the answer path.
     tau_ndcg: float = Field(default=0.82, ge=0.0, le=1.0, validation_alias="AION_TAU_NDCG")
+    # The system prompt's opening for Portuguese questions (the owner's) and for English ones.
     rag_system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
+    rag_system_prompt_en: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT_EN, validation_alias="AION_RAG_SYSTEM_PROMPT_EN")
+    # "auto": the prompt speaks the question's language; "pt" or "en" pins one for every question.
+    prompt_language: Literal["auto", "pt", "en"] = Field(default="auto", validation_alias="AION_PROMPT_LANGUAGE")
+    # When neither the question nor its passages tell the language (the owner writes Portuguese).
+    default_language: Literal["pt", "en"] = Field(default="pt", validation_alias="AION_DEFAULT_LANGUAGE")
+
+    # What the prompt gives the local model: at most this many passages, together at most this many
+    # tokens (and never over a quarter of the model's context). The packaged 135M model answers best
+    # from 2-3 short passages (docs/benchmarks.md); a 7B model on a GPU host takes 6-8.
+    prompt_max_passages: int = Field(default=3, ge=1, le=50, validation_alias="AION_PROMPT_MAX_PASSAGES")
+    prompt_passage_tokens: int = Field(default=600, ge=64, le=100_000, validation_alias="AION_PROMPT_PASSAGE_TOKENS")
+    # The local model's context length; 0: ask its server (/v1/models `max_model_len`), 2048 if it does not say.
+    local_context_tokens: int = Field(default=0, ge=0, le=10_000_000, validation_alias="AION_LOCAL_CONTEXT_TOKENS")
+    # A local answer whose passages back less than this share of it (services/support.py) is re-answered
+    # by the fallback when allowed, else replaced by the passages' own sentences, quoted. 0: never.
+    support_threshold: float = Field(default=0.6, ge=0.0, le=1.0, validation_alias="AION_SUPPORT_THRESHOLD")
+    # Below τ with no fallback: "not_found" says the documents do not seem to cover it (quoting the
+    # closest passages); "local" lets the local model try anyway (its answer is still support-checked).
+    low_confidence_answer: Literal["not_found", "local"] = Field(default="not_found",
+                                                                 validation_alias="AION_LOW_CONFIDENCE_ANSWER")
+    # Follow-ups are rewritten into standalone questions by the local model with at most this many
+    # tokens (0: by the deterministic rule only).
+    rewrite_max_tokens: int = Field(default=48, ge=0, le=512, validation_alias="AION_REWRITE_MAX_TOKENS")
 
     # The local model, spoken to in the OpenAI dialect (so vLLM/TGI/Ollama can stand in for it).
     local_chat_url: str | None = Field(default=None, validation_alias="AION_LOCAL_CHAT_URL")

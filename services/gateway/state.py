@@ -12,6 +12,7 @@ from .clients.inference import InferenceClient
 from .clients.inference_admin import InferenceAdmin
 from .services.answer import AnswerService
 from .services.budget import BudgetGuard
+from .services.conversations import ConversationStore
 from .services.export import Exporter
 from .services.tokens import TokenCounter
 from .settings import GatewaySettings
@@ -31,6 +32,10 @@ class GatewayState:
     @property
     def answers(self) -> AnswerService:
         return self.chat.answers
+
+    @property
+    def conversations(self) -> ConversationStore:
+        return self.chat.conversations
 
     @property
     def budget(self) -> BudgetGuard:

@@ -122,6 +122,8 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "aion"
     parent: str | None = None
+    # The context length in tokens (vLLM's field name), so a client can fit its prompts without guessing.
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):

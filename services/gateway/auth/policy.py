@@ -17,7 +17,8 @@ from .principal import Role
 PROTECTED_PREFIXES = ("/api/", "/v1/")
 PROTECTED_PATHS = frozenset({"/metrics"})
 
-# What a `user` key may call: ask, search, rate answers, read the documents answers come from.
+# What a `user` key may call: ask, search, rate answers, read the documents answers come from, and
+# keep its own conversations (the routes show a user key only the conversations it began).
 # Every other protected route (upload and delete documents, export, training, adapters, budget,
 # admin data, metrics) needs `admin`.
 _USER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -30,6 +31,10 @@ _USER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("POST", r"/api/ai/feedback"),
         ("GET", r"/api/ai/documents"),
         ("GET", r"/api/ai/documents/[^/]+"),
+        ("GET", r"/api/ai/conversations"),
+        ("GET", r"/api/ai/conversations/[^/]+"),
+        ("PATCH", r"/api/ai/conversations/[^/]+"),
+        ("DELETE", r"/api/ai/conversations/[^/]+"),
     ))
 
 _CHAT_PATHS = frozenset({"/api/ai/chat", "/api/ai/chat/stream", "/v1/chat/completions"})

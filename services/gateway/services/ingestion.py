@@ -139,12 +139,6 @@ async def ingest_uploads(session: AsyncSession, client: InferenceClient, tenant_
     return [r for r in results if r is not None]
 
 
-async def ingest_upload(session: AsyncSession, client: InferenceClient, tenant_id: str, upload: Upload,
-                        options: IngestOptions) -> FileResult:
-    """One file (see `ingest_uploads`)."""
-    return (await ingest_uploads(session, client, tenant_id, [upload], options))[0]
-
-
 async def _guard(name: str, step: Awaitable[Any]) -> Any:
     """Run one file's step; expected problems become that file's result, never the request's."""
     try:
