@@ -13,7 +13,9 @@ from .clients.inference_admin import InferenceAdmin
 from .services.answer import AnswerService
 from .services.budget import BudgetGuard
 from .services.export import Exporter
+from .services.images import ImageStudio
 from .services.tokens import TokenCounter
+from .services.webpages import WebIngestor
 from .settings import GatewaySettings
 
 
@@ -27,6 +29,8 @@ class GatewayState:
     inference: InferenceClient
     token_counter: TokenCounter
     chat: ChatParts
+    images: ImageStudio
+    web: WebIngestor
 
     @property
     def answers(self) -> AnswerService:

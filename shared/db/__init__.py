@@ -2,7 +2,7 @@
 
 from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
-from .models import EMBEDDING_DIM, AiEvent, ApiKey, Chunk, Document
+from .models import EMBEDDING_DIM, AiEvent, ApiKey, Chunk, Document, GeneratedImage, WebPage
 from .settings import DatabaseSettings
 
 __all__ = [
@@ -13,6 +13,8 @@ __all__ = [
     "Chunk",
     "DatabaseSettings",
     "Document",
+    "GeneratedImage",
+    "WebPage",
     "make_async_engine",
     "make_session_factory",
     "make_sync_engine",
