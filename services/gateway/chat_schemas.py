@@ -34,6 +34,7 @@ class SourceOut(BaseModel):
     page_or_heading: str | None
     score: float
     text: str
+    url: str | None = None
 
 
 class UsageOut(BaseModel):

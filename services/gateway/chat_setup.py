@@ -56,7 +56,8 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         return RetrievedContext(confidence=found.confidence, passages=[
             SourcePassage(chunk_id=str(p.chunk_id), document_id=str(p.document_id),
                           title=p.title or p.source_name, page_or_heading=p.page_or_heading, text=p.text,
-                          score=p.score) for p in found.passages])
+                          score=p.score, url=p.source_name if p.source_name.startswith(("http://", "https://"))
+                          else None) for p in found.passages])
 
     async def log_event(tenant_id: str, kind: str, value: float, meta: dict[str, Any], request_id: str) -> None:
         async with sessions.begin() as session:

@@ -1,8 +1,8 @@
 """Image generation: one diffusers pipeline, one generation at a time, a bounded line of waiting requests.
 
 The pipeline runs on a single worker thread (never on the event loop), which is also what keeps two
-generations off the device at once; an asyncio lock in front of it is the queue that requests wait in,
-so a waiting request can be counted, reported and cancelled. A running generation is cancelled between
+generations off the device at once; a line of futures in front of it is the queue that requests wait
+in, so a waiting request can be counted, reported and cancelled without ever reaching the device. A running generation is cancelled between
 denoising steps (the step callback raises), by the client going away or by an explicit cancel.
 """
 
@@ -59,12 +59,16 @@ class ImageJob:
     error: str | None = None
     cancel_reason: str | None = None
     created: float = field(default_factory=time.monotonic)
+    # Two flags for one cancel: the worker thread polls the first, a request waiting its turn awaits the second.
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancel_waiting: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def cancel(self, reason: str) -> None:
+        """Called on the event loop (a cancel request, a disconnect, shutdown)."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
         self._cancel.set()
+        self._cancel_waiting.set()
 
     @property
     def cancelled(self) -> bool:
@@ -93,7 +97,9 @@ class ImageGenerator:
         self._call_params: frozenset[str] = frozenset()
         # One worker thread: loading and every generation run there, one after another.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aion-images")
-        self._line = asyncio.Lock()
+        # The line: whoever holds the device passes it to the next waiter still wanting it.
+        self._busy = False
+        self._turns: deque[asyncio.Future[None]] = deque()
         self._jobs: OrderedDict[str, ImageJob] = OrderedDict()
         self._admitted = 0
         self._durations: deque[float] = deque(maxlen=8)
@@ -166,7 +172,8 @@ class ImageGenerator:
         self._jobs.move_to_end(job.id)
         self._admitted += 1
         try:
-            async with self._line:
+            await self._take_turn(job)
+            try:
                 if job.cancelled:
                     raise ImageCancelled(self._cancel_message(job))
                 job.status = "running"
@@ -176,6 +183,8 @@ class ImageGenerator:
                 self._durations.append(time.perf_counter() - started)
                 job.status = "done"
                 return result
+            finally:
+                self._pass_turn()
         except ImageCancelled:
             job.status = "cancelled"
             raise
@@ -195,6 +204,40 @@ class ImageGenerator:
         finally:
             self._admitted -= 1
             self._forget_old()
+
+    async def _take_turn(self, job: ImageJob) -> None:
+        """Return holding the device, or raise ImageCancelled if the job is cancelled while it waits."""
+        if not self._busy and not self._turns:
+            self._busy = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        stop = asyncio.ensure_future(job._cancel_waiting.wait())
+        try:
+            await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._leave_line(turn)
+            raise
+        finally:
+            stop.cancel()
+        if not turn.done():
+            self._leave_line(turn)
+            raise ImageCancelled(self._cancel_message(job))
+
+    def _leave_line(self, turn: asyncio.Future[None]) -> None:
+        if turn.done() and not turn.cancelled():
+            self._pass_turn()  # the turn arrived as the waiter left: hand it on
+        else:
+            turn.cancel()
+            self._turns.remove(turn)
+
+    def _pass_turn(self) -> None:
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy = False
 
     def job(self, job_id: str) -> ImageJob:
         job = self._jobs.get(job_id)

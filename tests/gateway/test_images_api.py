@@ -33,7 +33,7 @@ def image_service(tmp_path_factory, tiny_image_model) -> Iterator[str]:
     """The inference app serving images only (no lifespan: the text model is not loaded)."""
     app = create_inference_app(InferenceSettings(
         AION_DATA_DIR=str(tmp_path_factory.mktemp("inference")), AION_IMAGE_MODEL=str(tiny_image_model),
-        AION_IMAGE_MAX_QUEUE="1", AION_IMAGE_MAX_STEPS=str(LONG_STEPS)))
+        AION_IMAGE_MAX_QUEUE="1", AION_IMAGE_MAX_STEPS=str(LONG_STEPS), AION_THREADS="1"))
     with run_asgi(app, lifespan="off") as url:
         yield url
     app.state.inference.images.close()

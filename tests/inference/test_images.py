@@ -27,7 +27,8 @@ LONG_STEPS = 50_000  # below the tiny scheduler's 100,000 training steps
 
 
 def _app(tmp_path, model=None, **env: Any):
-    values = {"AION_DATA_DIR": str(tmp_path), "AION_IMAGE_MAX_STEPS": str(LONG_STEPS), **env}
+    # One torch thread: two threads spin-waiting for each other on a busy 2-core machine stall for seconds.
+    values = {"AION_DATA_DIR": str(tmp_path), "AION_IMAGE_MAX_STEPS": str(LONG_STEPS), "AION_THREADS": "1", **env}
     if model is not None:
         values["AION_IMAGE_MODEL"] = str(model)
     return create_app(InferenceSettings(**values))

@@ -42,6 +42,7 @@ class SourcePassage:
     page_or_heading: str | None
     text: str
     score: float
+    url: str | None = None  # a web page's address, for citations that link to it
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class AnswerService:
                         for i, p in enumerate(context.passages)]
             yield AnswerEvent("sources", {"sources": [
                 {"n": i + 1, "document": p.document_id, "chunk": p.chunk_id, "title": p.title,
-                 "page_or_heading": p.page_or_heading, "score": round(p.score, 4), "text": p.text}
+                 "page_or_heading": p.page_or_heading, "score": round(p.score, 4), "text": p.text, "url": p.url}
                 for i, p in enumerate(context.passages)], "C": round(context.confidence, 4)})
             messages = build_rag_messages(req.question, passages, system_prompt=self.policy.system_prompt,
                                           history=req.history)
