@@ -189,8 +189,8 @@ class ImageGenerator:
             job.status = "cancelled"
             raise
         except asyncio.CancelledError:
-            # The awaiting task went away: the worker stops at its next step.
-            job.cancel("the request was abandoned")
+            # The awaiting request went away (its client disconnected): the worker stops at its next step.
+            job.cancel("the client disconnected")
             job.status = "cancelled"
             raise
         except AionError as exc:
@@ -305,21 +305,22 @@ class ImageGenerator:
         import torch
         from diffusers import DiffusionPipeline
 
-        from .loader import choose_device
+        from .loader import choose_device, is_cuda
 
         s = self.settings
         device = choose_device(s.image_device)
-        if s.threads and device == "cpu":
+        cuda = is_cuda(device)
+        if s.threads and not cuda:
             torch.set_num_threads(s.threads)
-        dtype = torch.float16 if device == "cuda" else torch.float32
+        dtype = torch.float16 if cuda else torch.float32
         pipe = DiffusionPipeline.from_pretrained(s.image_model, dtype=dtype)
         if s.image_attention_slicing and hasattr(pipe, "enable_attention_slicing"):
             pipe.enable_attention_slicing()
         vae = getattr(pipe, "vae", None)
         if s.image_vae_slicing and vae is not None and hasattr(vae, "enable_slicing"):
             vae.enable_slicing()
-        if s.image_cpu_offload and device == "cuda":
-            pipe.enable_model_cpu_offload()
+        if s.image_cpu_offload and cuda:
+            pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
         pipe.set_progress_bar_config(disable=True)

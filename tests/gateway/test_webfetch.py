@@ -10,7 +10,7 @@ import pytest
 
 from services.gateway.services.webfetch import FetchError, FetchPolicy, WebFetcher
 from shared.errors import AionError, BadRequest, Forbidden
-from tests.fixtures.web_site import Site, run_site
+from tests.fixtures.web_site import ROBOTS, Site, run_site
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -180,3 +180,17 @@ async def test_bad_urls_are_a_400(fetcher_for, url) -> None:
     with pytest.raises(BadRequest) as refused:
         await fetcher_for(policy()).fetch(url)
     assert isinstance(refused.value, AionError) and refused.value.status_code == 400
+
+
+async def test_a_robots_crawl_delay_paces_longer_than_the_setting_without_timing_out(site, fetcher_for) -> None:
+    site.pages["/robots.txt"] = ("text/plain", ROBOTS + b"Crawl-delay: 7\n")
+    try:
+        clock = FakeClock()
+        fetcher = fetcher_for(policy(host_interval_s=1.0, timeout_s=2.0), clock=clock, sleep=clock.sleep)
+        for path in ("/guide.html", "/linked.html"):
+            assert (await fetcher.fetch(site.url + path)).status == 200
+        # robots.txt went first at the setting's pace; after it, the host's own 7 s apply (longer than the
+        # 2 s timeout, which bounds each request, not the wait for its turn).
+        assert clock.sleeps == [1.0, 7.0]
+    finally:
+        site.pages["/robots.txt"] = ("text/plain", ROBOTS)

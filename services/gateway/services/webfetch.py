@@ -149,13 +149,12 @@ class WebFetcher:
         await self._http.aclose()
 
     async def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchedPage:
-        """The page at `url` (following checked redirects), or 304 when the validators still match."""
-        try:
-            async with asyncio.timeout(self.policy.timeout_s):
-                return await self._fetch(url, etag, last_modified)
-        except TimeoutError as exc:
-            raise FetchError(f"{url} did not answer within {self.policy.timeout_s:g} s (AION_URL_TIMEOUT)",
-                             status_code=504, code="fetch_timeout") from exc
+        """The page at `url` (following checked redirects), or 304 when the validators still match.
+
+        AION_URL_TIMEOUT bounds each request (sending it and reading the whole body), not the wait for
+        the host's turn: a robots.txt Crawl-delay longer than the timeout slows a crawl, never fails it.
+        """
+        return await self._fetch(url, etag, last_modified)
 
     async def _fetch(self, url: str, etag: str | None, last_modified: str | None) -> FetchedPage:
         current = check_url(url)
@@ -238,8 +237,9 @@ class WebFetcher:
             request = self._http.build_request("GET", pinned, headers={**headers, "Host": url.netloc.decode("ascii")},
                                                extensions={"sni_hostname": url.host})
             try:
-                return await self._http.send(request, stream=True)
-            except httpx.TimeoutException as exc:
+                async with asyncio.timeout(self.policy.timeout_s):
+                    return await self._http.send(request, stream=True)
+            except (httpx.TimeoutException, TimeoutError) as exc:
                 raise FetchError(f"{url} did not answer within {self.policy.timeout_s:g} s (AION_URL_TIMEOUT)",
                                  status_code=504, code="fetch_timeout") from exc
             except httpx.HTTPError as exc:
@@ -256,11 +256,18 @@ class WebFetcher:
         if declared and declared.isdigit() and int(declared) > limit:
             raise too_big
         parts, size = [], 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            parts.append(chunk)
+        try:
+            async with asyncio.timeout(self.policy.timeout_s):
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_big
+                    parts.append(chunk)
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise FetchError(f"{url} did not send its page within {self.policy.timeout_s:g} s (AION_URL_TIMEOUT)",
+                             status_code=504, code="fetch_timeout") from exc
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{url} broke off while sending its page ({type(exc).__name__})") from exc
         return b"".join(parts)
 
     async def _check_robots(self, url: httpx.URL) -> None:
@@ -289,10 +296,14 @@ class WebFetcher:
                     if response.status_code != 200:
                         break
                     body = b""
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) >= _ROBOTS_MAX_BYTES:
-                            break
+                    try:
+                        async with asyncio.timeout(self.policy.timeout_s):
+                            async for chunk in response.aiter_bytes():
+                                body += chunk
+                                if len(body) >= _ROBOTS_MAX_BYTES:
+                                    break
+                    except (httpx.HTTPError, TimeoutError) as exc:
+                        raise FetchError(f"robots.txt broke off ({type(exc).__name__})") from exc
                     return _Robots(expires, Protego.parse(body[:_ROBOTS_MAX_BYTES].decode("utf-8", "replace")))
         except FetchError as exc:
             logger.info("robots.txt of %s unreachable (%s): not fetching from it for now", _origin(url), exc.message)

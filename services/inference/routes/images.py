@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from typing import Annotated
@@ -20,6 +19,7 @@ from shared.protocol.images import (
     NativeImageResponse,
 )
 
+from ..cancellation import unless_disconnected
 from ..deps import StateDep, require_token
 from ..images import GeneratedImages, ImageGenerator, ImageJob
 
@@ -32,21 +32,6 @@ def get_images(state: StateDep) -> ImageGenerator:
 
 ImagesDep = Annotated[ImageGenerator, Depends(get_images)]
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN)]
-
-
-async def _run_until_disconnect(request: Request, images: ImageGenerator, job: ImageJob) -> GeneratedImages:
-    """Generate, cancelling the job if the client goes away first (its answer would go nowhere)."""
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        job.cancel("the client disconnected")
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await images.run(job)
-    finally:
-        watcher.cancel()
 
 
 def _data_url(png: bytes) -> str:
@@ -65,7 +50,7 @@ async def generations(body: ImageGenerationRequest, request: Request, images: Im
     job = images.new_job(prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height,
                          steps=body.num_inference_steps, guidance_scale=body.guidance_scale, seed=body.seed,
                          n=body.n, job_id=body.job_id)
-    result = await _run_until_disconnect(request, images, job)
+    result = await unless_disconnected(request, images.run(job))
     # No storage here (the gateway keeps images): a `url` is a data: URL holding the PNG itself.
     data = [ImageData(b64_json=base64.b64encode(png).decode("ascii")) if body.response_format == "b64_json"
             else ImageData(url=_data_url(png)) for png in result.pngs]
@@ -77,7 +62,7 @@ async def generate_image(body: NativeImageRequest, request: Request, images: Ima
     job = images.new_job(prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width,
                          height=body.height, steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
                          seed=body.seed, job_id=body.job_id)
-    result = await _run_until_disconnect(request, images, job)
+    result = await unless_disconnected(request, images.run(job))
     info = _info(job, result)
     parameters = {"negative_prompt": job.negative_prompt or "", "width": job.width, "height": job.height,
                   "num_inference_steps": job.steps, "guidance_scale": job.guidance_scale, "seed": job.seed}
