@@ -7,6 +7,7 @@ the deletion is committed (the route schedules it), so a failed request never le
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -96,6 +97,9 @@ class ImageStudio:
             return image
         except AionError as exc:
             meta["error"] = exc.message
+            raise
+        except asyncio.CancelledError:
+            meta["error"] = "the client went away; the generation was cancelled"
             raise
         finally:
             meta["latency_ms"] = int((time.perf_counter() - started) * 1000)
