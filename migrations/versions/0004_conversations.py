@@ -1,6 +1,6 @@
 """Conversations kept server-side: one row per conversation, one per turn, owned by the API key that began it.
 
-Revision ID: 0006_conversations
+Revision ID: 0004_conversations
 Revises: 0003_api_keys
 Create Date: 2026-12-04
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0006_conversations"
+revision: str = "0004_conversations"
 down_revision: str | Sequence[str] | None = "0003_api_keys"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

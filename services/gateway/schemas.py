@@ -143,6 +143,7 @@ class SourceOut(BaseModel):
     page_or_heading: str | None
     score: float
     text: str
+    url: str | None = None  # a web page's address
 
 
 class UsageOut(BaseModel):

@@ -14,7 +14,9 @@ from .services.answer import AnswerService
 from .services.budget import BudgetGuard
 from .services.conversations import ConversationStore
 from .services.export import Exporter
+from .services.images import ImageStudio
 from .services.tokens import TokenCounter
+from .services.webpages import WebIngestor
 from .settings import GatewaySettings
 
 
@@ -28,6 +30,8 @@ class GatewayState:
     inference: InferenceClient
     token_counter: TokenCounter
     chat: ChatParts
+    images: ImageStudio
+    web: WebIngestor
 
     @property
     def answers(self) -> AnswerService:

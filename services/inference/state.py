@@ -14,6 +14,7 @@ from .embeddings import Embedder
 from .engine import Engine, StreamEvent, kernel_library
 from .engine.runner import choose_runner
 from .generation import GenerationService
+from .images import ImageGenerator
 from .kv_budget import kv_budget_bytes
 from .loader import (
     choose_device,
@@ -58,11 +59,15 @@ class InferenceState:
         self.adapters: AdapterManager | None = None
         self.generation: GenerationService | None = None
         self.embedder: Embedder | None = None
+        # Apart from the text model: image requests neither wait for it nor fail with it.
+        self.images = ImageGenerator(settings)
         self.started_at = time.time()
         self.load_seconds: float | None = None
         self._thread: threading.Thread | None = None
 
     def start_loading(self) -> None:
+        if self.settings.image_preload:
+            self.images.preload()
         self._thread = threading.Thread(target=self._load, name="aion-model-loader", daemon=True)
         self._thread.start()
 
@@ -200,8 +205,10 @@ class InferenceState:
             if stats else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "load_seconds": round(self.load_seconds, 2) if self.load_seconds else None,
+            "images": self.images.public(),
         }
 
     def shutdown(self) -> None:
+        self.images.close()
         if self.engine:
             self.engine.stop()

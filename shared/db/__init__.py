@@ -2,7 +2,17 @@
 
 from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
-from .models import EMBEDDING_DIM, AiEvent, ApiKey, Chunk, Conversation, ConversationTurn, Document
+from .models import (
+    EMBEDDING_DIM,
+    AiEvent,
+    ApiKey,
+    Chunk,
+    Conversation,
+    ConversationTurn,
+    Document,
+    GeneratedImage,
+    WebPage,
+)
 from .settings import DatabaseSettings
 
 __all__ = [
@@ -15,6 +25,8 @@ __all__ = [
     "ConversationTurn",
     "DatabaseSettings",
     "Document",
+    "GeneratedImage",
+    "WebPage",
     "make_async_engine",
     "make_session_factory",
     "make_sync_engine",

@@ -121,7 +121,9 @@ def source_item(n: int, passage: Passage) -> dict[str, Any]:
     """A passage as the `sources` event, the chat response (SourceOut) and a conversation turn show it."""
     return {"n": n, "document": str(passage.document_id), "chunk": str(passage.chunk_id),
             "title": passage.title or passage.source_name, "page_or_heading": passage.page_or_heading,
-            "score": round(passage.score, 4), "text": passage.text}
+            "score": round(passage.score, 4), "text": passage.text,
+            # a web page's address, for citations that link to it
+            "url": passage.source_name if passage.source_name.startswith(("http://", "https://")) else None}
 
 
 class AnswerService:

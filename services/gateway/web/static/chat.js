@@ -98,7 +98,8 @@ function renderSources(msg, sources) {
   list.replaceChildren(...sources.map((s) => el("li", { id: `${msg.id}-src-${s.n}`, tabindex: "-1", class: "source" },
     el("div", { class: "source-head" },
       el("span", { class: "source-n", text: `[${s.n}]` }),
-      el("strong", { text: s.title || "untitled" }),
+      s.url ? el("a", { href: s.url, rel: "noopener noreferrer", target: "_blank" }, el("strong", { text: s.title || s.url }))
+        : el("strong", { text: s.title || "untitled" }),
       whereIn(s) ? el("span", { class: "where", text: ` — ${whereIn(s)}` }) : null,
       el("span", { class: "score", title: "cosine similarity", text: ` · ${Number(s.score).toFixed(2)}` })),
     el("blockquote", { class: "passage", text: s.text }))));
