@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test test-vllm vllm bench lint clean
 
 install: $(STAMP)
 	# Debian's Chromium for the browser tests (tests/web); a no-op once it is there.
@@ -31,6 +31,27 @@ run: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# vLLM in its own venv: its dependency set is not AION's (requirements/vllm.txt says why).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements/vllm.txt 2>/dev/null | sha1sum | cut -c1-12)
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q -r requirements/vllm.txt
+	# Built for another torch: with them installed `import vllm` fails.
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
+
+# The tests against a real vLLM server (marker `vllm`; see tests/vllm/conftest.py).
+test-vllm: install vllm
+	AION_TEST_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest -q -p no:cacheprovider -m vllm tests/vllm $(PYTEST_ARGS)
+
 bench: install
 	# Benchmark-only tools (llama-cpp-python compiles llama.cpp: ~7 min the first time on 2 cores).
 	$(PY) -m pip install -q -r requirements/bench.txt
@@ -40,4 +61,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -48,6 +48,9 @@ class InferenceSettings(CommonSettings):
     # prompt, a conversation's earlier turns); 0 turns it off. engine/prefix_cache.py says when it applies.
     prefix_cache_mb: int = Field(default=256, ge=0, le=65536, validation_alias="AION_PREFIX_CACHE_MB")
 
+    # No chat model at all: /v1/embeddings and /health only (beside vLLM or another server for chat).
+    embeddings_only: bool = Field(default=False, validation_alias="AION_EMBEDDINGS_ONLY")
+
     def cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_path("models")
 

@@ -6,8 +6,9 @@ by changing one URL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import openai
@@ -35,12 +36,22 @@ class ChatResult:
     model: str
 
 
+ModelFn = Callable[[], Awaitable[str]]
+RestoreFn = Callable[[str], Awaitable[bool]]
+
+
 class ChatClient:
+    """`model` is the name sent; `model_for`, when given, chooses it per request instead (vLLM: the active
+    adapter), and `restore` gets one chance to bring back a model the server answers 404 for."""
+
     def __init__(self, *, base_url: str, api_key: str | None, model: str, timeout_s: float,
-                 max_retries: int, request_id_header: str = "x-request-id") -> None:
+                 max_retries: int, request_id_header: str = "x-request-id", model_for: ModelFn | None = None,
+                 restore: RestoreFn | None = None) -> None:
         self.model = model
         self.base_url = base_url
         self._header = request_id_header
+        self._model_for = model_for
+        self._restore = restore
         # The openai client retries 429/5xx/connection errors with backoff; timeouts are per request.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused",
                                           timeout=timeout_s, max_retries=max_retries)
@@ -51,38 +62,51 @@ class ChatClient:
     def _headers(self, request_id: str | None) -> dict[str, str]:
         return {self._header: request_id} if request_id else {}
 
-    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
-                       request_id: str | None = None, frequency_penalty: float | None = None) -> ChatResult:
+    async def _create(self, **kwargs: Any) -> tuple[str, Any]:
+        """The model chosen for this request, and the server's answer (a stream when kwargs ask for one)."""
         try:
-            resp = await self._client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
-                temperature=temperature, extra_headers=self._headers(request_id),
-                **_penalty(frequency_penalty))
+            model = await self._model_for() if self._model_for else self.model
+        except Exception as exc:  # the registry or the server's model list: the local model is unavailable
+            raise ChatUnavailable(f"could not choose the model: {exc}") from exc
+        try:
+            try:
+                return model, await self._client.chat.completions.create(model=model, **kwargs)
+            except openai.NotFoundError:
+                if not (self._restore and await self._restore(model)):
+                    raise
+            return model, await self._client.chat.completions.create(model=model, **kwargs)
         except openai.OpenAIError as exc:
             raise ChatUnavailable(_describe(exc)) from exc
+        except ChatUnavailable:
+            raise
+        except Exception as exc:  # restoring failed (the backend refused or is down)
+            raise ChatUnavailable(f"model '{model}' is not loaded and could not be restored: {exc}") from exc
+
+    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+                       request_id: str | None = None, frequency_penalty: float | None = None) -> ChatResult:
+        model, resp = await self._create(
+            messages=messages, max_tokens=max_tokens, temperature=temperature,
+            extra_headers=self._headers(request_id), **_penalty(frequency_penalty))
         choice = resp.choices[0] if resp.choices else None
         return ChatResult(text=(choice.message.content or "") if choice else "",
                           finish_reason=choice.finish_reason if choice else None,
                           prompt_tokens=resp.usage.prompt_tokens if resp.usage else None,
                           completion_tokens=resp.usage.completion_tokens if resp.usage else None,
-                          model=resp.model or self.model)
+                          model=resp.model or model)
 
     async def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
                      request_id: str | None = None, frequency_penalty: float | None = None
                      ) -> AsyncIterator[ChatDelta]:
         """Yield text deltas, then one delta carrying usage if the server sends it."""
-        try:
-            stream = await self._client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
-                temperature=temperature, stream=True, stream_options={"include_usage": True},
-                extra_headers=self._headers(request_id), **_penalty(frequency_penalty))
-        except openai.OpenAIError as exc:
-            raise ChatUnavailable(_describe(exc)) from exc
+        model, stream = await self._create(
+            messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
+            stream_options={"include_usage": True}, extra_headers=self._headers(request_id),
+            **_penalty(frequency_penalty))
         try:
             async for chunk in stream:
                 if getattr(chunk, "error", None):
                     raise ChatUnavailable(f"stream error from {self.base_url}: {chunk.error}")  # type: ignore[attr-defined]
-                delta = ChatDelta(model=chunk.model or None)
+                delta = ChatDelta(model=chunk.model or model)
                 if chunk.choices:
                     delta.text = chunk.choices[0].delta.content or ""
                     delta.finish_reason = chunk.choices[0].finish_reason
