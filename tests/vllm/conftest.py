@@ -23,14 +23,6 @@ TOKEN = "vllm-test-token"
 BASE_NAME = DEFAULT_BASE_MODEL  # the name vLLM serves the base under (--served-model-name), as AION does
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            item.add_marker(pytest.mark.vllm)
-            item.add_marker(pytest.mark.slow)
-
-
 class VllmProcess(ServiceProcess):
     """vLLM's OpenAI server as a child process, its output in a log file."""
 

@@ -33,6 +33,8 @@ from tests.vllm.conftest import BASE_NAME, TOKEN, VllmProcess
 from trainer.worker import Worker
 from trainer.worker_settings import WorkerSettings
 
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
 TENANT = "test-tenant"
 QUESTION = "How often is the chain of the touring bicycles lubricated?"
 
