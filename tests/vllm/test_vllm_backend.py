@@ -157,6 +157,8 @@ async def test_nightly_promotion_loads_the_adapter_into_vllm_and_rollback(
     worker = worker_on_vllm(sessions, vllm_server, train_root, tmp_path / "trainer", AION_TRAIN_EPOCHS=2)
     try:
         with run_asgi(create_app(settings)) as url, httpx.Client(base_url=url, timeout=300) as gw:
+            # Documents to retrieve from, so that the question is answered locally (C >= tau).
+            assert gw.post("/api/ai/documents", files=kb_files()).status_code in (200, 201)
             assert gw.post("/api/ai/train/lora/start", json={"days": 1}).status_code == 202
             job = await worker.run_once()
             assert job is not None and job["status"] == "succeeded", job

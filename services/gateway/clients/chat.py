@@ -77,9 +77,7 @@ class ChatClient:
             return model, await self._client.chat.completions.create(model=model, **kwargs)
         except openai.OpenAIError as exc:
             raise ChatUnavailable(_describe(exc)) from exc
-        except ChatUnavailable:
-            raise
-        except Exception as exc:  # restoring failed (the backend refused or is down)
+        except Exception as exc:  # restoring failed: the backend refused or is down, or the registry is
             raise ChatUnavailable(f"model '{model}' is not loaded and could not be restored: {exc}") from exc
 
     async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
