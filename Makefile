@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-run run test bench gpu-check lint clean
+.PHONY: install install-run run test test-vllm vllm bench gpu-check lint clean
 
 # What running needs (`make run`), then the test and browser tools (`make test`).
 install-run: $(RUN_STAMP)
@@ -43,6 +43,27 @@ run: install-run
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# vLLM in its own venv: its dependency set is not AION's (requirements/vllm.txt says why).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements/vllm.txt 2>/dev/null | sha1sum | cut -c1-12)
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(VLLM_VENV)/bin/python -m pip install -q -r requirements/vllm.txt
+	# Built for another torch: with them installed `import vllm` fails.
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
+
+# The tests against a real vLLM server (marker `vllm`; see tests/vllm/conftest.py).
+test-vllm: install vllm
+	AION_TEST_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest -q -p no:cacheprovider -m vllm tests/vllm $(PYTEST_ARGS)
+
 bench: install
 	# Benchmark-only tools (llama-cpp-python compiles llama.cpp: ~7 min the first time on 2 cores).
 	$(PY) -m pip install -q -r requirements/bench.txt
@@ -56,4 +77,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
