@@ -70,3 +70,26 @@ def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user
     text = gemma_like.decode(request.prompt_ids)
     assert "<start_of_turn>user\nAnswer in French.\n\nWhat is the capital of Italy?<end_of_turn>" in text
     assert "system" not in text
+
+
+def test_the_dtype_follows_the_device_and_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from services.inference import loader
+
+    assert loader.compute_dtype("cpu") is torch.float32
+    assert loader.compute_dtype("cpu", "bfloat16") is torch.bfloat16
+    # A GPU without bf16 (T4, V100, RTX 20xx) gets fp16; one with it, bf16. The capability query is the
+    # one thing stood in for here: this machine has no GPU.
+    monkeypatch.setattr(torch.cuda, "device", lambda device: _NullContext())
+    for supported, expected in ((False, torch.float16), (True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert loader.compute_dtype("cuda:1") is expected
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
