@@ -45,15 +45,16 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         try:
             async with sessions.begin() as session:
                 found = await retrieve(session, inference, tenant_id, question, k=settings.top_k,
-                                       top_n=settings.top_n, lam=settings.mmr_lambda, request_id=request_id_var.get(),
-                                       max_query_chars=settings.max_query_chars)
+                                       top_n=settings.top_n, lam=settings.mmr_lambda, arms=settings.retrieval_arms(),
+                                       duplicate_similarity=settings.mmr_duplicate_similarity,
+                                       request_id=request_id_var.get(), max_query_chars=settings.max_query_chars)
         except DBAPIError as exc:
             if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                 raise
             # Down or restarting: the same retryable 503 the other routes give (see main.py).
             raise ServiceUnavailable("the database is unavailable; retry in a few seconds",
                                      code="database_unavailable", headers={"Retry-After": "2"}) from exc
-        return RetrievedContext(confidence=found.confidence, passages=[
+        return RetrievedContext(confidence=found.confidence, warnings=found.warnings, passages=[
             SourcePassage(chunk_id=str(p.chunk_id), document_id=str(p.document_id),
                           title=p.title or p.source_name, page_or_heading=p.page_or_heading, text=p.text,
                           score=p.score) for p in found.passages])

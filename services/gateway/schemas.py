@@ -79,12 +79,20 @@ class SearchRequest(BaseModel):
     top_n: int | None = Field(default=None, ge=1, le=200, description="ANN candidates (default AION_TOP_N)")
     lam: float | None = Field(default=None, ge=0.0, le=1.0, alias="lambda",
                               description="MMR relevance/diversity trade-off (default AION_MMR_LAMBDA)")
+    vector_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                        description="the ANN arm's fusion weight, 0: off (default "
+                                                    "AION_RETRIEVAL_VECTOR_WEIGHT)")
+    text_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                      description="the full-text arm's fusion weight, 0: off (default "
+                                                  "AION_RETRIEVAL_TEXT_WEIGHT)")
 
 
 class PassagePublic(BaseModel):
     rank: int
-    ann_rank: int
-    score: float
+    ann_rank: int | None = Field(description="position among the ANN candidates; null: found by full text only")
+    text_rank: int | None = Field(default=None, description="position among the full-text candidates")
+    fused: float = Field(default=0.0, description="reciprocal-rank-fusion score (orders the candidates)")
+    score: float = Field(description="cosine similarity to the question (0 when it could not be embedded)")
     chunk_id: int
     document_id: uuid.UUID
     document: str  # the document's source name
@@ -107,4 +115,7 @@ class SearchResponse(BaseModel):
     passages: list[PassagePublic]
     embed_ms: float
     search_ms: float
+    arms: dict[str, float] = Field(default_factory=dict, description="the fusion weights this search ran with")
+    warnings: list[dict[str, Any]] = Field(default_factory=list,
+                                           description="e.g. embeddings_unavailable: full-text search alone")
     request_id: str | None = None

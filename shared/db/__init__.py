@@ -2,17 +2,19 @@
 
 from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
-from .models import EMBEDDING_DIM, AiEvent, ApiKey, Chunk, Document
+from .models import EMBEDDING_DIM, TEXT_SEARCH_CONFIG, AiEvent, ApiKey, Chunk, Document, EvalRun
 from .settings import DatabaseSettings
 
 __all__ = [
     "EMBEDDING_DIM",
+    "TEXT_SEARCH_CONFIG",
     "AiEvent",
     "ApiKey",
     "Base",
     "Chunk",
     "DatabaseSettings",
     "Document",
+    "EvalRun",
     "make_async_engine",
     "make_session_factory",
     "make_sync_engine",

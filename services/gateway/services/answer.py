@@ -48,6 +48,8 @@ class SourcePassage:
 class RetrievedContext:
     passages: Sequence[SourcePassage]
     confidence: float
+    # `warn` payloads from retrieval ({"reason", "message"}), e.g. embeddings_unavailable: sent first.
+    warnings: Sequence[dict[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ class AnswerService:
                 {"n": i + 1, "document": p.document_id, "chunk": p.chunk_id, "title": p.title,
                  "page_or_heading": p.page_or_heading, "score": round(p.score, 4), "text": p.text}
                 for i, p in enumerate(context.passages)], "C": round(context.confidence, 4)})
+            for warning in context.warnings:
+                out.warnings.append(warning["reason"])
+                yield AnswerEvent("warn", dict(warning))
             messages = build_rag_messages(req.question, passages, system_prompt=self.policy.system_prompt,
                                           history=req.history)
             async for event in self._route(req, context.confidence, messages, out, started):
