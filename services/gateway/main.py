@@ -20,7 +20,7 @@ from shared.logging import RequestIdMiddleware
 from .chat_setup import build_chat
 from .clients.inference import InferenceClient
 from .observability import install_metrics
-from .routes import admin_data, documents, feedback, health, metrics, pages, search, training
+from .routes import admin_data, documents, evaluation, feedback, health, metrics, pages, search, training
 from .routes import chat as chat_routes
 from .security.install import install_security
 from .services.tokens import load_token_counter
@@ -70,7 +70,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, documents, search, chat_routes, feedback, metrics, training, admin_data, pages):
+    for module in (health, documents, search, chat_routes, evaluation, feedback, metrics, training, admin_data,
+                   pages):
         app.include_router(module.router)
     return app
 

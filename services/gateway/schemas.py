@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .services.eval_set import MAX_QUESTIONS, EvalQuestion
+
 
 class DocumentPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -119,3 +121,35 @@ class SearchResponse(BaseModel):
     warnings: list[dict[str, Any]] = Field(default_factory=list,
                                            description="e.g. embeddings_unavailable: full-text search alone")
     request_id: str | None = None
+
+
+class EvalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    questions: list[EvalQuestion] = Field(min_length=1, max_length=MAX_QUESTIONS)
+    label: str = Field(default="eval", min_length=1, max_length=200, description="the set's name in stored runs")
+    retrieval_only: bool = Field(default=False, description="score retrieval alone (no answers generated)")
+    stream: bool = Field(default=False, description="SSE: a `result` event per question, then `done`")
+    vector_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                        description="retrieval-only runs: the ANN arm's weight (0: off)")
+    text_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                      description="retrieval-only runs: the full-text arm's weight (0: off)")
+
+
+class EvalRunPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    label: str
+    set_sha256: str
+    mode: str
+    questions: int
+    model: str | None
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+    duration_s: float
+    created_at: datetime
+
+
+class EvalRunList(BaseModel):
+    runs: list[EvalRunPublic]
