@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from shared.db.settings import DatabaseSettings
 
+from .services.extract import ExtractLimits
 from .services.pricing import DEFAULT_PRICES
 from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
 from .services.retrieval import Arms
@@ -185,6 +186,10 @@ class GatewaySettings(DatabaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    def extract_limits(self) -> ExtractLimits:
+        return ExtractLimits(max_uncompressed_bytes=int(self.extract_max_uncompressed_mb * 1024 * 1024),
+                             max_pages=self.extract_max_pages, timeout_s=self.extract_timeout_s)
 
     def retrieval_arms(self, vector: float | None = None, text: float | None = None) -> Arms:
         """The fusion's arms from these settings, with per-request weights where given."""
