@@ -1,5 +1,6 @@
 """ANN at 100,000 chunks: HNSW build time, query latency, recall@10 vs exact search, AION's retrieval
-query against raw pgvector, and the whole /api/ai/search request minus its embedding call.
+query against raw pgvector, and the whole /api/ai/search request minus its embedding call, with the
+ANN arm alone and with both arms (ANN + full text over the same rows' generated tsvector column).
 
     .venv/bin/python -m bench.ann_bench [--rows 100000] [--queries 200]
 
@@ -86,6 +87,7 @@ def load(url: str, vectors: np.ndarray, parents: np.ndarray, texts: list[str]) -
         register_vector(conn)
         # Load without the index, then build it: what a bulk load should do, and what we time.
         conn.execute("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw")
+        conn.execute("DROP INDEX IF EXISTS ix_chunks_tsv")
         n_docs = 1000
         doc_ids = [uuid.uuid4() for _ in range(n_docs)]
         with conn.cursor().copy("COPY documents (id, tenant_id, source_name, mime_type, sha256, size_bytes, "
@@ -105,6 +107,12 @@ def load(url: str, vectors: np.ndarray, parents: np.ndarray, texts: list[str]) -
         conn.execute("CREATE INDEX ix_chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops) "
                      "WITH (m = 16, ef_construction = 64)")
         timings["hnsw_build_s"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        conn.execute("CREATE INDEX ix_chunks_tsv ON chunks USING gin (tsv)")
+        conn.execute("ANALYZE chunks")
+        timings["gin_build_s"] = round(time.perf_counter() - start, 1)
+        timings["gin_index_mb"] = round(conn.execute("SELECT pg_relation_size('ix_chunks_tsv')").fetchone()[0]
+                                        / 2**20)
         timings["table_mb"] = round(conn.execute("SELECT pg_table_size('chunks')").fetchone()[0] / 2**20)
         timings["index_mb"] = round(conn.execute("SELECT pg_relation_size('ix_chunks_embedding_hnsw')").fetchone()[0]
                                     / 2**20)
@@ -178,17 +186,20 @@ async def aion_query(url: str, queries: np.ndarray, ef: int) -> dict:
     return out
 
 
-def http_search(gateway_url: str, questions: list[str]) -> dict:
-    """POST /api/ai/search end to end; minus the embedding time the gateway reports for each request."""
+def http_search(gateway_url: str, questions: list[str], text_weight: float = 1.0) -> dict:
+    """POST /api/ai/search end to end; minus the embedding time the gateway reports for each request.
+
+    text_weight 0: the ANN arm alone (as before hybrid search); 1: both arms (the default)."""
     import httpx
 
     totals, minus_embed = [], []
+    body = {"text_weight": text_weight}
     with httpx.Client(timeout=60) as client:
         for q in questions[:10]:
-            client.post(f"{gateway_url}/api/ai/search", json={"q": q})
+            client.post(f"{gateway_url}/api/ai/search", json={"q": q, **body})
         for q in questions:
             start = time.perf_counter()
-            r = client.post(f"{gateway_url}/api/ai/search", json={"q": q})
+            r = client.post(f"{gateway_url}/api/ai/search", json={"q": q, **body})
             total = (time.perf_counter() - start) * 1000
             r.raise_for_status()
             totals.append(total)
@@ -256,12 +267,14 @@ def main() -> None:
                 try:
                     gateway.wait_healthy()
                     questions = [t.split("\n", 1)[-1][:300] for t in texts[::max(1, len(texts) // args.queries)]]
-                    with CpuMeter(ours={postmaster, gateway.proc.pid, inference.proc.pid}) as meter:
-                        http = http_search(gateway.url, questions[:args.queries])
-                    result["http_search"] = {"total": summary(http["total_ms"]),
-                                             "minus_embedding": summary(http["minus_embed_ms"]),
-                                             "other_processes_cores": meter.others_cores()}
-                    say("http:", result["http_search"])
+                    result["http_search"] = {}
+                    for arms, text_weight in (("vector_only", 0.0), ("hybrid", 1.0)):
+                        with CpuMeter(ours={postmaster, gateway.proc.pid, inference.proc.pid}) as meter:
+                            http = http_search(gateway.url, questions[:args.queries], text_weight)
+                        result["http_search"][arms] = {"total": summary(http["total_ms"]),
+                                                       "minus_embedding": summary(http["minus_embed_ms"]),
+                                                       "other_processes_cores": meter.others_cores()}
+                        say(f"http {arms}:", result["http_search"][arms])
                 finally:
                     gateway.stop()
             finally:
