@@ -40,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--answers", action="store_true", help="also run the whole answer path once")
+    parser.add_argument("--answers-only", action="store_true", help="the answer path only, no retrieval-only runs")
     args, _ = parser.parse_known_args()  # bench.run_all passes its extra arguments to every benchmark
 
     from bench.gateway_stack import gateway_stack
@@ -52,7 +53,7 @@ def main() -> None:
             httpx.Client(base_url=stack.gateway_url, timeout=3600) as client:
         result["chunks"] = ingest_corpus(client)
         say(f"corpus: {result['chunks']} chunks")
-        for name, (vector, text) in ARMS.items():
+        for name, (vector, text) in ({} if args.answers_only else ARMS).items():
             with CpuMeter(ours=set(stack.pids)) as meter:
                 r = client.post("/api/ai/eval", json={"questions": questions, "label": f"bench {name}",
                                                       "retrieval_only": True, "vector_weight": vector,
@@ -65,7 +66,7 @@ def main() -> None:
             m = run["metrics"]["retrieval"]
             say(f"{name}: hit@1 {m['hit@1']} hit@5 {m['hit@5']} MRR {m['mrr']} "
                 f"by kind {json.dumps(m['by_kind'])}; latency {run['metrics']['latency_ms']}")
-        if args.answers:
+        if args.answers or args.answers_only:
             with CpuMeter(ours=set(stack.pids)) as meter:
                 r = client.post("/api/ai/eval", json={"questions": questions, "label": "bench answers"})
             r.raise_for_status()
@@ -75,8 +76,9 @@ def main() -> None:
                                          "results": run["results"]}
             say(f"answers: {json.dumps(run['metrics'], indent=1)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    say(f"written {RESULTS / 'eval.json'}")
+    out = RESULTS / ("eval-answers.json" if args.answers_only else "eval.json")
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    say(f"written {out}")
 
 
 if __name__ == "__main__":
