@@ -159,15 +159,16 @@ def raw_pgvector(url: str, queries: np.ndarray, ef: int | None,
     return times, ids
 
 
-async def aion_query(url: str, queries: np.ndarray, ef: int) -> dict:
-    """The gateway's repository query (tenant filter, join, vectors back) and the whole selection step."""
-    from services.gateway.repositories.chunks import search_ann
-    from services.gateway.services.retrieval import select_passages
+async def aion_query(url: str, queries: np.ndarray, ef: int, texts: list[str] | None = None) -> dict:
+    """The gateway's repository query (tenant filter, join, vectors back) and the whole selection step;
+    with `texts` (each query's words) also the full-text arm alone and the hybrid selection."""
+    from services.gateway.repositories.chunks import search_ann, search_text
+    from services.gateway.services.retrieval import Arms, select_passages
     from shared.db import make_async_engine, make_session_factory
 
     engine = make_async_engine(url, pool_size=1, hnsw_ef_search=ef)
     sessions = make_session_factory(engine)
-    out: dict = {"ann_ms": [], "select_ms": [], "ids": []}
+    out: dict = {"ann_ms": [], "select_ms": [], "ids": [], "text_ms": [], "hybrid_select_ms": []}
     try:
         async with sessions() as session:
             for q in queries[:20]:
@@ -179,8 +180,15 @@ async def aion_query(url: str, queries: np.ndarray, ef: int) -> dict:
                 out["ids"].append([h.chunk_id for h in hits])
             for q in queries:
                 start = time.perf_counter()
-                await select_passages(session, TENANT, q, k=8, top_n=TOP_N, lam=0.7)
+                await select_passages(session, TENANT, q, k=8, top_n=TOP_N, lam=0.7, arms=Arms(text=0.0))
                 out["select_ms"].append((time.perf_counter() - start) * 1000)
+            for q, text in zip(queries, texts or [], strict=False):
+                start = time.perf_counter()
+                await search_text(session, TENANT, text, TOP_N, max_rows=Arms().text_max_rows)
+                out["text_ms"].append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                await select_passages(session, TENANT, q, k=8, top_n=TOP_N, lam=0.7, query=text)
+                out["hybrid_select_ms"].append((time.perf_counter() - start) * 1000)
     finally:
         await engine.dispose()
     return out
@@ -251,10 +259,14 @@ def main() -> None:
                         result["raw_pgvector"][ef] = {**summary(times), "recall@10": round(recall(ids, truth), 4)}
                         times, ids = raw_pgvector(url, queries, ef, RAW_ROWS)
                         result["raw_pgvector_rows"][ef] = summary(times)
-                        aion = asyncio.run(aion_query(url, queries, ef))
+                        query_texts = [texts[p].split("\n", 1)[-1][:300] for p in parents[args.rows:]]
+                        aion = asyncio.run(aion_query(url, queries, ef, query_texts if ef == 100 else None))
                         result["aion_query"][ef] = {**summary(aion["ann_ms"]),
                                                     "recall@10": round(recall(aion["ids"], truth), 4),
                                                     "ann_mmr_confidence": summary(aion["select_ms"])}
+                        if aion["text_ms"]:
+                            result["aion_query"][ef]["text_arm"] = summary(aion["text_ms"])
+                            result["aion_query"][ef]["hybrid_select"] = summary(aion["hybrid_select_ms"])
                         say(f"ef_search {ef}: raw {result['raw_pgvector'][ef]}  raw rows {result['raw_pgvector_rows'][ef]}  "
                             f"aion {result['aion_query'][ef]}")
                 result["queries_other_processes_cores"] = meter.others_cores()
