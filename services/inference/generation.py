@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,7 +12,10 @@ from shared.errors import AionError, BadRequest
 
 from .adapters import AdapterManager
 from .engine import Engine, FinishReason, GenerationRequest, SamplingParams, StreamEvent
+from .engine.core import Handle
 from .settings import InferenceSettings
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidLimit(AionError):
@@ -23,6 +27,28 @@ class InvalidLimit(AionError):
 class GenerationFailed(AionError):
     status_code = 500
     code = "generation_failed"
+
+
+def accepts_system_role(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system message (Gemma's and older Mistral's refuse one)."""
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      tokenize=False, add_generation_prompt=True)
+    except Exception:
+        return False
+    return True
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """For templates without a system role: the system text goes first in the first user message."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"].strip())
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system:
+        for message in rest:
+            if message["role"] == "user":
+                message["content"] = f"{system}\n\n{message['content']}"
+                break
+    return rest
 
 
 @dataclass
@@ -43,6 +69,9 @@ class GenerationService:
         self.settings = settings
         self.adapters = adapters
         self.max_context = max_context
+        self.system_role = accepts_system_role(tokenizer)
+        if not self.system_role:
+            logger.info("the chat template has no system role: system text goes into the first user message")
 
     def native_messages(self, prompt: str, system: str | None, context: str | None) -> list[dict[str, str]]:
         """The seed's {system, context, prompt} as chat-template messages."""
@@ -54,31 +83,41 @@ class GenerationService:
     def build(self, messages: list[dict[str, str]], *, model: str | None, max_new_tokens: int | None,
               temperature: float | None, top_p: float | None, stop: list[str] | None,
               seed: int | None, frequency_penalty: float | None = None,
-              presence_penalty: float | None = None) -> GenerationRequest:
+              presence_penalty: float | None = None, ignore_eos: bool = False) -> GenerationRequest:
         adapter = self.adapters.resolve(model)
         limit = self.settings.max_new_tokens
-        max_new = limit if max_new_tokens is None else max_new_tokens
-        if not 1 <= max_new <= limit:
-            raise InvalidLimit(f"max_new_tokens must be between 1 and {limit} (AION_MAX_NEW_TOKENS); got {max_new}")
+        if max_new_tokens is not None and not 1 <= max_new_tokens <= limit:
+            raise InvalidLimit(f"max_new_tokens must be between 1 and {limit} (AION_MAX_NEW_TOKENS); "
+                               f"got {max_new_tokens}")
         if not any(m["content"].strip() for m in messages if m["role"] == "user"):
             raise BadRequest("the request has no user message with text")
+        if not self.system_role:
+            messages = fold_system(messages)
         prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                         return_dict=True)["input_ids"]
-        room = self.max_context - max_new
-        if len(prompt_ids) > room:
-            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens but only {room} fit: the context holds "
-                             f"{self.max_context} tokens and max_new_tokens is {max_new}; shorten the prompt "
-                             "or ask for fewer new tokens")
+        room = self.max_context - len(prompt_ids)
+        # Left out, max_new_tokens is what the context leaves, up to AION_MAX_NEW_TOKENS (as vLLM does).
+        max_new = min(limit, room) if max_new_tokens is None else max_new_tokens
+        if max_new > room or room < 1:
+            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens and the context holds {self.max_context}: "
+                             f"{max(room, 0)} are left for the answer, and {max_new} were asked; shorten the "
+                             "prompt or ask for fewer new tokens")
         temp = self.settings.temperature if temperature is None else temperature
         params = SamplingParams(max_new_tokens=max_new, temperature=temp,
                                 top_p=self.settings.top_p if top_p is None else top_p,
                                 seed=seed, stop=tuple(stop or ()),
                                 frequency_penalty=_or(frequency_penalty, self.settings.frequency_penalty),
-                                presence_penalty=_or(presence_penalty, self.settings.presence_penalty))
-        return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter)
+                                presence_penalty=_or(presence_penalty, self.settings.presence_penalty),
+                                ignore_eos=ignore_eos)
+        return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter,
+                                 weights_version=self.engine.weights_version)
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        return self.engine.stream(request)
+    def submit(self, request: GenerationRequest) -> Handle:
+        """Queue now, so that a full queue is a 503 before any response starts (streams included)."""
+        return self.engine.submit(request)
+
+    def events(self, handle: Handle) -> AsyncIterator[StreamEvent]:
+        return self.engine.events(handle)
 
     async def complete(self, request: GenerationRequest) -> Completion:
         started = time.perf_counter()
@@ -90,7 +129,7 @@ class GenerationService:
                 final = event
         assert final is not None
         if final.finished is FinishReason.ERROR:
-            raise GenerationFailed(final.error or "generation failed")
+            raise GenerationFailed(final.error or "generation failed", status_code=final.error_status or 500)
         return Completion(text="".join(parts), finish_reason=final.finished.value,
                           prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
                           ms=int((time.perf_counter() - started) * 1000), adapter=request.adapter)

@@ -2,7 +2,19 @@
 
 from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
-from .models import EMBEDDING_DIM, TEXT_SEARCH_CONFIG, AiEvent, ApiKey, Chunk, Document, EvalRun
+from .models import (
+    EMBEDDING_DIM,
+    TEXT_SEARCH_CONFIG,
+    AiEvent,
+    ApiKey,
+    Chunk,
+    Conversation,
+    ConversationTurn,
+    Document,
+    EvalRun,
+    GeneratedImage,
+    WebPage,
+)
 from .settings import DatabaseSettings
 
 __all__ = [
@@ -12,9 +24,13 @@ __all__ = [
     "ApiKey",
     "Base",
     "Chunk",
+    "Conversation",
+    "ConversationTurn",
     "DatabaseSettings",
     "Document",
     "EvalRun",
+    "GeneratedImage",
+    "WebPage",
     "make_async_engine",
     "make_session_factory",
     "make_sync_engine",

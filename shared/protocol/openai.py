@@ -42,7 +42,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer")
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 
@@ -122,6 +122,8 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "aion"
     parent: str | None = None
+    # The context length in tokens (vLLM's field name), so a client can fit its prompts without guessing.
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):

@@ -96,6 +96,7 @@ class Retrieval:
     embed_ms: float = 0.0
     search_ms: float = 0.0
     event_id: int | None = None
+    original_query: str | None = None  # the follow-up as asked, when `query` is its standalone rewrite
     arms: Arms = field(default_factory=Arms)
     degraded_reason: str | None = None  # why retrieval ran on full text alone (the embedding error)
 
@@ -180,11 +181,13 @@ def _cosines(vectors: np.ndarray, query_vector: np.ndarray) -> np.ndarray:
 async def retrieve(session: AsyncSession, client: InferenceClient, tenant_id: str, query: str, *, k: int = 8,
                    top_n: int = 24, lam: float = 0.7, arms: Arms | None = None,
                    duplicate_similarity: float | None = DEFAULT_DUPLICATE_SIMILARITY, log_event: bool = True,
-                   request_id: str | None = None, max_query_chars: int | None = None) -> Retrieval:
+                   request_id: str | None = None, max_query_chars: int | None = None,
+                   original_query: str | None = None) -> Retrieval:
     """Embed `query`, pick k passages (both arms' top_n -> fusion -> MMR lam), compute C, log a `retrieval` event.
 
     An embedding failure (the inference service down or refusing) does not fail the search: the text
-    arm alone answers it, and the result says why (`degraded_reason`).
+    arm alone answers it, and the result says why (`degraded_reason`). `original_query`: the question
+    as asked, when `query` is a follow-up's standalone rewrite (logged).
     """
     query = check_params(query, k, top_n, lam, max_query_chars)
     arms = arms or Arms()
@@ -204,7 +207,8 @@ async def retrieve(session: AsyncSession, client: InferenceClient, tenant_id: st
     result = Retrieval(query=query, passages=passages, query_vector=query_vector,
                        confidence=confidence([p.score for p in passages]) if query_vector is not None else 0.0,
                        candidates=candidates, k=k, top_n=top_n, lam=lam, embed_ms=(embedded - started) * 1000,
-                       search_ms=(searched - embedded) * 1000, arms=arms, degraded_reason=degraded)
+                       search_ms=(searched - embedded) * 1000, original_query=original_query, arms=arms,
+                       degraded_reason=degraded)
     if not log_event:
         return result
     event_id = await record_retrieval(session, tenant_id, result, request_id or request_id_var.get())
@@ -216,6 +220,7 @@ async def record_retrieval(session: AsyncSession, tenant_id: str, retrieval: Ret
     """The `retrieval` event: query, parameters, and per passage its ranks, score and document."""
     meta = {
         "query": retrieval.query,
+        "original_query": retrieval.original_query,
         "k": retrieval.k,
         "top_n": retrieval.top_n,
         "lambda": retrieval.lam,

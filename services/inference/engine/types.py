@@ -27,6 +27,7 @@ class SamplingParams:
     # answer should quote its context freely). They break the loops small models fall into.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    ignore_eos: bool = False  # go on past end-of-sequence tokens (benchmarks, as vLLM's ignore_eos)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None   # a loaded adapter's versioned name, or None for the base weights
+    weights_version: int = 0     # the engine's weights version the adapter was resolved against
     request_id: int = field(default_factory=lambda: next(_ids))
 
 
@@ -46,4 +48,5 @@ class StreamEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    error_status: int | None = None  # the HTTP status the error deserves (500 unless the engine knows better)
     first_token_s: float | None = None

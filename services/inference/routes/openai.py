@@ -8,10 +8,10 @@ import struct
 from collections.abc import AsyncIterator
 
 import anyio
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
-from shared.errors import BadRequest, error_body
+from shared.errors import BadRequest, ServiceUnavailable, error_body
 from shared.protocol.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -29,6 +29,7 @@ from shared.protocol.openai import (
     completion_id,
 )
 
+from ..cancellation import unless_disconnected
 from ..deps import ReadyDep, require_token
 from ..engine import FinishReason
 
@@ -49,7 +50,7 @@ def _finish(reason: FinishReason) -> str:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
+async def chat_completions(body: ChatCompletionRequest, state: ReadyDep, http: Request):
     gen = state.generation
     assert gen is not None
     request = gen.build(_messages(body, state.settings.system_prompt), model=body.model,
@@ -59,7 +60,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
     # Report what really served the request (the adapter's versioned name), as OpenAI reports snapshots.
     served = state.served_model_name(request.adapter)
     if not body.stream:
-        done = await gen.complete(request)
+        done = await unless_disconnected(http, gen.complete(request))
         return ChatCompletionResponse(
             model=served, choices=[Choice(message=ChoiceMessage(content=done.text),
                                               finish_reason="length" if done.finish_reason == "length" else "stop")],
@@ -67,6 +68,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
                         total_tokens=done.prompt_tokens + done.completion_tokens))
 
     cid = completion_id()
+    handle = gen.submit(request)  # a full queue too: a 503 with Retry-After, not a 200 that breaks off
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: ChoiceDelta, finish: str | None = None) -> dict:
@@ -75,7 +77,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
 
     async def events() -> AsyncIterator[dict]:
         yield chunk(ChoiceDelta(role="assistant", content=""))
-        async for event in gen.stream(request):
+        async for event in gen.events(handle):
             if event.text:
                 yield chunk(ChoiceDelta(content=event.text))
             if event.finished is FinishReason.ERROR:
@@ -95,8 +97,9 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
 
 @router.get("/models", response_model=ModelList)
 async def list_models(state: ReadyDep) -> ModelList:
-    assert state.adapters is not None
-    cards = [ModelCard(id=name, parent=None if i == 0 else state.base_name)
+    assert state.adapters is not None and state.generation is not None
+    window = state.generation.max_context
+    cards = [ModelCard(id=name, parent=None if i == 0 else state.base_name, max_model_len=window)
              for i, name in enumerate(state.adapters.model_names())]
     if state.embedder:
         cards.append(ModelCard(id=state.embedder.name))
@@ -106,7 +109,9 @@ async def list_models(state: ReadyDep) -> ModelList:
 @router.post("/embeddings", response_model=EmbeddingResponse)
 async def embeddings(body: EmbeddingRequest, state: ReadyDep) -> EmbeddingResponse:
     embedder = state.embedder
-    assert embedder is not None
+    if embedder is None:
+        raise ServiceUnavailable("this inference service serves no embeddings (AION_EMBED_MODEL=none); ask the "
+                                 "service named by AION_EMBEDDINGS_URL", code="embeddings_off")
     texts = body.texts()
     if not texts:
         raise BadRequest("input must hold at least one text")

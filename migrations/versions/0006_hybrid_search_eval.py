@@ -5,8 +5,8 @@ parser, Portuguese then English stop words dropped, accents folded (unaccent), n
 arm is there for exact tokens (operator and function names, option flags, codes) that the embedding
 misses; paraphrase is the vector arm's job. Why this configuration: docs/benchmarks.md.
 
-Revision ID: 0004_hybrid_search_eval
-Revises: 0003
+Revision ID: 0006_hybrid_search_eval
+Revises: 0005_images_web
 Create Date: 2026-12-05
 """
 
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0004_hybrid_search_eval"
-down_revision: str | Sequence[str] | None = "0003_api_keys"
+revision: str = "0006_hybrid_search_eval"
+down_revision: str | Sequence[str] | None = "0005_images_web"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
