@@ -48,7 +48,8 @@ def test_aion_eval_prints_the_figures_and_stores_the_run(clean_db, inference_url
     assert run["metrics"]["retrieval"]["hit@1"] == 1.0
     assert answers["containment"]["of"] == 1 and answers["not_found_correct"]["of"] == 1
     assert answers["fallback_rate"]["rate"] == 0.0 and answers["cost_usd"] == 0.0
-    assert [r["used"] for r in run["results"]] == ["local", "local"] and all(r["answer"] for r in run["results"])
+    # "documents": the answer path quoted the passages instead of an unsupported local answer (no fallback here).
+    assert all(r["used"] in ("local", "documents") and r["answer"] for r in run["results"])
     assert [(r["label"], r["mode"], r["questions"]) for r in runs] == [("answers.jsonl", "answer", 2),
                                                                         ("retrieval.jsonl", "retrieval", 3)]
     with psycopg.connect(clean_db) as conn:
