@@ -25,6 +25,7 @@ from .routes import (
     admin_data,
     conversations,
     documents,
+    evaluation,
     feedback,
     health,
     images,
@@ -95,8 +96,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, webpages, documents, search, chat_routes, conversations, feedback, metrics, training,
-                   admin_data, pages, images):
+    for module in (health, webpages, documents, search, chat_routes, conversations, evaluation, feedback, metrics,
+                   training, admin_data, pages, images):
         app.include_router(module.router)
     return app
 

@@ -4,12 +4,14 @@ from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
 from .models import (
     EMBEDDING_DIM,
+    TEXT_SEARCH_CONFIG,
     AiEvent,
     ApiKey,
     Chunk,
     Conversation,
     ConversationTurn,
     Document,
+    EvalRun,
     GeneratedImage,
     WebPage,
 )
@@ -17,6 +19,7 @@ from .settings import DatabaseSettings
 
 __all__ = [
     "EMBEDDING_DIM",
+    "TEXT_SEARCH_CONFIG",
     "AiEvent",
     "ApiKey",
     "Base",
@@ -25,6 +28,7 @@ __all__ = [
     "ConversationTurn",
     "DatabaseSettings",
     "Document",
+    "EvalRun",
     "GeneratedImage",
     "WebPage",
     "make_async_engine",
