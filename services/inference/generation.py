@@ -95,11 +95,13 @@ class GenerationService:
             messages = fold_system(messages)
         prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                         return_dict=True)["input_ids"]
-        room = self.max_context - len(prompt_ids)
+        holds = self.engine.max_request_positions()
+        what = "the context" if holds >= self.max_context else "the KV cache budget (AION_KV_CACHE_MB)"
+        room = holds - len(prompt_ids)
         # Left out, max_new_tokens is what the context leaves, up to AION_MAX_NEW_TOKENS (as vLLM does).
         max_new = min(limit, room) if max_new_tokens is None else max_new_tokens
         if max_new > room or room < 1:
-            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens and the context holds {self.max_context}: "
+            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens and {what} holds {holds}: "
                              f"{max(room, 0)} are left for the answer, and {max_new} were asked; shorten the "
                              "prompt or ask for fewer new tokens")
         temp = self.settings.temperature if temperature is None else temperature

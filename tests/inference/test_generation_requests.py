@@ -22,9 +22,13 @@ NO_SYSTEM_TEMPLATE = (
 
 
 class _Engine:
-    """The one thing request building reads from the engine."""
+    """What request building reads from the engine: its weights version and how much one request may hold."""
 
     weights_version = 3
+    positions = 256
+
+    def max_request_positions(self) -> int:
+        return self.positions
 
 
 class _NoAdapters:
@@ -37,8 +41,10 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_base_model("smollm2-135m-instruct", MODEL_CACHE))
 
 
-def service(tokenizer, max_context: int = 256) -> GenerationService:
-    return GenerationService(_Engine(), tokenizer, InferenceSettings(AION_MAX_NEW_TOKENS=512),  # type: ignore[arg-type]
+def service(tokenizer, max_context: int = 256, kv_positions: int | None = None) -> GenerationService:
+    engine = _Engine()
+    engine.positions = kv_positions or max_context
+    return GenerationService(engine, tokenizer, InferenceSettings(AION_MAX_NEW_TOKENS=512),  # type: ignore[arg-type]
                              _NoAdapters(), max_context)  # type: ignore[arg-type]
 
 
@@ -58,6 +64,11 @@ def test_left_out_max_tokens_takes_what_the_context_leaves(tokenizer) -> None:
     assert short.params.max_new_tokens == 256 - len(short.prompt_ids)  # below the 512 cap: all that is left
     with pytest.raises(BadRequest, match="left for the answer"):
         build(svc, [{"role": "user", "content": "lighthouse " * 400}], None)
+    # A KV budget smaller than the context bounds a request the same way, before it is queued.
+    small = service(tokenizer, max_context=2048, kv_positions=128)
+    assert build(small, [{"role": "user", "content": "hi"}], None).params.max_new_tokens < 128
+    with pytest.raises(BadRequest, match="AION_KV_CACHE_MB"):
+        build(small, long, 10)
 
 
 def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user_turn(tokenizer) -> None:

@@ -174,6 +174,14 @@ class Engine:
             self._wake.notify_all()
         return future
 
+    def max_request_positions(self) -> int:
+        """The most positions (prompt + new tokens) one request may reserve: the context, or less when the KV
+        budget cannot hold a whole context for one row."""
+        budget, per_position = self.runner.kv_budget_bytes, self._batch.position_bytes
+        if budget is None or not per_position:
+            return self.runner.max_context
+        return min(self.runner.max_context, budget // per_position)
+
     def reset_batch(self) -> None:
         """A new empty batch (engine thread only, with no row running): frees the old one's slots."""
         assert not self._running
