@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import TemplateError
+
 from shared.errors import AionError, BadRequest
+from shared.protocol.openai import ChatCompletionRequest
 
 from .adapters import AdapterManager
 from .engine import Engine, FinishReason, GenerationRequest, SamplingParams, StreamEvent
+from .engine.constraints import GrammarCompiler
+from .engine.types import TokenConstraint
 from .settings import InferenceSettings
+from .structured import OutputPlan, compile_plan, plan_output
+from .tools import (
+    ToolCallReader,
+    chat_messages,
+    syntax_for,
+    template_renders_tools,
+    template_source,
+    template_tools,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidLimit(AionError):
@@ -23,6 +40,15 @@ class InvalidLimit(AionError):
 class GenerationFailed(AionError):
     status_code = 500
     code = "generation_failed"
+
+
+@dataclass
+class ChatJob:
+    """An OpenAI chat request made ready for the engine, and how to read its output back."""
+
+    request: GenerationRequest
+    plan: OutputPlan
+    reader: ToolCallReader | None  # None: the output is plain content
 
 
 @dataclass
@@ -43,6 +69,17 @@ class GenerationService:
         self.settings = settings
         self.adapters = adapters
         self.max_context = max_context
+        self.tool_syntax = syntax_for(tokenizer)
+        self.native_tools = template_renders_tools(tokenizer)
+        self.grammars: GrammarCompiler | None = None
+        self.grammars_unavailable: str | None = None
+        runner = engine.runner
+        try:
+            vocab = max(int(runner.config.vocab_size), len(tokenizer))
+            self.grammars = GrammarCompiler(tokenizer, vocab, runner.eos_ids)
+        except Exception as exc:  # e.g. a slow (Python) tokenizer: plain chat still works
+            self.grammars_unavailable = f"{type(exc).__name__}: {exc}"
+            logger.warning("structured output unavailable: %s", self.grammars_unavailable)
 
     def native_messages(self, prompt: str, system: str | None, context: str | None) -> list[dict[str, str]]:
         """The seed's {system, context, prompt} as chat-template messages."""
@@ -51,19 +88,37 @@ class GenerationService:
             system_text = f"{system_text}\n\nContexto:\n{context.strip()}"
         return [{"role": "system", "content": system_text}, {"role": "user", "content": prompt}]
 
-    def build(self, messages: list[dict[str, str]], *, model: str | None, max_new_tokens: int | None,
+    def build_chat(self, body: ChatCompletionRequest) -> ChatJob:
+        """An OpenAI chat request as an engine request: tools rendered, output constrained as asked."""
+        unsupported = body.unsupported_field()
+        if unsupported:
+            raise BadRequest(unsupported[1], param=unsupported[0])
+        plan = plan_output(body, self.tool_syntax)
+        native = self.native_tools and bool(plan.tools)
+        messages = chat_messages(body.messages, self.settings.system_prompt, tools=plan.tools,
+                                 native_tools=self.native_tools, syntax=self.tool_syntax, may_answer=plan.may_answer)
+        constraint = compile_plan(plan, self.grammars, self.grammars_unavailable)
+        request = self.build(messages, model=body.model, max_new_tokens=body.requested_max_tokens(),
+                             temperature=body.temperature, top_p=body.top_p, stop=body.stop,  # type: ignore[arg-type]
+                             seed=body.seed, frequency_penalty=body.frequency_penalty,
+                             presence_penalty=body.presence_penalty,
+                             tools=template_tools(plan.tools) if native else None, constraint=constraint)
+        reader = ToolCallReader(self.tool_syntax, plan.call_names) if plan.call_names else None
+        return ChatJob(request=request, plan=plan, reader=reader)
+
+    def build(self, messages: list[dict[str, Any]], *, model: str | None, max_new_tokens: int | None,
               temperature: float | None, top_p: float | None, stop: list[str] | None,
               seed: int | None, frequency_penalty: float | None = None,
-              presence_penalty: float | None = None) -> GenerationRequest:
+              presence_penalty: float | None = None, tools: list[dict[str, Any]] | None = None,
+              constraint: TokenConstraint | None = None) -> GenerationRequest:
         adapter = self.adapters.resolve(model)
         limit = self.settings.max_new_tokens
         max_new = limit if max_new_tokens is None else max_new_tokens
         if not 1 <= max_new <= limit:
             raise InvalidLimit(f"max_new_tokens must be between 1 and {limit} (AION_MAX_NEW_TOKENS); got {max_new}")
-        if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+        if not any(m["content"].strip() for m in messages if m["role"] in ("user", "tool")):
             raise BadRequest("the request has no user message with text")
-        prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=True)["input_ids"]
+        prompt_ids = self._render(messages, tools)
         room = self.max_context - max_new
         if len(prompt_ids) > room:
             raise BadRequest(f"the prompt has {len(prompt_ids)} tokens but only {room} fit: the context holds "
@@ -75,7 +130,18 @@ class GenerationService:
                                 seed=seed, stop=tuple(stop or ()),
                                 frequency_penalty=_or(frequency_penalty, self.settings.frequency_penalty),
                                 presence_penalty=_or(presence_penalty, self.settings.presence_penalty))
-        return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter)
+        return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter, constraint=constraint)
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        if template_source(self.tokenizer) is None:
+            raise BadRequest(f"the model '{self.settings.base_model}' has no chat template, so it cannot take chat "
+                             "messages or tools; serve an instruct model that has one (AION_BASE_MODEL)")
+        try:
+            return self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                      tokenize=True, return_dict=True)["input_ids"]
+        except TemplateError as exc:
+            what = "the tools and messages" if tools else "the messages"
+            raise BadRequest(f"the model's chat template cannot render {what}: {exc}") from exc
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         return self.engine.stream(request)

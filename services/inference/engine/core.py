@@ -262,6 +262,9 @@ class Engine:
     def _accept_token(self, seq: _Sequence, logits: torch.Tensor) -> None:
         params = seq.handle.request.params
         logits = penalize(logits, seq.counts, params.frequency_penalty, params.presence_penalty)
+        constraint = seq.handle.request.constraint
+        if constraint is not None:
+            logits = constraint.mask(logits)
         token = sample_row(logits, params.temperature, params.top_p, seq.generator)
         seq.counts[token] = seq.counts.get(token, 0) + 1
         seq.last_token = token
@@ -274,6 +277,9 @@ class Engine:
             self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
             return
         self._send_text(seq, seq.stops.feed(seq.detok.push(token)))
+        if constraint is not None and constraint.advance(token) and not seq.stops.stopped:  # grammar complete
+            seq.stops.stopped = True
+            self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
 
     def _send_text(self, seq: _Sequence, text: str) -> None:
         if text:
