@@ -90,9 +90,9 @@ class GenerationService:
 
     def build_chat(self, body: ChatCompletionRequest) -> ChatJob:
         """An OpenAI chat request as an engine request: tools rendered, output constrained as asked."""
-        unsupported = body.unsupported_field()
-        if unsupported:
-            raise BadRequest(unsupported[1], param=unsupported[0])
+        refusal = body.refusal()
+        if refusal:
+            raise BadRequest(refusal[1], param=refusal[0])
         plan = plan_output(body, self.tool_syntax)
         native = self.native_tools and bool(plan.tools)
         messages = chat_messages(body.messages, self.settings.system_prompt, tools=plan.tools,

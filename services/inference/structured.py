@@ -81,18 +81,11 @@ def _lit(text: str) -> str:
 
 
 def plan_output(body: ChatCompletionRequest, syntax: ToolSyntax) -> OutputPlan:
-    """Decide what the output may be; BadRequest (naming the field) for contradictory requests."""
+    """Decide what the output may be (the request passed ChatCompletionRequest.refusal already)."""
     tools = list(body.tools or [])
     choice = body.tool_choice
-    if choice is not None and not tools:
-        raise BadRequest("tool_choice needs tools; send the tools the model may call", param="tool_choice")
     names = [t.function.name for t in tools]
-    if len(set(names)) != len(names):
-        raise BadRequest("tool names must be unique", param="tools")
     if isinstance(choice, NamedToolChoice):
-        if choice.function.name not in names:
-            raise BadRequest(f"tool_choice names '{choice.function.name}', which is not among the tools "
-                             f"({', '.join(names)})", param="tool_choice")
         tools = [t for t in tools if t.function.name == choice.function.name]
     mode = "auto" if choice is None else choice if isinstance(choice, str) else "named"
 

@@ -116,15 +116,24 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: ToolChoice | None = None
     response_format: ResponseFormat | None = None
     # Accepted at the values that ask for nothing more than one plain answer; anything else is
-    # refused by name (unsupported_field), never ignored.
+    # refused by name (refusal), never ignored.
     n: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
     modalities: list[str] | None = None
 
-    def unsupported_field(self) -> tuple[str, str] | None:
-        """(field, why) for the first field this request sets that AION does not serve; None when all fit."""
+    def refusal(self) -> tuple[str, str] | None:
+        """(field, why) for the first field AION cannot serve as asked (unsupported, or tool fields that
+        contradict each other); None when the request is fine."""
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            return "tools", "tool names must be unique"
+        if self.tool_choice is not None and not names:
+            return "tool_choice", "tool_choice needs tools; send the tools the model may call"
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            return "tool_choice", (f"tool_choice names '{self.tool_choice.function.name}', which is not among "
+                                   f"the tools ({', '.join(names)})")
         if self.n not in (None, 1):
             return "n", f"only one choice per request is generated; got n={self.n} (send n requests instead)"
         if self.logprobs:

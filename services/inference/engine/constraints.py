@@ -32,21 +32,22 @@ class GrammarConstraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """The row's logits with every token the grammar forbids next set to -inf."""
-        allowed = self._allowed(logits.shape[-1])
+        # numpy, single-threaded: torch's small element-wise ops on a busy CPU wait for their thread pool
+        # (a 49k-entry masked_fill took 8-50 ms here with 2 threads, 0.2 ms in numpy)
+        row = logits.detach().float().cpu().numpy()
+        allowed = self._allowed(row.shape[0])
         if not allowed.any():  # a matcher error: end the row cleanly rather than sample from nothing
             self.failed = self.failed or self._matcher.get_error() or "no token fits the grammar"
             logger.warning("constrained decoding stopped: %s", self.failed)
-            allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
-            allowed[[t for t in self._eos_ids if t < logits.shape[-1]]] = True
-        return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+            allowed[[t for t in self._eos_ids if t < row.shape[0]]] = True
+        return torch.from_numpy(np.where(allowed, row, np.float32(-np.inf))).to(logits.device)
 
-    def _allowed(self, width: int) -> torch.Tensor:
-        if self._matcher.is_error():
-            return torch.zeros(width, dtype=torch.bool)
-        bits = np.unpackbits(np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        allowed = torch.zeros(width, dtype=torch.bool)
-        n = min(width, self._vocab_size, bits.shape[0])
-        allowed[:n] = torch.from_numpy(bits[:n].astype(np.bool_))
+    def _allowed(self, width: int) -> np.ndarray:
+        allowed = np.zeros(width, dtype=np.bool_)
+        if not self._matcher.is_error():
+            bits = np.unpackbits(np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+            n = min(width, self._vocab_size, bits.shape[0])
+            allowed[:n] = bits[:n]
         return allowed
 
     def advance(self, token: int) -> bool:
