@@ -16,14 +16,14 @@ import anyio
 
 from shared.errors import AionError
 
-from ..clients.chat import ChatClient, ChatUnavailable
+from ..clients.chat import ChatClient, ChatUnavailable, merge_tool_calls
 from .budget import BudgetGuard, Denial, Reservation
 from .pricing import Price, estimate_messages_tokens, estimate_tokens, price_for
 from .prompt import PromptPassage, build_rag_messages, source_label
 
 logger = logging.getLogger(__name__)
 
-EventType = Literal["sources", "warn", "token", "done", "error"]
+EventType = Literal["sources", "warn", "token", "tool_call", "done", "error"]
 
 
 @dataclass
@@ -58,6 +58,7 @@ class AnswerRequest:
     tau: float
     force_fallback: bool = False
     history: Sequence[dict[str, str]] = ()
+    output: dict[str, Any] = field(default_factory=dict)  # OpenAI tools/tool_choice/response_format, passed on
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class _Outcome:
     error: str | None = None
     complete: bool = False
     first_token_ms: int | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AnswerService:
@@ -171,6 +173,7 @@ class AnswerService:
                 out.warnings.append("fallback_failed")
                 yield AnswerEvent("warn", {"reason": "fallback_failed", "message": out.error, "restart": ok})
                 out.parts.clear()
+                out.tool_calls.clear()
                 out.error = None
         # The local model: free, so never blocked by the budget.
         try:
@@ -187,6 +190,7 @@ class AnswerService:
         if isinstance(reservation, Reservation) and not fallback_tried:
             yield AnswerEvent("warn", {"reason": "local_unavailable", "message": message, "restart": had_text})
             out.parts.clear()
+            out.tool_calls.clear()
             async for event in self._stream_fallback(req, reservation, messages, out, started):
                 yield event
             if out.complete:
@@ -214,8 +218,11 @@ class AnswerService:
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
-                                             request_id=req.request_id):
+                                             request_id=req.request_id, output=req.output):
             out.model = delta.model or out.model  # the adapter version that really served it
+            if delta.tool_calls:
+                merge_tool_calls(out.tool_calls, delta.tool_calls)
+                yield AnswerEvent("tool_call", {"tool_calls": delta.tool_calls})
             if delta.text:
                 out.parts.append(delta.text)
                 out.first_token_ms = out.first_token_ms or int((time.perf_counter() - started) * 1000)
@@ -235,7 +242,10 @@ class AnswerService:
         try:
             async for delta in self.fallback.stream(messages, max_tokens=self.policy.fallback_max_tokens,
                                                     temperature=self.policy.fallback_temperature,
-                                                    request_id=req.request_id):
+                                                    request_id=req.request_id, output=req.output):
+                if delta.tool_calls:
+                    merge_tool_calls(out.tool_calls, delta.tool_calls)
+                    yield AnswerEvent("tool_call", {"tool_calls": delta.tool_calls})
                 if delta.text:
                     parts.append(delta.text)
                     out.parts.append(delta.text)
@@ -277,6 +287,7 @@ class AnswerService:
             "model": out.model, "C": round(context.confidence, 4) if context else None, "tau": req.tau,
             "forced": req.force_fallback, "complete": out.complete, "error": out.error,
             "warnings": out.warnings, "latency_ms": int((time.perf_counter() - started) * 1000),
+            "tool_calls": out.tool_calls,
             "first_token_ms": out.first_token_ms, "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens, "cost_usd": round(out.cost_usd, 6),
             "sources": [{"document": p.document_id, "chunk": p.chunk_id, "score": round(p.score, 4)}
