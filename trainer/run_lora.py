@@ -81,7 +81,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
 
 
 def _uses_checkpointing(settings: TrainerSettings, device: str) -> bool:
-    return settings.gradient_checkpointing == "true" or (settings.gradient_checkpointing == "auto" and device == "cuda")
+    return settings.gradient_checkpointing == "true" or (settings.gradient_checkpointing == "auto" and device.startswith("cuda"))
 
 
 def attach_lora(base: LoadedModel, settings: TrainerSettings, resume_from: Path | None = None) -> Any:

@@ -16,6 +16,7 @@ from shared.protocol.openai import ChatCompletionRequest
 from .adapters import AdapterManager
 from .engine import Engine, FinishReason, GenerationRequest, SamplingParams, StreamEvent
 from .engine.constraints import GrammarCompiler
+from .engine.core import Handle
 from .engine.types import TokenConstraint
 from .settings import InferenceSettings
 from .structured import OutputPlan, compile_plan, plan_output
@@ -40,6 +41,28 @@ class InvalidLimit(AionError):
 class GenerationFailed(AionError):
     status_code = 500
     code = "generation_failed"
+
+
+def accepts_system_role(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system message (Gemma's and older Mistral's refuse one)."""
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      tokenize=False, add_generation_prompt=True)
+    except Exception:
+        return False
+    return True
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """For templates without a system role: the system text goes first in the first user message."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"].strip())
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system:
+        for message in rest:
+            if message["role"] == "user":
+                message["content"] = f"{system}\n\n{message['content']}"
+                break
+    return rest
 
 
 @dataclass
@@ -80,6 +103,9 @@ class GenerationService:
         except Exception as exc:  # e.g. a slow (Python) tokenizer: plain chat still works
             self.grammars_unavailable = f"{type(exc).__name__}: {exc}"
             logger.warning("structured output unavailable: %s", self.grammars_unavailable)
+        self.system_role = accepts_system_role(tokenizer)
+        if not self.system_role:
+            logger.info("the chat template has no system role: system text goes into the first user message")
 
     def native_messages(self, prompt: str, system: str | None, context: str | None) -> list[dict[str, str]]:
         """The seed's {system, context, prompt} as chat-template messages."""
@@ -113,24 +139,29 @@ class GenerationService:
               constraint: TokenConstraint | None = None) -> GenerationRequest:
         adapter = self.adapters.resolve(model)
         limit = self.settings.max_new_tokens
-        max_new = limit if max_new_tokens is None else max_new_tokens
-        if not 1 <= max_new <= limit:
-            raise InvalidLimit(f"max_new_tokens must be between 1 and {limit} (AION_MAX_NEW_TOKENS); got {max_new}")
+        if max_new_tokens is not None and not 1 <= max_new_tokens <= limit:
+            raise InvalidLimit(f"max_new_tokens must be between 1 and {limit} (AION_MAX_NEW_TOKENS); "
+                               f"got {max_new_tokens}")
         if not any(m["content"].strip() for m in messages if m["role"] in ("user", "tool")):
             raise BadRequest("the request has no user message with text")
+        if not self.system_role:
+            messages = fold_system(messages)
         prompt_ids = self._render(messages, tools)
-        room = self.max_context - max_new
-        if len(prompt_ids) > room:
-            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens but only {room} fit: the context holds "
-                             f"{self.max_context} tokens and max_new_tokens is {max_new}; shorten the prompt "
-                             "or ask for fewer new tokens")
+        room = self.max_context - len(prompt_ids)
+        # Left out, max_new_tokens is what the context leaves, up to AION_MAX_NEW_TOKENS (as vLLM does).
+        max_new = min(limit, room) if max_new_tokens is None else max_new_tokens
+        if max_new > room or room < 1:
+            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens and the context holds {self.max_context}: "
+                             f"{max(room, 0)} are left for the answer, and {max_new} were asked; shorten the "
+                             "prompt or ask for fewer new tokens")
         temp = self.settings.temperature if temperature is None else temperature
         params = SamplingParams(max_new_tokens=max_new, temperature=temp,
                                 top_p=self.settings.top_p if top_p is None else top_p,
                                 seed=seed, stop=tuple(stop or ()),
                                 frequency_penalty=_or(frequency_penalty, self.settings.frequency_penalty),
                                 presence_penalty=_or(presence_penalty, self.settings.presence_penalty))
-        return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter, constraint=constraint)
+        return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter,
+                                 weights_version=self.engine.weights_version, constraint=constraint)
 
     def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         if template_source(self.tokenizer) is None:
@@ -143,8 +174,12 @@ class GenerationService:
             what = "the tools and messages" if tools else "the messages"
             raise BadRequest(f"the model's chat template cannot render {what}: {exc}") from exc
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        return self.engine.stream(request)
+    def submit(self, request: GenerationRequest) -> Handle:
+        """Queue now, so that a full queue is a 503 before any response starts (streams included)."""
+        return self.engine.submit(request)
+
+    def events(self, handle: Handle) -> AsyncIterator[StreamEvent]:
+        return self.engine.events(handle)
 
     async def complete(self, request: GenerationRequest) -> Completion:
         started = time.perf_counter()
@@ -156,7 +191,7 @@ class GenerationService:
                 final = event
         assert final is not None
         if final.finished is FinishReason.ERROR:
-            raise GenerationFailed(final.error or "generation failed")
+            raise GenerationFailed(final.error or "generation failed", status_code=final.error_status or 500)
         return Completion(text="".join(parts), finish_reason=final.finished.value,
                           prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
                           ms=int((time.perf_counter() - started) * 1000), adapter=request.adapter)

@@ -12,6 +12,7 @@ from shared.settings import CommonSettings
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
+NO_EMBEDDINGS = "none"  # AION_EMBED_MODEL=none: a chat-only service (embeddings served elsewhere)
 
 DEFAULT_SYSTEM_PROMPT = (
     "Você é a AION, assistente especialista da plataforma. Responda em PT-BR, cite fontes internas "
@@ -26,8 +27,18 @@ class InferenceSettings(CommonSettings):
     model_cache_dir: Path | None = Field(default=None, validation_alias="AION_MODEL_CACHE_DIR")
     host: str = Field(default="127.0.0.1", validation_alias="AION_HOST")
     port: int = Field(default=8008, ge=1, le=65535, validation_alias="AION_PORT")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", validation_alias="AION_DEVICE")
+    # auto, cpu, cuda or cuda:N (which GPU this service uses; the trainer has its own setting)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", validation_alias="AION_DEVICE")
     load_in_4bit: Literal["auto", "true", "false"] = Field(default="auto", validation_alias="AION_LOAD_IN_4BIT")
+    # Weights (or nf4's compute) dtype; auto: bf16 on GPUs that have it, fp16 on older ones (T4, V100), fp32 on CPU.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(default="auto", validation_alias="AION_DTYPE")
+    # Which engine path serves the model (engine/runner.py): auto takes the native decoder for Llama models on
+    # the CPU and the model's own forward everywhere else.
+    runner: Literal["auto", "native", "transformers"] = Field(default="auto", validation_alias="AION_RUNNER")
+    # The most the running batch's keys and values may take; unset: 90% of the GPU memory left after the
+    # model is loaded (less a margin), or a quarter of the RAM on the CPU. A request waits while it would
+    # not fit beside the running ones; one that cannot fit at all gets a 400.
+    kv_cache_mb: int | None = Field(default=None, ge=1, validation_alias="AION_KV_CACHE_MB")
     max_new_tokens: int = Field(default=512, ge=1, validation_alias="AION_MAX_NEW_TOKENS")
     temperature: float = Field(default=0.6, ge=0.0, le=2.0, validation_alias="AION_TEMPERATURE")
     top_p: float = Field(default=0.9, gt=0.0, le=1.0, validation_alias="AION_TOP_P")
@@ -40,7 +51,7 @@ class InferenceSettings(CommonSettings):
     threads: int | None = Field(default=None, ge=1, validation_alias="AION_THREADS")
     inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
     max_embed_inputs: int = Field(default=256, ge=1, validation_alias="AION_MAX_EMBED_INPUTS")
-    # The CPU decode kernels (services/inference/engine/kernels.py): where their compiled library is
+    # The CPU decode kernels (services/inference/engine/kernel_library.py): where their compiled library is
     # cached (default ~/.cache/aion/kernels), and a switch to decode with fp32 weights instead.
     kernel_cache_dir: Path | None = Field(default=None, validation_alias="AION_KERNEL_CACHE_DIR")
     quantized_decode: bool = Field(default=True, validation_alias="AION_QUANTIZED_DECODE")

@@ -111,7 +111,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer")
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
     response_format: ResponseFormat | None = None

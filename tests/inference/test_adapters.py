@@ -1,4 +1,6 @@
-"""Hot-swapped LoRA adapters on the real model: reload, refuse a corrupt one, per-request choice, merge."""
+"""Hot-swapped LoRA adapters on the real model: reload, refuse a corrupt one, per-request choice, merge —
+on both engine paths: the native decoder, and the model's own forward (what GPU hosts run) with the CPU
+kernels off."""
 
 from __future__ import annotations
 
@@ -41,10 +43,14 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"a": build_adapter(root / "a", seed=1, scale=0.5), "b": build_adapter(root / "b", seed=2, scale=0.5)}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+RUNNERS = {"native": {}, "transformers": {"AION_RUNNER": "transformers", "AION_QUANTIZED_DECODE": "false"}}
+
+
+@pytest.fixture(scope="module", params=list(RUNNERS))
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     data = tmp_path_factory.mktemp("adapter-server")
-    with run_inference(data, data / "logs") as service:
+    with run_inference(data, data / "logs", **RUNNERS[request.param]) as service:
+        assert httpx.get(f"{service.url}/health").json()["runner"] == request.param
         yield service
 
 

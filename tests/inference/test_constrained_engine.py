@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from services.inference.adapters import AdapterManager
 from services.inference.engine import FinishReason, GenerationRequest, SamplingParams
 from services.inference.engine.core import Engine
-from services.inference.engine.runner import ModelRunner
+from services.inference.engine.runner import choose_runner
 from services.inference.generation import GenerationService
 from services.inference.loader import resolve_base_model
 from services.inference.settings import InferenceSettings
@@ -57,7 +57,7 @@ def tiny_service(tokenizer, max_batch_size: int = 8) -> GenerationService:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
     model = LlamaForCausalLM(config).eval()
-    runner = ModelRunner(model, tokenizer, "cpu")
+    runner = choose_runner(model, tokenizer, "cpu")
     engine = Engine(runner, max_batch_size=max_batch_size, max_queue=16)
     adapters = AdapterManager(runner, "tiny", four_bit=False)
     return GenerationService(engine, tokenizer, InferenceSettings(), adapters, runner.max_context)

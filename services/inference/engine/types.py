@@ -47,6 +47,7 @@ class GenerationRequest:
     params: SamplingParams
     adapter: str | None = None   # a loaded adapter's versioned name, or None for the base weights
     constraint: TokenConstraint | None = None   # this row's grammar (tools, response_format); None: free text
+    weights_version: int = 0     # the engine's weights version the adapter was resolved against
     request_id: int = field(default_factory=lambda: next(_ids))
 
 
@@ -59,4 +60,5 @@ class StreamEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    error_status: int | None = None  # the HTTP status the error deserves (500 unless the engine knows better)
     first_token_s: float | None = None

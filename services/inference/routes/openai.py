@@ -8,10 +8,10 @@ import struct
 from collections.abc import AsyncIterator
 
 import anyio
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
-from shared.errors import BadRequest, error_body
+from shared.errors import BadRequest, ServiceUnavailable, error_body
 from shared.protocol.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -31,6 +31,7 @@ from shared.protocol.openai import (
     completion_id,
 )
 
+from ..cancellation import unless_disconnected
 from ..deps import ReadyDep, require_token
 from ..engine import FinishReason
 from ..tools import ToolCallReader
@@ -55,7 +56,7 @@ def _delta(reader: ToolCallReader | None, kind: str, text: str) -> ChoiceDelta:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
+async def chat_completions(body: ChatCompletionRequest, state: ReadyDep, http: Request):
     gen = state.generation
     assert gen is not None
     job = gen.build_chat(body)
@@ -63,7 +64,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
     # Report what really served the request (the adapter's versioned name), as OpenAI reports snapshots.
     served = state.served_model_name(request.adapter)
     if not body.stream:
-        done = await gen.complete(request)
+        done = await unless_disconnected(http, gen.complete(request))
         content, calls = reader.read(done.text) if reader else (done.text, [])
         return ChatCompletionResponse(
             model=served, choices=[Choice(message=ChoiceMessage(content=content, tool_calls=calls or None),
@@ -72,6 +73,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
                         total_tokens=done.prompt_tokens + done.completion_tokens))
 
     cid = completion_id()
+    handle = gen.submit(request)  # a full queue too: a 503 with Retry-After, not a 200 that breaks off
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: ChoiceDelta, finish: str | None = None) -> dict:
@@ -80,7 +82,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
 
     async def events() -> AsyncIterator[dict]:
         yield chunk(ChoiceDelta(role="assistant", content=""))
-        async for event in gen.stream(request):
+        async for event in gen.events(handle):
             if event.text:
                 pieces = reader.feed(event.text) if reader else [("content", event.text)]
                 for kind, text in pieces:
@@ -116,7 +118,9 @@ async def list_models(state: ReadyDep) -> ModelList:
 @router.post("/embeddings", response_model=EmbeddingResponse)
 async def embeddings(body: EmbeddingRequest, state: ReadyDep) -> EmbeddingResponse:
     embedder = state.embedder
-    assert embedder is not None
+    if embedder is None:
+        raise ServiceUnavailable("this inference service serves no embeddings (AION_EMBED_MODEL=none); ask the "
+                                 "service named by AION_EMBEDDINGS_URL", code="embeddings_off")
     texts = body.texts()
     if not texts:
         raise BadRequest("input must hold at least one text")
