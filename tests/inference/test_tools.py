@@ -87,7 +87,7 @@ async def test_json_schema_output_always_parses_and_validates(inference_url: str
     async def one(i: int) -> tuple[str, str | None]:
         async with room:
             r = await client.chat.completions.create(
-                model=MODEL, temperature=1.0, max_tokens=48, response_format=fmt,  # type: ignore[arg-type]
+                model=MODEL, temperature=1.0, top_p=1.0, max_tokens=48, response_format=fmt,  # type: ignore[arg-type]
                 messages=[{"role": "user", "content": f"Invent person number {i}."}])
         return r.choices[0].message.content or "", r.choices[0].finish_reason
 
