@@ -10,7 +10,8 @@ weights (decode speed does not depend on their values) and a word-level tokenize
 2. trains five QLoRA steps and runs one gate evaluation with the trainer's code;
 3. reloads that adapter into the running service and serves it per request beside base-model requests;
 4. merges it into the base (and reads /health);
-5. serves the same model in bf16 at 1, 8 and 32 streams;
+5. serves the same model in bf16 at 1, 8 and 32 streams, and runs the 32-prompt burst through transformers'
+   own continuous batching (`generate_batch`, paged KV cache) for comparison;
 
 printing peak GPU memory and, beside single-stream decode, its physical bound: the weight bytes a token
 reads over the memory bandwidth measured on the device. Writes everything as JSON to --out.
@@ -148,7 +149,7 @@ def inference_service(model: Path, plan: Plan, four_bit: bool, work: Path) -> It
            "AION_MAX_BATCH_SIZE": str(max(plan.streams)), "AION_MAX_QUEUE": "256",
            "AION_MAX_NEW_TOKENS": str(plan.new_tokens), "AION_DATA_DIR": str(work / "data"),
            "AION_PREFIX_CACHE_MB": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)}
     env.pop("AION_INFERENCE_TOKEN", None)
     log_path = work / f"inference-{'nf4' if four_bit else 'full'}.log"
     code = ("import uvicorn; from services.inference.main import create_app; "
@@ -184,13 +185,13 @@ def inference_service(model: Path, plan: Plan, four_bit: bool, work: Path) -> It
             proc.wait(10)
 
 
-async def one_stream(client: httpx.AsyncClient, prompt: str, plan: Plan, adapter: str | None) -> tuple[float, int]:
+async def one_stream(client: httpx.AsyncClient, prompt: str, new_tokens: int, adapter: str | None) -> tuple[float, int]:
     """(seconds to the first token, tokens generated) of one /generate/stream request."""
     started = time.perf_counter()
     first: float | None = None
     tokens = 0
-    body = {"prompt": prompt, "system": "w1 w2", "temperature": 0, "max_new_tokens": plan.new_tokens,
-            "adapter": adapter}
+    body = {"prompt": prompt, "system": "w1 w2", "temperature": 0, "max_new_tokens": new_tokens,
+            "adapter": adapter, "ignore_eos": True}  # random weights: a stream's length is the test's choice
     async with client.stream("POST", "/generate/stream", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"stream answered {response.status_code}: {(await response.aread())[:400]!r}")
@@ -207,33 +208,58 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, plan: Plan, adapter
     return (first if first is not None else time.perf_counter() - started), tokens
 
 
-async def burst(url: str, plan: Plan, streams: int, rng: random.Random,
-                adapters: tuple[str | None, ...] = (None,)) -> dict[str, Any]:
-    """`streams` concurrent requests of distinct prompts: aggregate tokens/s and first-token times."""
+def step_metrics(url: str) -> dict[str, float]:
+    """The engine's step and prefill timers (sum and count of each histogram) from /metrics."""
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        for name in ("step_forward_seconds", "step_tokens_seconds", "prefill_seconds"):
+            for part in ("sum", "count"):
+                if line.startswith(f"aion_inference_{name}_{part} "):
+                    out[f"{name}_{part}"] = float(line.split()[-1])
+    return out
+
+
+def _mean_ms(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    return round(1000 * (after[f"{name}_sum"] - before[f"{name}_sum"]) / count, 2) if count else None
+
+
+async def burst(url: str, plan: Plan, streams: int, rng: random.Random, adapters: tuple[str | None, ...] = (None,),
+                new_tokens: int | None = None) -> dict[str, Any]:
+    """`streams` concurrent requests of distinct prompts: aggregate tokens/s, first-token times, and where a
+    decode step's time went (the engine's own timers)."""
+    new_tokens = new_tokens or plan.new_tokens
     prompts = [prompt_text(rng, plan.prompt_words, plan.config["vocab_size"]) for _ in range(streams)]
+    before = await asyncio.to_thread(step_metrics, url)
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         started = time.perf_counter()
-        results = await asyncio.gather(*[one_stream(client, p, plan, adapters[i % len(adapters)])
+        results = await asyncio.gather(*[one_stream(client, p, new_tokens, adapters[i % len(adapters)])
                                          for i, p in enumerate(prompts)])
         wall = time.perf_counter() - started
+    after = await asyncio.to_thread(step_metrics, url)
     firsts = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
     return {"streams": streams, "tokens": tokens, "seconds": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1), "ttft_p50_s": round(statistics.median(firsts), 3),
             "ttft_max_s": round(firsts[-1], 3),
-            "decode_tokens_per_s_per_stream": round(plan.new_tokens / max(wall - firsts[-1], 1e-6), 1)
-            if streams == 1 else None}
+            "decode_tokens_per_s_per_stream": round(new_tokens / max(wall - firsts[-1], 1e-6), 1)
+            if streams == 1 else None,
+            "step_forward_ms": _mean_ms(before, after, "step_forward_seconds"),
+            "step_tokens_ms": _mean_ms(before, after, "step_tokens_seconds"),
+            "prefill_ms": _mean_ms(before, after, "prefill_seconds")}
 
 
 def streams_phase(url: str, plan: Plan, label: str, memory: MemorySampler) -> list[dict[str, Any]]:
     rng = random.Random(label)
-    asyncio.run(burst(url, plan, 1, rng))  # warm-up: first-call allocations and kernel choices
+    for n in plan.streams:  # warm-up: first-call allocations and kernel choices at every batch shape
+        asyncio.run(burst(url, plan, n, rng, new_tokens=4))
     out = []
     for n in plan.streams:
         with memory.phase(f"{label} {n} streams"):
             result = asyncio.run(burst(url, plan, n, rng))
         result["peak_memory_mb"] = memory.peaks[f"{label} {n} streams"]
-        log(f"{label} {n:>2} streams: {result['tokens_per_s']:8.1f} tok/s, first token p50 {result['ttft_p50_s']} s")
+        log(f"{label} {n:>2} streams: {result['tokens_per_s']:8.1f} tok/s, first token p50 {result['ttft_p50_s']} s, "
+            f"step {result['step_forward_ms']} + {result['step_tokens_ms']} ms, prefill {result['prefill_ms']} ms")
         out.append(result)
     return out
 
@@ -261,7 +287,7 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
         "AION_TRAIN_DEVICE": "cuda" if plan.device.startswith("cuda") else "cpu",
         "AION_TRAIN_LOAD_IN_4BIT": "true", "AION_TRAIN_MAX_STEPS": plan.train_steps, "AION_TRAIN_BATCH_SIZE": 4,
         "AION_TRAIN_REPLAY_RATIO": 0, "AION_TRAIN_HELDOUT_FRACTION": 0.2, "AION_TRAIN_MIN_EXAMPLES": 1,
-        "AION_TRAIN_REGRESSION_MAX_NEW_TOKENS": 8})
+        "AION_TRAIN_REGRESSION_MAX_NEW_TOKENS": 8, "AION_TRAIN_LEARNING_RATE": 2e-4})
     started = time.perf_counter()
     base = load_base(settings)
     loaded_s = time.perf_counter() - started
@@ -307,8 +333,45 @@ def adapter_phase(url: str, adapter: str, plan: Plan, memory: MemorySampler) -> 
                   k: health.get(k) for k in ("quantization", "merged", "adapter", "kv_cache", "runner")},
               "after_merge_1_stream": after, "base_after_merge_status": refused,
               "merge_peak_memory_mb": memory.peaks["merge"]}
-    log(f"adapter: reload {result['reload_s']} s, 1 stream {alone['tokens_per_s']} tok/s, "
+    log(f"adapter: reload {result['reload_s']} s, 1 stream {alone['tokens_per_s']} tok/s "
+        f"(step {alone['step_forward_ms']} + {alone['step_tokens_ms']} ms), "
         f"{plan.streams[1]} mixed {mixed['tokens_per_s']} tok/s; merge {merge.status_code} in {merge_s:.1f} s")
+    return result
+
+
+def transformers_batching(model: Path, plan: Plan, streams: int) -> dict[str, Any]:
+    """The same burst through transformers' own continuous batching (`generate_batch`, paged KV cache),
+    offline: what AION's engine on the transformers path is measured against."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from services.inference.loader import compute_dtype
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=compute_dtype(plan.device), device_map=plan.device)
+    loaded.eval()
+    rng = random.Random("transformers")
+    prompts = [tokenizer.apply_chat_template(
+        [{"role": "system", "content": "w1 w2"}, {"role": "user", "content": prompt_text(rng, plan.prompt_words,
+                                                                                          plan.config["vocab_size"])}],
+        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] for _ in range(streams)]
+    config = GenerationConfig(max_new_tokens=plan.new_tokens, do_sample=False,
+                              eos_token_id=plan.config["eos_token_id"], pad_token_id=tokenizer.pad_token_id)
+    # The paged cache sized for this burst (by default it takes most of the free memory).
+    longest = max(len(p) for p in prompts) + plan.new_tokens
+    batching = ContinuousBatchingConfig(num_blocks=streams * -(-longest // 256) + 8,
+                                        max_batch_tokens=max(1024, 4 * longest))
+    loaded.generate_batch(inputs=prompts[:2], generation_config=config, continuous_batching_config=batching)
+    started = time.perf_counter()
+    out = loaded.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=batching)
+    wall = time.perf_counter() - started
+    tokens = sum(len(o.generated_tokens) for o in out.values())
+    if not tokens:
+        raise RuntimeError("generate_batch returned no tokens (see its log above)")
+    del loaded
+    _empty_device_cache(plan)
+    result = {"streams": streams, "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 1)}
+    log(f"transformers generate_batch {streams} prompts: {result['tokens_per_s']} tok/s")
     return result
 
 
@@ -439,6 +502,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "prompt_words": plan.prompt_words, "new_tokens": plan.new_tokens},
                               "environment": environment(plan), "ok": False}
     memory = MemorySampler(plan.device)
+
+    def save() -> None:  # after every phase: a run cut short still leaves what it measured
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2))
+
     try:
         report["bandwidth_gb_s"] = bandwidth = measure_bandwidth(plan)
         model = work / "model"
@@ -446,28 +516,32 @@ def main(argv: list[str] | None = None) -> int:
         with inference_service(model, plan, True, work) as url:
             report["nf4"] = streams_phase(url, plan, "nf4", memory)
             report["nf4_bound"] = bound(report["nf4"][0], bandwidth, weight_bytes_per_token(plan.config, True))
+            save()
             with memory.phase("qlora"):
                 report["qlora"] = train_and_gate(model, plan, work)
             report["qlora"]["peak_memory_mb"] = memory.peaks["qlora"]
             log(f"QLoRA: {report['qlora']['steps']} steps at {report['qlora']['seconds_per_step']} s/step; gate "
                 f"{report['qlora']['gate']['decision']} in {report['qlora']['gate']['seconds']} s")
+            save()
             report["adapter"] = adapter_phase(url, report["qlora"]["adapter"], plan, memory)
+            save()
         if not args.skip_full_precision:
             with inference_service(model, plan, False, work) as url:
                 report["full"] = streams_phase(url, plan, plan.dtype, memory)
                 report["full_bound"] = bound(report["full"][0], bandwidth,
                                              weight_bytes_per_token(plan.config, False))
+            save()
+            try:  # a comparison, not a check of AION: its failure is recorded, not fatal
+                report["transformers_generate_batch"] = transformers_batching(model, plan, max(plan.streams))
+            except Exception as exc:
+                report["transformers_generate_batch"] = {"error": f"{type(exc).__name__}: {exc}"}
         report["ok"] = True
     except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(f"FAILED: {report['error']}")
     finally:
-        report["seconds"] = round(time.perf_counter() - started, 1)
-        text = json.dumps(report, indent=2)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-        sys.stdout.write(text + "\n")
+        save()
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0 if report["ok"] else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,14 @@ def inference_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servi
     data = tmp_path_factory.mktemp("inference-data")
     with run_inference(data, data / "logs") as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def tiny_image_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Stable Diffusion pipeline (random weights) to give as AION_IMAGE_MODEL."""
+    from tests.fixtures.tiny_diffusion import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="session")

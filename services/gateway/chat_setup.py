@@ -16,16 +16,21 @@ from .clients.inference import InferenceClient
 from .clients.inference_admin import InferenceAdmin
 from .observability import GatewayMetrics
 from .repositories.events import insert_event
-from .services.answer import AnswerPolicy, AnswerService, RetrievedContext, SourcePassage
+from .services.answer import AnswerPolicy, AnswerService, RetrievedContext
 from .services.budget import BudgetGuard, BudgetPolicy
+from .services.context_fit import ChatTokens
+from .services.conversations import ConversationStore
 from .services.export import Exporter
 from .services.retrieval import retrieve
+from .services.rewrite import QuestionRewriter
+from .services.tokens import TokenCounter
 from .settings import GatewaySettings
 
 
 @dataclass
 class ChatParts:
     answers: AnswerService
+    conversations: ConversationStore
     budget: BudgetGuard
     exporter: Exporter
     admin: InferenceAdmin
@@ -40,23 +45,20 @@ class ChatParts:
 
 
 def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSession],
-               inference: InferenceClient, metrics: GatewayMetrics | None = None) -> ChatParts:
-    async def retrieve_context(tenant_id: str, question: str) -> RetrievedContext:
+               inference: InferenceClient, counter: TokenCounter, metrics: GatewayMetrics | None = None) -> ChatParts:
+    async def retrieve_context(tenant_id: str, question: str, *, original: str | None = None) -> RetrievedContext:
         try:
             async with sessions.begin() as session:
                 found = await retrieve(session, inference, tenant_id, question, k=settings.top_k,
                                        top_n=settings.top_n, lam=settings.mmr_lambda, request_id=request_id_var.get(),
-                                       max_query_chars=settings.max_query_chars)
+                                       max_query_chars=settings.max_query_chars, original_query=original)
         except DBAPIError as exc:
             if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                 raise
             # Down or restarting: the same retryable 503 the other routes give (see main.py).
             raise ServiceUnavailable("the database is unavailable; retry in a few seconds",
                                      code="database_unavailable", headers={"Retry-After": "2"}) from exc
-        return RetrievedContext(confidence=found.confidence, passages=[
-            SourcePassage(chunk_id=str(p.chunk_id), document_id=str(p.document_id),
-                          title=p.title or p.source_name, page_or_heading=p.page_or_heading, text=p.text,
-                          score=p.score) for p in found.passages])
+        return RetrievedContext(confidence=found.confidence, passages=found.passages)
 
     async def log_event(tenant_id: str, kind: str, value: float, meta: dict[str, Any], request_id: str) -> None:
         async with sessions.begin() as session:
@@ -72,14 +74,21 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
     budget = BudgetGuard(sessions, BudgetPolicy(
         cap_usd=settings.budget_usd, period=settings.budget_period, max_fallback_share=settings.tau_fallback,
         share_min_answers=settings.fallback_share_min_answers, stale_reservation_s=settings.stale_reservation_s))
-    policy = AnswerPolicy(system_prompt=settings.rag_system_prompt, local_max_tokens=settings.local_max_tokens,
-                          local_temperature=settings.local_temperature,
-                          local_frequency_penalty=settings.local_frequency_penalty,
-                          fallback_max_tokens=settings.fallback_max_tokens,
-                          fallback_temperature=settings.fallback_temperature, prices=settings.fallback_prices,
-                          unknown_price=settings.fallback_unknown_price)
+    policy = AnswerPolicy(
+        personas={"pt": settings.rag_system_prompt, "en": settings.rag_system_prompt_en},
+        language=None if settings.prompt_language == "auto" else settings.prompt_language,
+        default_language=settings.default_language, local_max_tokens=settings.local_max_tokens,
+        local_temperature=settings.local_temperature, local_frequency_penalty=settings.local_frequency_penalty,
+        fallback_max_tokens=settings.fallback_max_tokens, fallback_temperature=settings.fallback_temperature,
+        prices=settings.fallback_prices, unknown_price=settings.fallback_unknown_price,
+        max_passages=settings.prompt_max_passages, passage_tokens=settings.prompt_passage_tokens,
+        context_window=settings.local_context_tokens or None, support_threshold=settings.support_threshold,
+        low_confidence_local=settings.low_confidence_answer == "local")
+    conversations = ConversationStore(sessions)
     answers = AnswerService(retrieve=retrieve_context, log_event=log_event, local=local, fallback=fallback,
-                            budget=budget, policy=policy, on_answer=metrics.observe_answer if metrics else None)
-    return ChatParts(answers=answers, budget=budget, exporter=Exporter(sessions, settings.rag_system_prompt),
+                            budget=budget, policy=policy, tokens=ChatTokens(counter),
+                            rewriter=QuestionRewriter(local, max_tokens=settings.rewrite_max_tokens),
+                            conversations=conversations, on_answer=metrics.observe_answer if metrics else None)
+    return ChatParts(answers=answers, conversations=conversations, budget=budget, exporter=Exporter(sessions, settings.rag_system_prompt),
                      admin=InferenceAdmin(settings.local_llm_url, settings.inference_token), local=local,
                      fallback=fallback)

@@ -19,8 +19,21 @@ from shared.logging import RequestIdMiddleware
 
 from .chat_setup import build_chat
 from .clients.inference import InferenceClient
+from .extras_setup import build_images, build_web
 from .observability import install_metrics
-from .routes import admin_data, documents, feedback, health, metrics, pages, search, training
+from .routes import (
+    admin_data,
+    conversations,
+    documents,
+    feedback,
+    health,
+    images,
+    metrics,
+    pages,
+    search,
+    training,
+    webpages,
+)
 from .routes import chat as chat_routes
 from .security.install import install_security
 from .services.tokens import load_token_counter
@@ -49,10 +62,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         inference = InferenceClient(http, settings.local_llm_url, token=settings.inference_token,
                                     batch_size=settings.embed_batch_size, expected_dim=EMBEDDING_DIM,
                                     on_error=app.state.metrics.inference_error)
-        chat = build_chat(settings, sessions, inference, app.state.metrics)
+        chat = build_chat(settings, sessions, inference, counter, app.state.metrics)
+        web = build_web(settings, inference, counter)
         app.state.gateway = GatewayState(
             settings=settings, database_url=url, engine=engine, sessions=sessions, http=http, inference=inference,
-            token_counter=counter, chat=chat)
+            token_counter=counter, chat=chat, images=build_images(settings, sessions, http), web=web)
 
         logger.info("gateway ready: inference at %s, chunk sizes by %s, tenant %s", settings.local_llm_url,
                     counter.name, settings.tenant_id)
@@ -60,6 +74,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             await chat.close()
+            await web.fetcher.aclose()
             await http.aclose()
             await engine.dispose()
             await anyio.to_thread.run_sync(settings.release_database)
@@ -70,7 +85,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, documents, search, chat_routes, feedback, metrics, training, admin_data, pages):
+    for module in (health, webpages, documents, search, chat_routes, conversations, feedback, metrics, training,
+                   admin_data, pages, images):
         app.include_router(module.router)
     return app
 

@@ -1,4 +1,4 @@
-"""The gateway's API schemas for documents and search (apart from the ORM models)."""
+"""The gateway's API schemas (apart from the ORM models): documents, search, chat, feedback, conversations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DocumentPublic(BaseModel):
@@ -108,3 +108,123 @@ class SearchResponse(BaseModel):
     embed_ms: float
     search_ms: float
     request_id: str | None = None
+
+
+# -- chat, feedback, conversations ------------------------------------------------------------------
+
+class HistoryTurn(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=8000)
+
+
+class ChatRequest(BaseModel):
+    message: str = Field(min_length=1, description="the question")
+    forceFallback: bool = False  # noqa: N815 — the seed's name
+    tau: float | None = Field(default=None, ge=0.0, le=1.0, description="confidence threshold for this request")
+    history: list[HistoryTurn] = Field(default_factory=list, max_length=20,
+                                       description="earlier turns kept by the client (instead of conversation_id)")
+    conversation_id: uuid.UUID | None = Field(default=None, description="continue this stored conversation")
+    store: bool = Field(default=True, description="keep the exchange as a conversation the server stores "
+                                                   "(a new one unless conversation_id is given)")
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message must not be blank")
+        return value
+
+
+class SourceOut(BaseModel):
+    n: int
+    document: str
+    chunk: str
+    title: str
+    page_or_heading: str | None
+    score: float
+    text: str
+    url: str | None = None  # a web page's address
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    cost_usd: float = 0.0
+
+
+class ChatResponse(BaseModel):
+    text: str
+    # local / fallback: that model wrote the text; documents: the passages' own sentences, quoted.
+    used: Literal["local", "fallback", "documents"]
+    answer: Literal["generated", "quoted", "not_found"]
+    C: float = Field(description="retrieval match: how well the passages match the question (0..1)")
+    support: float | None = Field(description="answer support: how much of the answer its passages back (0..1)")
+    model: str | None
+    language: Literal["pt", "en"] | None = None
+    conversation_id: uuid.UUID | None = None
+    rewritten: str | None = Field(default=None, description="the standalone question a follow-up became")
+    sources: list[SourceOut]
+    request_id: str
+    usage: UsageOut
+    warnings: list[str]
+    latency_ms: int
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=64)
+    rating: Literal["up", "down"]
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class ConversationSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    title: str
+    turn_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationPage(BaseModel):
+    items: list[ConversationSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class ConversationTurnOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    ord: int
+    role: Literal["user", "assistant"]
+    content: str
+    request_id: str | None
+    meta: dict[str, Any] = Field(description="assistant turns: used, model, C, support, answer, warnings, sources")
+    created_at: datetime
+
+
+class ConversationDetail(ConversationSummary):
+    turns: list[ConversationTurnOut]
+
+
+class ConversationRename(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200)
+
+    @field_validator("title")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("title must not be blank")
+        if "\x00" in value:  # Postgres text cannot hold it
+            raise ValueError("title must not contain NUL characters")
+        return value
+
+
+class ConversationDeleted(BaseModel):
+    id: uuid.UUID
+    deleted: bool = True

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from shared.db.settings import DatabaseSettings
 
 from .services.pricing import DEFAULT_PRICES
-from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
+from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, DEFAULT_RAG_SYSTEM_PROMPT_EN
 
 
 class GatewaySettings(DatabaseSettings):
@@ -55,7 +55,31 @@ class GatewaySettings(DatabaseSettings):
     tau_fallback: float = Field(default=0.18, ge=0.0, le=1.0, validation_alias="AION_TAU_FALLBACK")
     # Kept for the seed's retrieval-quality alarm (nDCG); read but not yet used by the answer path.
     tau_ndcg: float = Field(default=0.82, ge=0.0, le=1.0, validation_alias="AION_TAU_NDCG")
+    # The system prompt's opening for Portuguese questions (the owner's) and for English ones.
     rag_system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
+    rag_system_prompt_en: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT_EN, validation_alias="AION_RAG_SYSTEM_PROMPT_EN")
+    # "auto": the prompt speaks the question's language; "pt" or "en" pins one for every question.
+    prompt_language: Literal["auto", "pt", "en"] = Field(default="auto", validation_alias="AION_PROMPT_LANGUAGE")
+    # When neither the question nor its passages tell the language (the owner writes Portuguese).
+    default_language: Literal["pt", "en"] = Field(default="pt", validation_alias="AION_DEFAULT_LANGUAGE")
+
+    # What the prompt gives the local model: at most this many passages, together at most this many
+    # tokens (and never over a quarter of the model's context). The packaged 135M model answers best
+    # from 2-3 short passages (docs/benchmarks.md); a 7B model on a GPU host takes 6-8.
+    prompt_max_passages: int = Field(default=3, ge=1, le=50, validation_alias="AION_PROMPT_MAX_PASSAGES")
+    prompt_passage_tokens: int = Field(default=600, ge=64, le=100_000, validation_alias="AION_PROMPT_PASSAGE_TOKENS")
+    # The local model's context length; 0: ask its server (/v1/models `max_model_len`), 2048 if it does not say.
+    local_context_tokens: int = Field(default=0, ge=0, le=10_000_000, validation_alias="AION_LOCAL_CONTEXT_TOKENS")
+    # A local answer whose passages back less than this share of it (services/support.py) is re-answered
+    # by the fallback when allowed, else replaced by the passages' own sentences, quoted. 0: never.
+    support_threshold: float = Field(default=0.6, ge=0.0, le=1.0, validation_alias="AION_SUPPORT_THRESHOLD")
+    # Below τ with no fallback: "not_found" says the documents do not seem to cover it (quoting the
+    # closest passages); "local" lets the local model try anyway (its answer is still support-checked).
+    low_confidence_answer: Literal["not_found", "local"] = Field(default="not_found",
+                                                                 validation_alias="AION_LOW_CONFIDENCE_ANSWER")
+    # Follow-ups are rewritten into standalone questions by the local model with at most this many
+    # tokens (0: by the deterministic rule only).
+    rewrite_max_tokens: int = Field(default=48, ge=0, le=512, validation_alias="AION_REWRITE_MAX_TOKENS")
 
     # The local model, spoken to in the OpenAI dialect (so vLLM/TGI/Ollama can stand in for it).
     local_chat_url: str | None = Field(default=None, validation_alias="AION_LOCAL_CHAT_URL")
@@ -94,6 +118,29 @@ class GatewaySettings(DatabaseSettings):
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
     adapter_dir: Path | None = Field(default=None, validation_alias="AION_ADAPTER_DIR")
 
+    # Image generation: the inference service's /v1/images/generations (AION_LOCAL_LLM_URL unless set),
+    # files kept under AION_IMAGES_DIR (default <AION_DATA_DIR>/images), metadata in Postgres.
+    images_url: str | None = Field(default=None, validation_alias="AION_IMAGES_URL")
+    images_timeout_s: float = Field(default=900.0, gt=0, validation_alias="AION_IMAGES_TIMEOUT")
+    images_dir: Path | None = Field(default=None, validation_alias="AION_IMAGES_DIR")
+    image_max_side: int = Field(default=1024, ge=64, le=4096, validation_alias="AION_IMAGE_MAX_SIDE")
+    image_max_steps: int = Field(default=100, ge=1, le=100_000, validation_alias="AION_IMAGE_MAX_STEPS")
+
+    # Web pages as documents: only hosts on the allowlist (comma-separated; `*.example.com` for its
+    # subdomains), never an address in a loopback, private or link-local range unless its network is
+    # listed in AION_URL_ALLOW_NETWORKS; robots.txt honoured; each host paced and capped.
+    url_allowlist: str = Field(default="", validation_alias="AION_URL_ALLOWLIST")
+    url_allow_networks: str = Field(default="", validation_alias="AION_URL_ALLOW_NETWORKS")
+    url_max_mb: float = Field(default=10.0, gt=0, validation_alias="AION_URL_MAX_MB")
+    url_timeout_s: float = Field(default=30.0, gt=0, validation_alias="AION_URL_TIMEOUT")
+    url_host_interval_s: float = Field(default=1.0, ge=0, validation_alias="AION_URL_HOST_INTERVAL")
+    url_host_concurrency: int = Field(default=2, ge=1, le=32, validation_alias="AION_URL_HOST_CONCURRENCY")
+    url_max_pages: int = Field(default=20, ge=1, le=1000, validation_alias="AION_URL_MAX_PAGES")
+    url_max_depth: int = Field(default=2, ge=0, le=5, validation_alias="AION_URL_MAX_DEPTH")
+    url_max_redirects: int = Field(default=5, ge=0, le=20, validation_alias="AION_URL_MAX_REDIRECTS")
+    url_user_agent: str = Field(default="AION/0.1 (self-hosted knowledge base)", min_length=1,
+                                validation_alias="AION_URL_USER_AGENT")
+
     # Security. API keys (`aion keys create`) on every /api and /v1 call; "off" only on a loopback bind.
     auth: Literal["on", "off"] = Field(default="on", validation_alias="AION_AUTH")
     # Browser origins allowed to call the API from other sites, comma-separated; empty: none (no CORS).
@@ -125,6 +172,28 @@ class GatewaySettings(DatabaseSettings):
         for origin in (o.strip() for o in value.split(",")):
             if origin and origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"'{origin}' is not an origin; write scheme://host[:port], e.g. https://app.example.com")
+        return value
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (v.strip() for v in value.split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"'{item}' is not a network; write CIDRs such as 127.0.0.1/32, "
+                                     "comma-separated") from exc
+        return value
+
+    @field_validator("url_allowlist")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        for item in (v.strip() for v in value.split(",")):
+            bracketed_ipv6 = item.startswith("[") and item.endswith("]")
+            if item and not bracketed_ipv6 and any(c in item for c in "/:@ "):
+                raise ValueError(f"'{item}' is not a host name; list hosts only (no scheme, port or path), "
+                                 "e.g. docs.example.com,*.example.org")
         return value
 
     @field_validator("fallback_prices", "fallback_unknown_price", mode="before")
@@ -186,6 +255,19 @@ class GatewaySettings(DatabaseSettings):
         """AION_ADAPTER_DIR: the symlink to the active adapter that a restarted inference serves."""
         root = (self.train_root or self.data_dir / "trainer").expanduser()
         return (self.adapter_dir or root / "adapters" / "active").expanduser()
+
+    def images_base_url(self) -> str:
+        return (self.images_url or self.local_llm_url).rstrip("/")
+
+    def images_path(self) -> Path:
+        return (self.images_dir or self.data_dir / "images").expanduser()
+
+    def url_allowed_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip().strip("[]").lower().rstrip(".") for h in self.url_allowlist.split(",") if h.strip())
+
+    def url_allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in self.url_allow_networks.split(",")
+                     if n.strip())
 
     @property
     def max_upload_bytes(self) -> int:

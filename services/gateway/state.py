@@ -12,8 +12,11 @@ from .clients.inference import InferenceClient
 from .clients.inference_admin import InferenceAdmin
 from .services.answer import AnswerService
 from .services.budget import BudgetGuard
+from .services.conversations import ConversationStore
 from .services.export import Exporter
+from .services.images import ImageStudio
 from .services.tokens import TokenCounter
+from .services.webpages import WebIngestor
 from .settings import GatewaySettings
 
 
@@ -27,10 +30,16 @@ class GatewayState:
     inference: InferenceClient
     token_counter: TokenCounter
     chat: ChatParts
+    images: ImageStudio
+    web: WebIngestor
 
     @property
     def answers(self) -> AnswerService:
         return self.chat.answers
+
+    @property
+    def conversations(self) -> ConversationStore:
+        return self.chat.conversations
 
     @property
     def budget(self) -> BudgetGuard:

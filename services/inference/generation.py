@@ -135,7 +135,8 @@ class GenerationService:
     def build(self, messages: list[dict[str, Any]], *, model: str | None, max_new_tokens: int | None,
               temperature: float | None, top_p: float | None, stop: list[str] | None,
               seed: int | None, frequency_penalty: float | None = None,
-              presence_penalty: float | None = None, tools: list[dict[str, Any]] | None = None,
+              presence_penalty: float | None = None, ignore_eos: bool = False,
+              tools: list[dict[str, Any]] | None = None,
               constraint: TokenConstraint | None = None) -> GenerationRequest:
         adapter = self.adapters.resolve(model)
         limit = self.settings.max_new_tokens
@@ -159,7 +160,8 @@ class GenerationService:
                                 top_p=self.settings.top_p if top_p is None else top_p,
                                 seed=seed, stop=tuple(stop or ()),
                                 frequency_penalty=_or(frequency_penalty, self.settings.frequency_penalty),
-                                presence_penalty=_or(presence_penalty, self.settings.presence_penalty))
+                                presence_penalty=_or(presence_penalty, self.settings.presence_penalty),
+                                ignore_eos=ignore_eos)
         return GenerationRequest(prompt_ids=list(prompt_ids), params=params, adapter=adapter,
                                  weights_version=self.engine.weights_version, constraint=constraint)
 

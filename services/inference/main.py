@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from shared.errors import install_error_handlers
 from shared.logging import RequestIdMiddleware
 
-from .routes import adapters, health, native, openai
+from .routes import adapters, health, images, native, openai
 from .settings import InferenceSettings, get_settings
 from .state import InferenceState
 
@@ -41,6 +41,6 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         return response
 
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, native, openai, adapters):
+    for module in (health, native, openai, adapters, images):
         app.include_router(module.router)
     return app

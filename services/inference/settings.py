@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.settings import CommonSettings
 
@@ -58,6 +58,28 @@ class InferenceSettings(CommonSettings):
     # Keys and values of prompt prefixes kept for later prompts that start the same way (the system
     # prompt, a conversation's earlier turns); 0 turns it off. engine/prefix_cache.py says when it applies.
     prefix_cache_mb: int = Field(default=256, ge=0, le=65536, validation_alias="AION_PREFIX_CACHE_MB")
+
+    # Image generation (services/inference/images.py): a diffusers pipeline, a Hugging Face id or a local
+    # folder; empty turns it off (no package ships a small real diffusion model to default to).
+    image_model: str | None = Field(default=None, validation_alias="AION_IMAGE_MODEL")
+    image_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", validation_alias="AION_IMAGE_DEVICE")
+    # Load at start instead of on the first request (a Stable Diffusion load takes 10-60 s).
+    image_preload: bool = Field(default=False, validation_alias="AION_IMAGE_PRELOAD")
+    # Memory savers: attention computed in slices, the VAE decoding one image at a time, and (CUDA only)
+    # weights kept in CPU memory and moved to the GPU one model at a time.
+    image_attention_slicing: bool = Field(default=False, validation_alias="AION_IMAGE_ATTENTION_SLICING")
+    image_vae_slicing: bool = Field(default=True, validation_alias="AION_IMAGE_VAE_SLICING")
+    image_cpu_offload: bool = Field(default=False, validation_alias="AION_IMAGE_CPU_OFFLOAD")
+    # Requests waiting behind the one generating; one more is refused with 503 and Retry-After.
+    image_max_queue: int = Field(default=4, ge=0, le=256, validation_alias="AION_IMAGE_MAX_QUEUE")
+    image_max_side: int = Field(default=1024, ge=64, le=4096, validation_alias="AION_IMAGE_MAX_SIDE")
+    image_max_steps: int = Field(default=100, ge=1, le=100_000, validation_alias="AION_IMAGE_MAX_STEPS")
+    image_max_n: int = Field(default=4, ge=1, le=16, validation_alias="AION_IMAGE_MAX_N")
+
+    @field_validator("image_model", mode="before")
+    @classmethod
+    def _blank_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_path("models")

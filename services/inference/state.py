@@ -14,6 +14,7 @@ from .embeddings import Embedder
 from .engine import Engine, StreamEvent, kernel_library
 from .engine.runner import choose_runner
 from .generation import GenerationService
+from .images import ImageGenerator
 from .kv_budget import kv_budget_bytes
 from .loader import (
     choose_device,
@@ -58,11 +59,15 @@ class InferenceState:
         self.adapters: AdapterManager | None = None
         self.generation: GenerationService | None = None
         self.embedder: Embedder | None = None
+        # Apart from the text model: image requests neither wait for it nor fail with it.
+        self.images = ImageGenerator(settings)
         self.started_at = time.time()
         self.load_seconds: float | None = None
         self._thread: threading.Thread | None = None
 
     def start_loading(self) -> None:
+        if self.settings.image_preload:
+            self.images.preload()
         self._thread = threading.Thread(target=self._load, name="aion-model-loader", daemon=True)
         self._thread.start()
 
@@ -87,7 +92,8 @@ class InferenceState:
             runner.kv_budget_bytes = kv_budget_bytes(self.settings.kv_cache_mb, device, runner,
                                                      self.settings.max_batch_size)
             engine = Engine(runner, max_batch_size=self.settings.max_batch_size, max_queue=self.settings.max_queue,
-                            on_step=self._on_step, on_finish=self._on_finish)
+                            on_step=self._on_step, on_prefill=self.metrics.prefill_seconds.observe,
+                            on_finish=self._on_finish)
             adapters = AdapterManager(runner, self.base_name, four_bit)
             if self.settings.embed_model != NO_EMBEDDINGS:
                 embed_path = resolve_embed_model(self.settings.embed_model)
@@ -152,9 +158,11 @@ class InferenceState:
                           if line.startswith("MemAvailable:")), 0)
         return available - weight_bytes - margin
 
-    def _on_step(self, rows: int) -> None:
+    def _on_step(self, rows: int, forward_s: float, tokens_s: float) -> None:
         self.metrics.batch_size.observe(rows)
         self.metrics.running.set(rows)
+        self.metrics.step_forward_seconds.observe(forward_s)
+        self.metrics.step_tokens_seconds.observe(tokens_s)
 
     def _on_finish(self, event: StreamEvent) -> None:
         m = self.metrics
@@ -197,8 +205,10 @@ class InferenceState:
             if stats else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "load_seconds": round(self.load_seconds, 2) if self.load_seconds else None,
+            "images": self.images.public(),
         }
 
     def shutdown(self) -> None:
+        self.images.close()
         if self.engine:
             self.engine.stop()

@@ -1,4 +1,4 @@
-"""The nightly job: export what is new, and queue a training job when enough new examples exist."""
+"""Scheduled jobs: the nightly export (and retrain trigger), and re-fetching web pages on their cadence."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.repositories import jobs as jobs_repo
 from services.gateway.services.export import Exporter
+from services.gateway.services.webpages import WebIngestor
 
 from .settings import SchedulerSettings
 
@@ -75,3 +76,17 @@ async def nightly_export(sessions: async_sessionmaker[AsyncSession], settings: S
         await finish_slot(sessions, NIGHTLY_JOB, slot, "failed", detail)
         logger.exception("nightly export failed")
         return detail
+
+
+WEB_REFRESH_JOB = "web_pages_refresh"
+
+
+async def refresh_web_pages(sessions: async_sessionmaker[AsyncSession], web: WebIngestor) -> dict:
+    """Re-fetch the web pages whose cadence is due (ETag / Last-Modified, so unchanged ones cost a 304)."""
+    results = await web.refresh_due(sessions)
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    if results:
+        logger.info("web pages refreshed: %s", counts)
+    return counts

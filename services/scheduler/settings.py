@@ -20,6 +20,9 @@ class SchedulerSettings(DatabaseSettings):
     # The gateway answers with this prompt; exported training rows carry the same one.
     system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
 
+    # How often to look for web pages whose refresh cadence is due (0: never re-fetch them).
+    web_refresh_minutes: int = Field(default=15, ge=0, le=10080, validation_alias="AION_WEB_REFRESH_MINUTES")
+
     def exports_dir(self) -> Path:
         return (self.train_root or self.data_dir / "trainer") / "exports"
 

@@ -2,7 +2,17 @@
 
 from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
-from .models import EMBEDDING_DIM, AiEvent, ApiKey, Chunk, Document
+from .models import (
+    EMBEDDING_DIM,
+    AiEvent,
+    ApiKey,
+    Chunk,
+    Conversation,
+    ConversationTurn,
+    Document,
+    GeneratedImage,
+    WebPage,
+)
 from .settings import DatabaseSettings
 
 __all__ = [
@@ -11,8 +21,12 @@ __all__ = [
     "ApiKey",
     "Base",
     "Chunk",
+    "Conversation",
+    "ConversationTurn",
     "DatabaseSettings",
     "Document",
+    "GeneratedImage",
+    "WebPage",
     "make_async_engine",
     "make_session_factory",
     "make_sync_engine",

@@ -123,9 +123,9 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     modalities: list[str] | None = None
 
-    def refusal(self) -> tuple[str, str] | None:
+    def refusal(self, accepted: frozenset[str] = frozenset()) -> tuple[str, str] | None:
         """(field, why) for the first field AION cannot serve as asked (unsupported, or tool fields that
-        contradict each other); None when the request is fine."""
+        contradict each other); None when the request is fine. `accepted`: extra fields the server serves."""
         names = [t.function.name for t in self.tools or ()]
         if len(set(names)) != len(names):
             return "tools", "tool names must be unique"
@@ -145,7 +145,7 @@ class ChatCompletionRequest(BaseModel):
         if self.modalities not in (None, ["text"]):
             return "modalities", f"only text output is generated; got modalities={self.modalities}"
         for name in (self.model_extra or {}):
-            if name in IGNORED_FIELDS:
+            if name in IGNORED_FIELDS or name in accepted:
                 continue
             if name in ("functions", "function_call"):
                 return name, f"'{name}' is OpenAI's deprecated form; send 'tools' and 'tool_choice' instead"
@@ -248,6 +248,8 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "aion"
     parent: str | None = None
+    # The context length in tokens (vLLM's field name), so a client can fit its prompts without guessing.
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):

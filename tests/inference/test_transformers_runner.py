@@ -33,8 +33,22 @@ def smollm():
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory: pytest.TempPathFactory):
-    return load_causal_lm(str(save_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))), "cpu", False)
+def qwen_folder(tmp_path_factory: pytest.TempPathFactory):
+    return save_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_folder):
+    return load_causal_lm(str(qwen_folder), "cpu", False)
+
+
+@pytest.fixture(scope="module")
+def qwen_eager(qwen_folder, qwen):
+    """The same model with transformers' eager attention, which adds its mask to the scores."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(qwen_folder, attn_implementation="eager").eval()
+    return type(qwen)(model=model, tokenizer=qwen.tokenizer, path=qwen.path, device="cpu", quantization="fp32")
 
 
 def chat_ids(tokenizer, question: str) -> list[int]:
@@ -53,7 +67,7 @@ def reference_logits(model, ids: list[int]) -> torch.Tensor:
     return model(input_ids=torch.tensor([ids])).logits[0, -1]
 
 
-@pytest.mark.parametrize("which", ["smollm", "qwen"])
+@pytest.mark.parametrize("which", ["smollm", "qwen", "qwen_eager"])
 def test_batched_rows_that_join_and_leave_get_their_solo_logits(which: str, request: pytest.FixtureRequest) -> None:
     loaded = request.getfixturevalue(which)
     runner = TransformersRunner(loaded.model, loaded.tokenizer, "cpu")
@@ -149,7 +163,7 @@ async def test_the_kv_budget_bounds_how_many_rows_run_and_refuses_what_never_fit
     longest = max(len(r.prompt_ids) + 10 for r in requests)
     runner.kv_budget_bytes = 2 * longest * runner.kv_position_bytes()  # room for two rows, not three
     seen: list[int] = []
-    engine = Engine(runner, max_batch_size=8, max_queue=8, on_step=seen.append)
+    engine = Engine(runner, max_batch_size=8, max_queue=8, on_step=lambda rows, *_: seen.append(rows))
     too_big = request_for(qwen, "hi", max_new=2 * longest)  # alone it would need more than the budget
     try:
         results = await run_all(engine, [*requests, too_big])

@@ -6,6 +6,9 @@ by changing one URL.
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +19,15 @@ import openai
 
 class ChatUnavailable(Exception):
     """The model endpoint failed, timed out or refused; the caller decides what happens next."""
+
+
+class ContextOverflow(ChatUnavailable):
+    """The model refused the prompt as longer than its context: no other model should silently take it."""
+
+
+# How servers word a too-long prompt: AION's inference ("the prompt has N tokens and the context holds M"),
+# vLLM and OpenAI ("maximum context length is N tokens").
+_OVERFLOW = re.compile(r"tokens but only|context holds|context length|context window|too many tokens", re.IGNORECASE)
 
 
 @dataclass
@@ -49,12 +61,21 @@ class ChatResult:
     model: str
 
 
+logger = logging.getLogger(__name__)
+
+
 class ChatClient:
+    # A context length learnt from the server is trusted this long (a restart may serve another model);
+    # after a failed lookup the server is asked again only after RETRY_S (a down server costs no time twice).
+    CONTEXT_TTL_S = 300.0
+    CONTEXT_RETRY_S = 30.0
+
     def __init__(self, *, base_url: str, api_key: str | None, model: str, timeout_s: float,
                  max_retries: int, request_id_header: str = "x-request-id") -> None:
         self.model = model
         self.base_url = base_url
         self._header = request_id_header
+        self._context: tuple[float, int | None] | None = None
         # The openai client retries 429/5xx/connection errors with backoff; timeouts are per request.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused",
                                           timeout=timeout_s, max_retries=max_retries)
@@ -65,6 +86,25 @@ class ChatClient:
     def _headers(self, request_id: str | None) -> dict[str, str]:
         return {self._header: request_id} if request_id else {}
 
+    async def context_window(self) -> int | None:
+        """The served model's context length from `/v1/models` (`max_model_len`, as vLLM and AION give it)."""
+        now = time.monotonic()
+        if self._context and now - self._context[0] < self.CONTEXT_TTL_S:
+            return self._context[1]
+        window: int | None = None
+        try:
+            page = await self._client.models.list()
+            cards = list(page.data)
+            card = next((c for c in cards if c.id == self.model), cards[0] if cards else None)
+            value = getattr(card, "max_model_len", None) if card else None
+            window = int(value) if value else None
+        except (openai.OpenAIError, ValueError, TypeError) as exc:
+            logger.info("%s/models did not give a context length: %s", self.base_url, exc)
+            self._context = (now - self.CONTEXT_TTL_S + self.CONTEXT_RETRY_S, None)
+            return None
+        self._context = (now, window)
+        return window
+
     async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
                        request_id: str | None = None, frequency_penalty: float | None = None) -> ChatResult:
         try:
@@ -73,7 +113,7 @@ class ChatClient:
                 temperature=temperature, extra_headers=self._headers(request_id),
                 **_penalty(frequency_penalty))
         except openai.OpenAIError as exc:
-            raise ChatUnavailable(_describe(exc)) from exc
+            raise _unavailable(exc) from exc
         choice = resp.choices[0] if resp.choices else None
         return ChatResult(text=(choice.message.content or "") if choice else "",
                           finish_reason=choice.finish_reason if choice else None,
@@ -94,7 +134,7 @@ class ChatClient:
                 temperature=temperature, stream=True, stream_options={"include_usage": True},
                 extra_headers=self._headers(request_id), **_penalty(frequency_penalty), **(output or {}))
         except openai.OpenAIError as exc:
-            raise ChatUnavailable(_describe(exc)) from exc
+            raise _unavailable(exc) from exc
         try:
             async for chunk in stream:
                 if getattr(chunk, "error", None):
@@ -116,6 +156,13 @@ class ChatClient:
             raise ChatUnavailable(f"broken stream from {self.base_url}: {exc}") from exc
         finally:
             await stream.close()
+
+
+def _unavailable(exc: openai.OpenAIError) -> ChatUnavailable:
+    message = _describe(exc)
+    if isinstance(exc, openai.BadRequestError) and _OVERFLOW.search(message):
+        return ContextOverflow(message)
+    return ChatUnavailable(message)
 
 
 def _describe(exc: openai.OpenAIError) -> str:

@@ -1,7 +1,13 @@
-"""The answer router (the seed's answerPreferLocal): retrieve, decide local or fallback, stream, log.
+"""The answer router (the seed's answerPreferLocal): retrieve, decide local or fallback, stream, check, log.
 
 It yields events; routes turn them into SSE, a JSON body or OpenAI chunks. Whatever happens — a
 broken stream, a client that leaves, a failed provider — exactly one `answer` event is logged.
+
+A follow-up is rewritten into a standalone question before retrieval; the prompt is fitted to the
+model's context (passages first, then as much recent history as fits); a local answer is checked
+against its passages, and one they do not back is re-answered by the budgeted fallback or replaced
+by the passages' own sentences, quoted. Below τ with no fallback, the answer says plainly that the
+documents do not seem to cover the question, and quotes the closest passages.
 """
 
 from __future__ import annotations
@@ -16,14 +22,24 @@ import anyio
 
 from shared.errors import AionError
 
-from ..clients.chat import ChatClient, ChatUnavailable, merge_tool_calls
+from ..clients.chat import ChatClient, ChatUnavailable, ContextOverflow, merge_tool_calls
 from .budget import BudgetGuard, Denial, Reservation
+from .context_fit import ChatTokens, PromptBudget, PromptTooLong, fit_history, fit_passages
+from .conversations import ConversationRef, ConversationStore
+from .language import Language, detect_language
 from .pricing import Price, estimate_messages_tokens, estimate_tokens, price_for
-from .prompt import PromptPassage, build_rag_messages, source_label
+from .prompt import PROMPT_VERSION, PromptPassage, build_rag_messages, source_label
+from .retrieval import Passage
+from .rewrite import QuestionRewriter, Rewrite
+from .support import Evidence, measure_support, not_found_answer, quoted_answer
 
 logger = logging.getLogger(__name__)
 
 EventType = Literal["sources", "warn", "token", "tool_call", "done", "error"]
+# What the text is: a model's answer, the passages' own sentences, or "the documents do not cover it".
+AnswerKind = Literal["generated", "quoted", "not_found"]
+# The context assumed when the model server does not say (vLLM and AION give it in /v1/models).
+DEFAULT_CONTEXT_WINDOW = 2048
 
 
 @dataclass
@@ -33,21 +49,11 @@ class AnswerEvent:
 
 
 @dataclass(frozen=True)
-class SourcePassage:
-    """What retrieval hands the answer path (one chosen passage)."""
-
-    chunk_id: str
-    document_id: str
-    title: str
-    page_or_heading: str | None
-    text: str
-    score: float
-
-
-@dataclass(frozen=True)
 class RetrievedContext:
-    passages: Sequence[SourcePassage]
+    passages: Sequence[Passage]  # retrieval's own passages, best first: no copy into another type
     confidence: float
+    # `warn` payloads from retrieval ({"reason", "message"}), e.g. embeddings_unavailable: sent first.
+    warnings: Sequence[dict[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,15 @@ class AnswerRequest:
     tau: float
     force_fallback: bool = False
     history: Sequence[dict[str, str]] = ()
+    conversation: ConversationRef | None = None
+    # `warn` events decided before answering (e.g. an option this key may not use), sent first.
+    notices: Sequence[dict[str, Any]] = ()
     output: dict[str, Any] = field(default_factory=dict)  # OpenAI tools/tool_choice/response_format, passed on
 
 
 @dataclass(frozen=True)
 class AnswerPolicy:
-    system_prompt: str
+    personas: dict[Language, str]  # the system prompt's opening, per language
     local_max_tokens: int
     local_temperature: float
     local_frequency_penalty: float
@@ -71,9 +80,16 @@ class AnswerPolicy:
     fallback_temperature: float
     prices: dict[str, tuple[float, float]]
     unknown_price: tuple[float, float]
+    language: Language | None = None  # pinned; None: the question's
+    default_language: Language = "pt"  # when neither the question nor its passages tell
+    max_passages: int = 3
+    passage_tokens: int = 600
+    context_window: int | None = None  # None: what the model server says
+    support_threshold: float = 0.6
+    low_confidence_local: bool = False  # below τ with no fallback, let the local model try anyway
 
 
-RetrieveFn = Callable[[str, str], Awaitable[RetrievedContext]]      # (tenant_id, question)
+RetrieveFn = Callable[..., Awaitable[RetrievedContext]]  # (tenant_id, query, *, original=None)
 LogEventFn = Callable[[str, str, float, dict[str, Any], str], Awaitable[None]]  # (tenant, kind, value, meta, rid)
 ObserveFn = Callable[[dict[str, Any]], None]  # the answer event's meta, for in-memory metrics
 
@@ -82,6 +98,7 @@ ObserveFn = Callable[[dict[str, Any]], None]  # the answer event's meta, for in-
 class _Outcome:
     used: str | None = None
     model: str | None = None
+    kind: AnswerKind = "generated"
     parts: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -89,14 +106,32 @@ class _Outcome:
     cost_usd: float = 0.0
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    error_status: int | None = None
     complete: bool = False
     first_token_ms: int | None = None
+    support: float | None = None
+    language: Language | None = None
+    rewrite: Rewrite | None = None
+    history_dropped: int = 0
+    passages: list[PromptPassage] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)  # exactly what the answering model got
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def source_item(n: int, passage: Passage) -> dict[str, Any]:
+    """A passage as the `sources` event, the chat response (SourceOut) and a conversation turn show it."""
+    return {"n": n, "document": str(passage.document_id), "chunk": str(passage.chunk_id),
+            "title": passage.title or passage.source_name, "page_or_heading": passage.page_or_heading,
+            "score": round(passage.score, 4), "text": passage.text,
+            # a web page's address, for citations that link to it
+            "url": passage.source_name if passage.source_name.startswith(("http://", "https://")) else None}
 
 
 class AnswerService:
     def __init__(self, *, retrieve: RetrieveFn, log_event: LogEventFn, local: ChatClient,
-                 fallback: ChatClient | None, budget: BudgetGuard, policy: AnswerPolicy,
+                 fallback: ChatClient | None, budget: BudgetGuard, policy: AnswerPolicy, tokens: ChatTokens,
+                 rewriter: QuestionRewriter | None = None, conversations: ConversationStore | None = None,
                  on_answer: ObserveFn | None = None) -> None:
         self.retrieve = retrieve
         self.on_answer = on_answer
@@ -105,22 +140,48 @@ class AnswerService:
         self.fallback = fallback
         self.budget = budget
         self.policy = policy
+        self.tokens = tokens
+        self.rewriter = rewriter
+        self.conversations = conversations
 
     async def run(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         started = time.perf_counter()
         out = _Outcome()
         context: RetrievedContext | None = None
-        passages: list[PromptPassage] = []
         try:
-            context = await self.retrieve(req.tenant_id, req.question)
-            passages = [PromptPassage(n=i + 1, text=p.text, source=source_label(p.title, p.page_or_heading))
-                        for i, p in enumerate(context.passages)]
-            yield AnswerEvent("sources", {"sources": [
-                {"n": i + 1, "document": p.document_id, "chunk": p.chunk_id, "title": p.title,
-                 "page_or_heading": p.page_or_heading, "score": round(p.score, 4), "text": p.text}
-                for i, p in enumerate(context.passages)], "C": round(context.confidence, 4)})
-            messages = build_rag_messages(req.question, passages, system_prompt=self.policy.system_prompt,
-                                          history=req.history)
+            for notice in req.notices:
+                out.warnings.append(notice["reason"])
+                yield AnswerEvent("warn", dict(notice))
+            query = req.question
+            if req.history and self.rewriter:
+                language = self._language(req.question, *(t["content"] for t in req.history if t["role"] == "user"))
+                out.rewrite = await self.rewriter.rewrite(req.question, req.history, language,
+                                                          request_id=req.request_id)
+                query = out.rewrite.question
+            context = await self.retrieve(req.tenant_id, query,
+                                          original=req.question if query != req.question else None)
+            budget = await self._prompt_budget()
+            texts = fit_passages([p.text for p in context.passages], budget, self.tokens)
+            out.passages = [PromptPassage(n=i + 1, text=text, source=source_label(p.title or p.source_name,
+                                                                                    p.page_or_heading))
+                            for i, (p, text) in enumerate(zip(context.passages, texts, strict=False))]
+            out.sources = [source_item(i + 1, p) for i, p in enumerate(context.passages[:len(texts)])]
+            out.language = self._language(req.question, *texts)
+            yield AnswerEvent("sources", {"sources": out.sources, "C": round(context.confidence, 4),
+                                          **self._conversation_fields(req, out)})
+            for warning in context.warnings:
+                out.warnings.append(warning["reason"])
+                yield AnswerEvent("warn", dict(warning))
+            persona = self.policy.personas[out.language]
+            messages, out.history_dropped = fit_history(
+                lambda kept: build_rag_messages(req.question, out.passages, language=out.language or "pt",
+                                                persona=persona, history=kept),
+                req.history, budget, self.tokens)
+            if out.history_dropped:
+                out.warnings.append("history_trimmed")
+                yield AnswerEvent("warn", {"reason": "history_trimmed", "dropped_turns": out.history_dropped,
+                                           "message": f"the {out.history_dropped} oldest turns of the conversation "
+                                                      "do not fit the model's context and were left out"})
             async for event in self._route(req, context.confidence, messages, out, started):
                 yield event
         except ChatUnavailable as exc:  # nothing could answer
@@ -128,8 +189,9 @@ class AnswerService:
             yield AnswerEvent("error", {"message": out.error, "request_id": req.request_id})
         except AionError as exc:  # an expected condition (database or embeddings down): its message says what to do
             logger.warning("answer failed: %s", exc.message)
-            out.error = exc.message
-            yield AnswerEvent("error", {"message": exc.message, "code": exc.code, "request_id": req.request_id})
+            out.error, out.error_status = exc.message, exc.status_code
+            yield AnswerEvent("error", {"message": exc.message, "code": exc.code, "status": exc.status_code,
+                                        "request_id": req.request_id})
         except Exception as exc:
             logger.exception("answer failed")
             out.error = f"{type(exc).__name__}: {exc}"
@@ -138,67 +200,167 @@ class AnswerService:
             # Shielded: a client that went away cancels the generation, never the record of it.
             with anyio.CancelScope(shield=True):
                 await self._log_answer(req, context, out, started)
+                await self._record_turns(req, context, out)
         if out.complete:
             yield AnswerEvent("done", self._done_payload(req, context, out, started))
+
+    def _language(self, question: str, *more: str) -> Language:
+        """The pinned language, else the question's, else its passages' (or history's), else the default."""
+        if self.policy.language:
+            return self.policy.language
+        return detect_language(question) or detect_language(" ".join(more)) or self.policy.default_language
+
+    async def _prompt_budget(self) -> PromptBudget:
+        window = self.policy.context_window or await self.local.context_window() or DEFAULT_CONTEXT_WINDOW
+        return PromptBudget.for_window(window, answer_tokens=self.policy.local_max_tokens,
+                                       passage_tokens=self.policy.passage_tokens,
+                                       max_passages=self.policy.max_passages)
+
+    @staticmethod
+    def _conversation_fields(req: AnswerRequest, out: _Outcome) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if req.conversation:
+            fields["conversation_id"] = str(req.conversation.id)
+        if out.rewrite:
+            fields["rewritten"] = out.rewrite.question
+        return fields
 
     def _done_payload(self, req: AnswerRequest, context: RetrievedContext | None, out: _Outcome,
                       started: float) -> dict[str, Any]:
         return {"used": out.used, "model": out.model, "C": round(context.confidence, 4) if context else None,
+                "support": out.support, "answer": out.kind, "language": out.language,
                 "request_id": req.request_id, "warnings": out.warnings,
                 "latency_ms": int((time.perf_counter() - started) * 1000),
+                **self._conversation_fields(req, out),
                 "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                           "estimated": out.usage_estimated, "cost_usd": round(out.cost_usd, 6)}}
 
     # -- routing ---------------------------------------------------------------------------------
     async def _route(self, req: AnswerRequest, confidence: float, messages: list[dict[str, str]],
                      out: _Outcome, started: float) -> AsyncIterator[AnswerEvent]:
-        wants_fallback = req.force_fallback or confidence < req.tau
-        if confidence < req.tau:
+        low = confidence < req.tau
+        if low:
             out.warnings.append("low_confidence")
             yield AnswerEvent("warn", {"reason": "low_confidence", "C": round(confidence, 4), "tau": req.tau})
-        reservation: Reservation | Denial | None = None
         fallback_tried = False
-        if wants_fallback:
+        denied: Denial | None = None
+        if req.force_fallback or low:
             reservation = await self._reserve(req, messages)
             if isinstance(reservation, Denial):
+                denied = reservation
                 out.warnings.append(reservation.reason)
                 yield AnswerEvent("warn", {"reason": reservation.reason, "message": reservation.message})
             else:
-                fallback_tried, ok = True, False
-                async for event in self._stream_fallback(req, reservation, messages, out, started):
+                fallback_tried = True
+                async for event in self._fallback_or_warn(req, reservation, messages, out, started):
                     yield event
-                    ok = ok or event.type == "token"
                 if out.complete:
                     return
-                out.warnings.append("fallback_failed")
-                yield AnswerEvent("warn", {"reason": "fallback_failed", "message": out.error, "restart": ok})
-                out.parts.clear()
-                out.tool_calls.clear()
-                out.error = None
+        if low and not self.policy.low_confidence_local:
+            # Nothing paid may answer: say plainly that the documents do not seem to cover it.
+            async for event in self._documents_answer(req, out, started, "not_found"):
+                yield event
+            return
         # The local model: free, so never blocked by the budget.
         try:
             async for event in self._stream_local(req, messages, out, started):
                 yield event
-            return
+        except ContextOverflow as exc:
+            # The model's own count beat our estimate: a clear 4xx, never a silent paid answer.
+            raise PromptTooLong(f"the local model refused the prompt as too long ({exc}); start a new conversation "
+                                "or lower AION_PROMPT_PASSAGE_TOKENS") from exc
         except ChatUnavailable as exc:
-            had_text = bool(out.parts)
-            message = f"the local model failed: {exc}"
-            logger.warning("%s", message)
-        out.warnings.append("local_unavailable")
-        if reservation is None:
+            async for event in self._local_failed(req, messages, out, started, exc, fallback_tried):
+                yield event
+            return
+        if out.tool_calls:  # a call to the caller's tool, not a claim the passages must back
+            return
+        out.support = measure_support("".join(out.parts), self._evidence(out), req.question).score
+        if out.support >= self.policy.support_threshold:
+            return
+        out.warnings.append("unsupported_answer")
+        notice = {"reason": "unsupported_answer", "support": out.support,
+                  "threshold": self.policy.support_threshold, "restart": True}
+        if not fallback_tried and denied is None:
             reservation = await self._reserve(req, messages)
-        if isinstance(reservation, Reservation) and not fallback_tried:
+            if isinstance(reservation, Reservation):
+                yield AnswerEvent("warn", {**notice, "message": "the documents do not back the local answer; "
+                                                                "the fallback model answers instead",
+                                           "next": "fallback"})
+                out.parts.clear()
+                out.tool_calls.clear()
+                async for event in self._fallback_or_warn(req, reservation, messages, out, started):
+                    yield event
+                if out.complete:
+                    return
+            else:
+                denied = reservation
+        yield AnswerEvent("warn", {**notice, "next": "quoted", "fallback": denied.reason if denied else None,
+                                   "message": "the documents do not back the local answer; their own sentences "
+                                              "are quoted instead"})
+        async for event in self._documents_answer(req, out, started, "quoted"):
+            yield event
+
+    async def _fallback_or_warn(self, req: AnswerRequest, reservation: Reservation, messages: list[dict[str, str]],
+                                out: _Outcome, started: float) -> AsyncIterator[AnswerEvent]:
+        """Stream the fallback; when it fails, say so and leave `out` ready for whatever answers next."""
+        streamed = False
+        async for event in self._stream_fallback(req, reservation, messages, out, started):
+            yield event
+            streamed = streamed or event.type == "token"
+        if out.complete:
+            out.support = measure_support("".join(out.parts), self._evidence(out), req.question).score
+            return
+        out.warnings.append("fallback_failed")
+        yield AnswerEvent("warn", {"reason": "fallback_failed", "message": out.error, "restart": streamed})
+        out.parts.clear()
+        out.tool_calls.clear()
+        out.error = None
+
+    async def _local_failed(self, req: AnswerRequest, messages: list[dict[str, str]], out: _Outcome,
+                            started: float, exc: ChatUnavailable, fallback_tried: bool
+                            ) -> AsyncIterator[AnswerEvent]:
+        had_text = bool(out.parts)
+        message = f"the local model failed: {exc}"
+        logger.warning("%s", message)
+        out.warnings.append("local_unavailable")
+        reservation: Reservation | Denial | None = None
+        if not fallback_tried:
+            reservation = await self._reserve(req, messages)
+        if isinstance(reservation, Reservation):
             yield AnswerEvent("warn", {"reason": "local_unavailable", "message": message, "restart": had_text})
             out.parts.clear()
             out.tool_calls.clear()
             async for event in self._stream_fallback(req, reservation, messages, out, started):
                 yield event
             if out.complete:
+                out.support = measure_support("".join(out.parts), self._evidence(out), req.question).score
                 return
             raise ChatUnavailable(f"{message}; the fallback failed too: {out.error}")
         why = reservation.message if isinstance(reservation, Denial) else "the fallback already failed"
         yield AnswerEvent("warn", {"reason": "local_unavailable", "message": message})
         raise ChatUnavailable(f"{message}; no fallback: {why}")
+
+    async def _documents_answer(self, req: AnswerRequest, out: _Outcome, started: float,
+                                kind: AnswerKind) -> AsyncIterator[AnswerEvent]:
+        """An answer made of the passages' own sentences: quoted, or "not covered" with the closest ones."""
+        language = out.language or self.policy.default_language
+        evidence = self._evidence(out)
+        text = (quoted_answer(req.question, evidence, language) if kind == "quoted"
+                else not_found_answer(req.question, evidence, language))
+        out.parts.clear()
+        out.tool_calls.clear()
+        out.used, out.model, out.kind = "documents", None, kind
+        out.prompt_tokens = out.completion_tokens = 0
+        out.messages = []
+        out.first_token_ms = out.first_token_ms or int((time.perf_counter() - started) * 1000)
+        out.parts.append(text)
+        yield AnswerEvent("token", {"text": text})
+        out.complete = True
+
+    @staticmethod
+    def _evidence(out: _Outcome) -> list[Evidence]:
+        return [Evidence(p.n, p.text) for p in out.passages]
 
     async def _reserve(self, req: AnswerRequest, messages: list[dict[str, str]]) -> Reservation | Denial:
         if self.fallback is None:
@@ -214,7 +376,7 @@ class AnswerService:
 
     async def _stream_local(self, req: AnswerRequest, messages: list[dict[str, str]], out: _Outcome,
                             started: float) -> AsyncIterator[AnswerEvent]:
-        out.used, out.model = "local", self.local.model
+        out.used, out.model, out.messages = "local", self.local.model, messages
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
@@ -235,7 +397,7 @@ class AnswerService:
                                out: _Outcome, started: float) -> AsyncIterator[AnswerEvent]:
         """Stream from the paid model; settle the reservation whatever happens."""
         assert self.fallback is not None
-        out.used, out.model = "fallback", reservation.model
+        out.used, out.model, out.messages = "fallback", reservation.model, messages
         parts: list[str] = []
         usage: tuple[int, int] | None = None
         failed: str | None = None
@@ -287,12 +449,16 @@ class AnswerService:
             "model": out.model, "C": round(context.confidence, 4) if context else None, "tau": req.tau,
             "forced": req.force_fallback, "complete": out.complete, "error": out.error,
             "warnings": out.warnings, "latency_ms": int((time.perf_counter() - started) * 1000),
-            "tool_calls": out.tool_calls,
             "first_token_ms": out.first_token_ms, "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens, "cost_usd": round(out.cost_usd, 6),
-            "sources": [{"document": p.document_id, "chunk": p.chunk_id, "score": round(p.score, 4)}
-                        for p in (context.passages if context else [])],
-            "history_turns": len(req.history),
+            "sources": [{"document": s["document"], "chunk": s["chunk"], "score": s["score"]} for s in out.sources],
+            "history_turns": len(req.history), "tool_calls": out.tool_calls,
+            # How far the passages back the answer (None: no answer, or "not found"); export reads it.
+            "support": out.support, "answer": out.kind, "language": out.language, "prompt_version": PROMPT_VERSION,
+            "rewritten": out.rewrite.question if out.rewrite else None,
+            "rewrite_method": out.rewrite.method if out.rewrite else None,
+            "history_dropped": out.history_dropped,
+            "conversation_id": str(req.conversation.id) if req.conversation else None,
         }
         if self.on_answer:  # before the write: metrics count answers whose record the database refused too
             self.on_answer(meta)
@@ -300,3 +466,17 @@ class AnswerService:
             await self.log_event(req.tenant_id, "answer", 1.0 if out.complete else 0.0, meta, req.request_id)
         except Exception:
             logger.exception("could not log the answer event for request %s", req.request_id)
+
+    async def _record_turns(self, req: AnswerRequest, context: RetrievedContext | None, out: _Outcome) -> None:
+        """A complete exchange joins its conversation; a failed one is not kept as context."""
+        if not (out.complete and req.conversation and self.conversations):
+            return
+        try:
+            await self.conversations.record(
+                req.conversation, req.question, "".join(out.parts).strip(), req.request_id,
+                {"rewritten": out.rewrite.question if out.rewrite else None},
+                {"used": out.used, "model": out.model, "C": round(context.confidence, 4) if context else None,
+                 "support": out.support, "answer": out.kind, "warnings": out.warnings, "sources": out.sources})
+        except Exception:
+            logger.exception("could not store the exchange of request %s in conversation %s", req.request_id,
+                             req.conversation.id)

@@ -43,6 +43,8 @@ class Upload:
     content_type: str | None
     data: bytes
     size: int  # may exceed len(data) when the route stopped reading at the limit
+    # Stored as is instead of the cleaned file name (a web page's URL); the file name still gives the type.
+    source_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ async def ingest_uploads(session: AsyncSession, client: InferenceClient, tenant_
     results: list[FileResult | None] = [None] * len(uploads)
     pending: list[_Pending] = []
     for index, upload in enumerate(uploads):
-        name = clean_source_name(upload.filename)
+        name = upload.source_name or clean_source_name(upload.filename)
         started = time.perf_counter()
         outcome = await _guard(name, _prepare(session, tenant_id, name, upload, options))
         if isinstance(outcome, PreparedDocument):
@@ -137,12 +139,6 @@ async def ingest_uploads(session: AsyncSession, client: InferenceClient, tenant_
                         (time.perf_counter() - p.started) * 1000)
         offset += n
     return [r for r in results if r is not None]
-
-
-async def ingest_upload(session: AsyncSession, client: InferenceClient, tenant_id: str, upload: Upload,
-                        options: IngestOptions) -> FileResult:
-    """One file (see `ingest_uploads`)."""
-    return (await ingest_uploads(session, client, tenant_id, [upload], options))[0]
 
 
 async def _guard(name: str, step: Awaitable[Any]) -> Any:
@@ -181,7 +177,7 @@ async def _prepare(session: AsyncSession, tenant_id: str, name: str, upload: Upl
         raise Refused(f"the file is {upload.size / 1048576:.1f} MiB; the limit is "
                       f"{options.max_bytes / 1048576:.1f} MiB (AION_MAX_UPLOAD_MB)", status_code=413,
                       code="file_too_large")
-    kind = detect_kind(name, upload.content_type)
+    kind = detect_kind(clean_source_name(upload.filename) if upload.source_name else name, upload.content_type)
     if not upload.data.strip():
         raise Refused("the file is empty", status_code=400, code="empty_file")
     sha256 = hashlib.sha256(upload.data).hexdigest()

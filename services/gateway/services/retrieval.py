@@ -58,6 +58,7 @@ class Retrieval:
     embed_ms: float = 0.0
     search_ms: float = 0.0
     event_id: int | None = None
+    original_query: str | None = None  # the follow-up as asked, when `query` is its standalone rewrite
 
 
 def check_params(query: str, k: int, top_n: int, lam: float, max_query_chars: int | None = None) -> str:
@@ -96,8 +97,12 @@ async def select_passages(session: AsyncSession, tenant_id: str, query_vector: n
 async def retrieve(session: AsyncSession, client: InferenceClient, tenant_id: str, query: str, *, k: int = 8,
                    top_n: int = 24, lam: float = 0.7,
                    duplicate_similarity: float | None = DEFAULT_DUPLICATE_SIMILARITY, log_event: bool = True,
-                   request_id: str | None = None, max_query_chars: int | None = None) -> Retrieval:
-    """Embed `query`, pick k passages (ANN top_n -> MMR lam), compute C, and log a `retrieval` event."""
+                   request_id: str | None = None, max_query_chars: int | None = None,
+                   original_query: str | None = None) -> Retrieval:
+    """Embed `query`, pick k passages (ANN top_n -> MMR lam), compute C, and log a `retrieval` event.
+
+    `original_query`: the question as asked, when `query` is a follow-up's standalone rewrite (logged).
+    """
     query = check_params(query, k, top_n, lam, max_query_chars)
     started = time.perf_counter()
     query_vector = (await client.embed([query]))[0]
@@ -107,7 +112,8 @@ async def retrieve(session: AsyncSession, client: InferenceClient, tenant_id: st
     searched = time.perf_counter()
     result = Retrieval(query=query, passages=passages, query_vector=query_vector,
                        confidence=confidence([p.score for p in passages]), candidates=candidates, k=k, top_n=top_n,
-                       lam=lam, embed_ms=(embedded - started) * 1000, search_ms=(searched - embedded) * 1000)
+                       lam=lam, embed_ms=(embedded - started) * 1000, search_ms=(searched - embedded) * 1000,
+                       original_query=original_query)
     if not log_event:
         return result
     event_id = await record_retrieval(session, tenant_id, result, request_id or request_id_var.get())
@@ -119,6 +125,7 @@ async def record_retrieval(session: AsyncSession, tenant_id: str, retrieval: Ret
     """The `retrieval` event: query, parameters, and per passage its ranks, score and document."""
     meta = {
         "query": retrieval.query,
+        "original_query": retrieval.original_query,
         "k": retrieval.k,
         "top_n": retrieval.top_n,
         "lambda": retrieval.lam,

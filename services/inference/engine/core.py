@@ -84,12 +84,14 @@ class EngineStats:
 
 class Engine:
     def __init__(self, runner: ModelRunner, *, max_batch_size: int, max_queue: int,
-                 on_step: Callable[[int], None] | None = None,
+                 on_step: Callable[[int, float, float], None] | None = None,
+                 on_prefill: Callable[[float], None] | None = None,
                  on_finish: Callable[[StreamEvent], None] | None = None) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
-        self._on_step = on_step
+        self._on_step = on_step  # (rows, seconds in the forward, seconds choosing tokens and emitting text)
+        self._on_prefill = on_prefill
         self._on_finish = on_finish
         self._waiting: deque[Handle] = deque()
         self._ops: deque[_Op] = deque()
@@ -281,6 +283,7 @@ class Engine:
 
     def _prefill(self, handle: Handle, reserved: int) -> None:
         request = handle.request
+        started = time.perf_counter()
         try:
             logits, layers = self.runner.prefill(request.prompt_ids, request.adapter)
             seq = _Sequence(handle=handle, generator=make_generator(request.params.seed, logits.device),
@@ -295,11 +298,14 @@ class Engine:
             return
         self._running.append(seq)
         self._accept_tokens([seq], logits.unsqueeze(0))
+        if self._on_prefill:
+            self._on_prefill(time.perf_counter() - started)
         self._retire_finished()
 
     def _decode_step(self) -> None:
         tokens = [s.last_token for s in self._running]
         adapters = [s.handle.request.adapter for s in self._running]
+        started = time.perf_counter()
         try:
             logits = self.runner.decode(self._batch, tokens, adapters)
         except Exception as exc:
@@ -319,10 +325,11 @@ class Engine:
             self._running = [self._running[old] for old in order]
             return
         self._steps += 1
-        self._last_batch = len(self._running)
+        rows = self._last_batch = len(self._running)
+        forward = time.perf_counter()
+        self._accept_tokens(self._running, logits)  # waits for the forward: the chosen ids reach the host
         if self._on_step:
-            self._on_step(len(self._running))
-        self._accept_tokens(self._running, logits)
+            self._on_step(rows, forward - started, time.perf_counter() - forward)
         self._retire_finished()
 
     def _accept_tokens(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
@@ -344,7 +351,7 @@ class Engine:
         self._generated += 1
         if seq.first_token_s is None:
             seq.first_token_s = time.perf_counter() - seq.handle.submitted_at
-        if token in self.runner.eos_ids:
+        if token in self.runner.eos_ids and not seq.handle.request.params.ignore_eos:
             seq.stops.stopped = True  # end of sequence: flush below, emit nothing for the EOS itself
             self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
             return

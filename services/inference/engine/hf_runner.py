@@ -52,9 +52,22 @@ class TransformersRunner(ModelRunner):
 
     def _weights_changed(self) -> None:
         config = self.config
+        attention = getattr(config, "_attn_implementation", None) or "eager"
+        if attention.startswith("flash"):
+            raise ValueError(f"attention '{attention}' takes no per-row masks; load the model with sdpa or eager")
+        # SDPA takes a boolean mask; the eager attention adds its mask to the scores.
+        self._additive_mask = attention != "sdpa"
         types = list(getattr(config, "layer_types", None) or [])
         # Models with sliding-window layers take one mask per layer type (Gemma, Qwen2 with a window).
         self._window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
+
+    def _mask(self, visible: torch.Tensor) -> torch.Tensor:
+        """(rows, seen) True where a row attends -> the (rows, 1, 1, seen) mask its attention takes."""
+        mask = visible[:, None, None, :]
+        if self._additive_mask:
+            dtype = self.kv_dtype()
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[torch.Tensor, Layers]:
@@ -73,10 +86,10 @@ class TransformersRunner(ModelRunner):
         seen = max(batch.lengths) + 1
         columns = torch.arange(seen, device=self.device)
         visible = columns < (positions + 1).unsqueeze(1)  # (rows, seen): each row's own positions only
-        mask: torch.Tensor | dict[str, torch.Tensor] = visible[:, None, None, :]
+        mask: torch.Tensor | dict[str, torch.Tensor] = self._mask(visible)
         if self._window is not None:
             local = visible & (columns > (positions - self._window).unsqueeze(1))
-            mask = {"full_attention": visible[:, None, None, :], "sliding_attention": local[:, None, None, :]}
+            mask = {"full_attention": mask, "sliding_attention": self._mask(local)}
         input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions.unsqueeze(1),
                          **{self._cache_kw: _SlotView(batch, positions, seen)}, use_cache=True, logits_to_keep=1,

@@ -31,6 +31,7 @@ class SamplingParams:
     # answer should quote its context freely). They break the loops small models fall into.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    ignore_eos: bool = False  # go on past end-of-sequence tokens (benchmarks, as vLLM's ignore_eos)
 
 
 class TokenConstraint(Protocol):

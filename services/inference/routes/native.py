@@ -23,7 +23,8 @@ def _build(state: ReadyDep, body: GenerateRequest):
     messages = gen.native_messages(body.prompt, body.system, body.context)
     return gen, gen.build(messages, model=body.adapter, max_new_tokens=body.max_new_tokens,
                           temperature=body.temperature, top_p=body.top_p, stop=body.stop, seed=body.seed,
-                          frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty)
+                          frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                          ignore_eos=body.ignore_eos)
 
 
 @router.post("/generate", response_model=GenerateResponse)

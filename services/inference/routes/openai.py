@@ -107,8 +107,9 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep, http: R
 
 @router.get("/models", response_model=ModelList)
 async def list_models(state: ReadyDep) -> ModelList:
-    assert state.adapters is not None
-    cards = [ModelCard(id=name, parent=None if i == 0 else state.base_name)
+    assert state.adapters is not None and state.generation is not None
+    window = state.generation.max_context
+    cards = [ModelCard(id=name, parent=None if i == 0 else state.base_name, max_model_len=window)
              for i, name in enumerate(state.adapters.model_names())]
     if state.embedder:
         cards.append(ModelCard(id=state.embedder.name))
