@@ -11,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.errors import ServiceUnavailable
 from shared.logging import request_id_var
 
+from .clients.backends import InferenceBackend, make_backend
 from .clients.chat import ChatClient
 from .clients.inference import InferenceClient
-from .clients.inference_admin import InferenceAdmin
+from .clients.vllm_admin import VllmAdmin
 from .observability import GatewayMetrics
 from .repositories.events import insert_event
 from .services.answer import AnswerPolicy, AnswerService, RetrievedContext
@@ -23,6 +24,7 @@ from .services.conversations import ConversationStore
 from .services.export import Exporter
 from .services.retrieval import retrieve
 from .services.rewrite import QuestionRewriter
+from .services.served_model import ServedModel
 from .services.tokens import TokenCounter
 from .settings import GatewaySettings
 
@@ -33,7 +35,7 @@ class ChatParts:
     conversations: ConversationStore
     budget: BudgetGuard
     exporter: Exporter
-    admin: InferenceAdmin
+    admin: InferenceBackend
     local: ChatClient
     fallback: ChatClient | None
 
@@ -64,8 +66,14 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         async with sessions.begin() as session:
             await insert_event(session, tenant_id, kind, value=value, meta=meta, request_id=request_id)
 
+    admin = make_backend(settings.inference_backend, settings.local_llm_url, settings.inference_token)
+    served = None
+    if isinstance(admin, VllmAdmin):
+        served = ServedModel(sessions, admin, settings.tenant_id,
+                             base_name=None if settings.local_model == "default" else settings.local_model)
     local = ChatClient(base_url=settings.chat_url(), api_key=settings.inference_token, model=settings.local_model,
-                       timeout_s=settings.inference_timeout_s, max_retries=settings.local_retries)
+                       timeout_s=settings.inference_timeout_s, max_retries=settings.local_retries,
+                       model_for=served.current if served else None, restore=served.restore if served else None)
     fallback = None
     if settings.fallback_enabled():
         fallback = ChatClient(base_url=settings.fallback_url(), api_key=settings.openai_api_key,
@@ -90,5 +98,5 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
                             rewriter=QuestionRewriter(local, max_tokens=settings.rewrite_max_tokens),
                             conversations=conversations, on_answer=metrics.observe_answer if metrics else None)
     return ChatParts(answers=answers, conversations=conversations, budget=budget, exporter=Exporter(sessions, settings.rag_system_prompt),
-                     admin=InferenceAdmin(settings.local_llm_url, settings.inference_token), local=local,
+                     admin=admin, local=local,
                      fallback=fallback)

@@ -36,6 +36,7 @@ from .routes import (
 )
 from .routes import chat as chat_routes
 from .security.install import install_security
+from .services.embedding_check import EmbeddingDimensionMismatch, check_embedding_dimension
 from .services.tokens import load_token_counter
 from .settings import GatewaySettings, get_settings
 from .state import GatewayState
@@ -59,17 +60,26 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                  limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
         counter = await anyio.to_thread.run_sync(load_token_counter, settings.tokenizer)
         sessions = make_session_factory(engine)
-        inference = InferenceClient(http, settings.local_llm_url, token=settings.inference_token,
+        inference = InferenceClient(http, settings.embeddings_base_url(), token=settings.inference_token,
                                     batch_size=settings.embed_batch_size, expected_dim=EMBEDDING_DIM,
-                                    on_error=app.state.metrics.inference_error)
+                                    on_error=app.state.metrics.inference_error,
+                                    url_setting="AION_EMBEDDINGS_URL" if settings.embeddings_url else "AION_LOCAL_LLM_URL")
+        try:
+            await check_embedding_dimension(inference, sessions)
+        except EmbeddingDimensionMismatch:
+            await http.aclose()
+            await engine.dispose()
+            await anyio.to_thread.run_sync(settings.release_database)
+            raise
         chat = build_chat(settings, sessions, inference, counter, app.state.metrics)
         web = build_web(settings, inference, counter)
         app.state.gateway = GatewayState(
             settings=settings, database_url=url, engine=engine, sessions=sessions, http=http, inference=inference,
             token_counter=counter, chat=chat, images=build_images(settings, sessions, http), web=web)
 
-        logger.info("gateway ready: inference at %s, chunk sizes by %s, tenant %s", settings.local_llm_url,
-                    counter.name, settings.tenant_id)
+        logger.info("gateway ready: chat on %s at %s, embeddings at %s, chunk sizes by %s, tenant %s",
+                    settings.inference_backend, settings.local_llm_url, settings.embeddings_base_url(), counter.name,
+                    settings.tenant_id)
         try:
             yield
         finally:

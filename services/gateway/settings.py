@@ -23,6 +23,12 @@ class GatewaySettings(DatabaseSettings):
 
     # Inference service (OpenAI dialect); the token is sent as a Bearer when set.
     local_llm_url: str = Field(default="http://127.0.0.1:8008", validation_alias="AION_LOCAL_LLM_URL")
+    # What serves chat at AION_LOCAL_LLM_URL: AION's inference service, or vLLM's OpenAI server (adapters
+    # loaded through its own API and chosen per request by name; see clients/backends.py).
+    inference_backend: Literal["aion", "vllm"] = Field(default="aion", validation_alias="AION_INFERENCE_BACKEND")
+    # Where /v1/embeddings is served; unset: AION_LOCAL_LLM_URL. With vLLM for chat, an AION inference
+    # service started with --embeddings-only (or any OpenAI-compatible embeddings server, 384 dimensions).
+    embeddings_url: str | None = Field(default=None, validation_alias="AION_EMBEDDINGS_URL")
     # repr=False on every secret: a settings object that ends up in a log or a traceback shows no secret.
     inference_token: str | None = Field(default=None, repr=False, validation_alias="AION_INFERENCE_TOKEN")
     inference_timeout_s: float = Field(default=120.0, gt=0, validation_alias="AION_INFERENCE_TIMEOUT")
@@ -211,6 +217,9 @@ class GatewaySettings(DatabaseSettings):
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError(f"AION_CHUNK_OVERLAP ({self.chunk_overlap}) must be below AION_CHUNK_TOKENS "
                              f"({self.chunk_tokens})")
+        if self.inference_backend == "vllm" and not self.embeddings_url:
+            raise ValueError("AION_INFERENCE_BACKEND=vllm needs AION_EMBEDDINGS_URL: vLLM serves no embeddings "
+                             "for a chat model; run `aion inference --embeddings-only` and point it there")
         if self.top_k > self.top_n:
             raise ValueError(f"AION_TOP_K ({self.top_k}) must not exceed AION_TOP_N ({self.top_n})")
         if self.auth == "off" and not self.binds_loopback():
@@ -237,6 +246,9 @@ class GatewaySettings(DatabaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    def embeddings_base_url(self) -> str:
+        return (self.embeddings_url or self.local_llm_url).rstrip("/")
 
     def chat_url(self) -> str:
         return self.local_chat_url or self.local_llm_url.rstrip("/") + "/v1"

@@ -8,8 +8,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .chat_setup import ChatParts
+from .clients.backends import InferenceBackend
 from .clients.inference import InferenceClient
-from .clients.inference_admin import InferenceAdmin
 from .services.answer import AnswerService
 from .services.budget import BudgetGuard
 from .services.conversations import ConversationStore
@@ -50,5 +50,5 @@ class GatewayState:
         return self.chat.exporter
 
     @property
-    def admin(self) -> InferenceAdmin:
+    def admin(self) -> InferenceBackend:
         return self.chat.admin

@@ -77,22 +77,30 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
+def base_model_location(name: str, cache_dir: Path) -> str:
+    """Where `resolve_base_model` finds the weights, without converting anything: the folder a GGUF is
+    converted into, a local folder, or the hub id. Another server (vLLM) is pointed at it."""
+    if name == DEFAULT_BASE_MODEL:
+        return str((cache_dir / DEFAULT_BASE_MODEL).resolve())
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        return str((cache_dir / path.stem.lower()).resolve())
+    return str(path.resolve()) if path.is_dir() else name
+
+
 def resolve_base_model(name: str, cache_dir: Path) -> str:
     """A path or id that `from_pretrained` can load offline."""
+    target = Path(base_model_location(name, cache_dir))
     if name == DEFAULT_BASE_MODEL:
-        target = cache_dir / DEFAULT_BASE_MODEL
         if not (target / _CONVERTED_MARKER).exists():
             convert_gguf(packaged_gguf(), target)
         return str(target)
     path = Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
-        target = cache_dir / path.stem.lower()
         if not (target / _CONVERTED_MARKER).exists():
             convert_gguf(path, target)
         return str(target)
-    if path.is_dir():
-        return str(path)
-    return name
+    return str(path) if path.is_dir() else name
 
 
 def resolve_embed_model(name: str) -> str:

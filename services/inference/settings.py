@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.settings import CommonSettings
 
@@ -80,6 +80,16 @@ class InferenceSettings(CommonSettings):
     @classmethod
     def _blank_is_off(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    # No chat model at all: /v1/embeddings and /health only (beside vLLM or another server for chat).
+    embeddings_only: bool = Field(default=False, validation_alias="AION_EMBEDDINGS_ONLY")
+
+    @model_validator(mode="after")
+    def _serves_something(self) -> InferenceSettings:
+        if self.embeddings_only and self.embed_model == NO_EMBEDDINGS:
+            raise ValueError(f"AION_EMBEDDINGS_ONLY=true (--embeddings-only) with AION_EMBED_MODEL={NO_EMBEDDINGS} "
+                             "would serve nothing: name an embedding model, or drop --embeddings-only")
+        return self
 
     def cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_path("models")

@@ -82,6 +82,9 @@ class InferenceState:
 
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
+            if self.settings.embeddings_only:
+                self._load_embedder_only(started)
+                return
             kernel_library.configure(cache_dir=self.settings.kernel_cache_dir, enabled=self.settings.quantized_decode)
             device = choose_device(self.settings.device)
             four_bit = wants_4bit(self.settings.load_in_4bit, device)
@@ -111,6 +114,16 @@ class InferenceState:
         except Exception as exc:
             logger.exception("model loading failed")
             self.status, self.error = "error", f"{type(exc).__name__}: {exc}"
+
+    def _load_embedder_only(self, started: float) -> None:
+        device = choose_device(self.settings.device)
+        self.embedder = Embedder(resolve_embed_model(self.settings.embed_model), device,
+                                 served_name(self.settings.embed_model))
+        self.device = device
+        self.status = "ready"
+        self.load_seconds = time.perf_counter() - started
+        logger.info("inference ready, embeddings only: %s on %s in %.1f s", self.embedder.name, device,
+                    self.load_seconds)
 
     def _load_startup_adapter(self) -> None:
         """Seed behaviour: serve AION_ADAPTER_DIR when it holds an adapter; start without it otherwise."""
@@ -187,7 +200,8 @@ class InferenceState:
         return {
             "status": self.status,
             "error": self.error,
-            "base_model": self.base_name,
+            "mode": "embeddings-only" if self.settings.embeddings_only else "chat+embeddings",
+            "base_model": None if self.settings.embeddings_only else self.base_name,
             "adapter_loaded": bool(adapters["active"] or adapters["merged"]),
             "adapter": adapters["active"] or (adapters["merged"] or {}).get("name"),
             "merged": bool(adapters["merged"]),

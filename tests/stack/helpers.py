@@ -21,7 +21,7 @@ DOCKERFILES = {
     "inference-gpu": REPO / "services" / "inference" / "Dockerfile.gpu",
     "trainer": REPO / "trainer" / "Dockerfile",
 }
-PROFILES = ("cpu", "gpu")
+PROFILES = ("cpu", "gpu", "vllm")
 
 # The settings classes each `aion` command reads; an environment variable compose gives a service
 # must be read by one of them (or be documented in .env.example as compose only).

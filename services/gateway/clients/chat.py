@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,20 +61,29 @@ class ChatResult:
     model: str
 
 
+ModelFn = Callable[[], Awaitable[str]]
+RestoreFn = Callable[[str], Awaitable[bool]]
+
 logger = logging.getLogger(__name__)
 
 
 class ChatClient:
+    """`model` is the name sent; `model_for`, when given, chooses it per request instead (vLLM: the active
+    adapter), and `restore` gets one chance to bring back a model the server answers 404 for."""
+
     # A context length learnt from the server is trusted this long (a restart may serve another model);
     # after a failed lookup the server is asked again only after RETRY_S (a down server costs no time twice).
     CONTEXT_TTL_S = 300.0
     CONTEXT_RETRY_S = 30.0
 
     def __init__(self, *, base_url: str, api_key: str | None, model: str, timeout_s: float,
-                 max_retries: int, request_id_header: str = "x-request-id") -> None:
+                 max_retries: int, request_id_header: str = "x-request-id", model_for: ModelFn | None = None,
+                 restore: RestoreFn | None = None) -> None:
         self.model = model
         self.base_url = base_url
         self._header = request_id_header
+        self._model_for = model_for
+        self._restore = restore
         self._context: tuple[float, int | None] | None = None
         # The openai client retries 429/5xx/connection errors with backoff; timeouts are per request.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused",
@@ -105,21 +114,35 @@ class ChatClient:
         self._context = (now, window)
         return window
 
-    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
-                       request_id: str | None = None, frequency_penalty: float | None = None) -> ChatResult:
+    async def _create(self, **kwargs: Any) -> tuple[str, Any]:
+        """The model chosen for this request, and the server's answer (a stream when kwargs ask for one)."""
         try:
-            resp = await self._client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
-                temperature=temperature, extra_headers=self._headers(request_id),
-                **_penalty(frequency_penalty))
+            model = await self._model_for() if self._model_for else self.model
+        except Exception as exc:  # the registry or the server's model list: the local model is unavailable
+            raise ChatUnavailable(f"could not choose the model: {exc}") from exc
+        try:
+            try:
+                return model, await self._client.chat.completions.create(model=model, **kwargs)
+            except openai.NotFoundError:
+                if not (self._restore and await self._restore(model)):
+                    raise
+            return model, await self._client.chat.completions.create(model=model, **kwargs)
         except openai.OpenAIError as exc:
             raise _unavailable(exc) from exc
+        except Exception as exc:  # restoring failed: the backend refused or is down, or the registry is
+            raise ChatUnavailable(f"model '{model}' is not loaded and could not be restored: {exc}") from exc
+
+    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+                       request_id: str | None = None, frequency_penalty: float | None = None) -> ChatResult:
+        model, resp = await self._create(
+            messages=messages, max_tokens=max_tokens, temperature=temperature,
+            extra_headers=self._headers(request_id), **_penalty(frequency_penalty))
         choice = resp.choices[0] if resp.choices else None
         return ChatResult(text=(choice.message.content or "") if choice else "",
                           finish_reason=choice.finish_reason if choice else None,
                           prompt_tokens=resp.usage.prompt_tokens if resp.usage else None,
                           completion_tokens=resp.usage.completion_tokens if resp.usage else None,
-                          model=resp.model or self.model)
+                          model=resp.model or model)
 
     async def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
                      request_id: str | None = None, frequency_penalty: float | None = None,
@@ -128,18 +151,15 @@ class ChatClient:
 
         `output` holds the caller's OpenAI output fields (tools, tool_choice, response_format), sent as given.
         """
-        try:
-            stream = await self._client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
-                temperature=temperature, stream=True, stream_options={"include_usage": True},
-                extra_headers=self._headers(request_id), **_penalty(frequency_penalty), **(output or {}))
-        except openai.OpenAIError as exc:
-            raise _unavailable(exc) from exc
+        model, stream = await self._create(
+            messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
+            stream_options={"include_usage": True}, extra_headers=self._headers(request_id),
+            **_penalty(frequency_penalty), **(output or {}))
         try:
             async for chunk in stream:
                 if getattr(chunk, "error", None):
                     raise ChatUnavailable(f"stream error from {self.base_url}: {chunk.error}")  # type: ignore[attr-defined]
-                delta = ChatDelta(model=chunk.model or None)
+                delta = ChatDelta(model=chunk.model or model)
                 if chunk.choices:
                     delta.text = chunk.choices[0].delta.content or ""
                     delta.finish_reason = chunk.choices[0].finish_reason
@@ -158,13 +178,6 @@ class ChatClient:
             await stream.close()
 
 
-def _unavailable(exc: openai.OpenAIError) -> ChatUnavailable:
-    message = _describe(exc)
-    if isinstance(exc, openai.BadRequestError) and _OVERFLOW.search(message):
-        return ContextOverflow(message)
-    return ChatUnavailable(message)
-
-
 def _describe(exc: openai.OpenAIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {exc.message}"
@@ -173,6 +186,13 @@ def _describe(exc: openai.OpenAIError) -> str:
     if isinstance(exc, openai.APIConnectionError):
         return f"connection failed: {exc.__cause__ or exc}"
     return str(exc)
+
+
+def _unavailable(exc: openai.OpenAIError) -> ChatUnavailable:
+    message = _describe(exc)
+    if isinstance(exc, openai.BadRequestError) and _OVERFLOW.search(message):
+        return ContextOverflow(message)
+    return ChatUnavailable(message)
 
 
 def _penalty(frequency_penalty: float | None) -> dict[str, float]:

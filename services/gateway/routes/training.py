@@ -14,6 +14,7 @@ from ..deps import SessionDep, StateDep, TenantDep
 from ..repositories import adapters as adapters_repo
 from ..repositories import jobs as jobs_repo
 from ..services import promotion
+from ..services.served_model import backend_health
 
 router = APIRouter()
 
@@ -93,8 +94,8 @@ async def deactivate_adapters(state: StateDep, tenant: TenantDep) -> dict:
 
 
 @router.get("/api/ai/llm/health")
-async def llm_health(state: StateDep) -> dict:
-    return await state.admin.health()
+async def llm_health(state: StateDep, tenant: TenantDep) -> dict:
+    return await backend_health(state.sessions, state.admin, tenant)
 
 
 @router.post("/api/ai/llm/adapter/reload")

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.errors import Conflict, NotFound
 
-from ..clients.inference_admin import InferenceAdmin
+from ..clients.backends import InferenceBackend
 from ..repositories import adapters as repo
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def point_active_link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-async def activate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceAdmin, *, tenant_id: str,
+async def activate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceBackend, *, tenant_id: str,
                    name: str, active_link: Path | None) -> dict:
     """Load (if needed), smoke-test, then make `name` the adapter served by default."""
     async with session_factory() as session:
@@ -50,7 +50,7 @@ async def activate(session_factory: async_sessionmaker[AsyncSession], admin: Inf
     return {"ok": True, "active": name}
 
 
-async def deactivate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceAdmin, *,
+async def deactivate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceBackend, *,
                      tenant_id: str, active_link: Path | None) -> dict:
     """Serve the base weights again."""
     await admin.activate(None)

@@ -26,7 +26,7 @@ from shared.errors import AionError, BadRequest
 
 from ..clients.inference import InferenceClient
 from ..repositories import webpages as pages_repo
-from .ingestion import IngestOptions, Upload, ingest_upload
+from .ingestion import IngestOptions, Upload, ingest_uploads
 from .webfetch import FetchedPage, WebFetcher, absolute_links, check_url
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class WebIngestor:
 
         upload = Upload(filename=_file_name(fetched), content_type=fetched.content_type, data=fetched.data,
                         size=len(fetched.data), source_name=url)
-        file_result = await ingest_upload(session, self.inference, tenant_id, upload, self.options)
+        (file_result,) = await ingest_uploads(session, self.inference, tenant_id, [upload], self.options)
         result = PageResult(url, file_result.status, file_result.http_status, depth,
                             document_id=file_result.document_id, chunk_count=file_result.chunk_count,
                             title=file_result.title, reason=file_result.reason, code=file_result.code)

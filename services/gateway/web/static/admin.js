@@ -62,8 +62,13 @@ async function loadHealth() {
   try {
     const i = await api("/api/ai/llm/health");
     const level = i.status === "ready" ? "ok" : i.status === "loading" ? "warn" : "bad";
+    const vllm = i.backend === "vllm";
+    // vLLM serves adapters by version only: no adapter dir to reload, no merge.
+    for (const id of ["adapter-reload", "adapter-merge"]) $(id).hidden = vllm;
     setHealth("h-inference", level, i.status, [
-      ["model", i.base_model], ["device", i.device], ["quantization", i.quantization || "none (full precision)"],
+      ["engine", vllm ? `vLLM ${i.version || ""}`.trim() : "AION"],
+      ["model", i.base_model], ["device", vllm ? undefined : i.device],
+      ["quantization", vllm ? undefined : i.quantization || "none (full precision)"],
       ["adapter", i.adapter ? `${i.adapter}${i.merged ? " (merged)" : ""}` : "none (base weights)"],
       ["embeddings", i.embedding_model],
       ["queue", i.queue ? `${i.queue.running} running, ${i.queue.waiting} waiting` : null],
