@@ -21,11 +21,21 @@ NO_SYSTEM_TEMPLATE = (
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
+class _Runner:
+    """What request building reads from the runner: the vocabulary's size and end tokens (for grammars)."""
+
+    class config:  # noqa: N801 — stands where a model config is read
+        vocab_size = 49152
+
+    eos_ids = frozenset({2})
+
+
 class _Engine:
     """What request building reads from the engine: its weights version and how much one request may hold."""
 
     weights_version = 3
     positions = 256
+    runner = _Runner()
 
     def max_request_positions(self) -> int:
         return self.positions

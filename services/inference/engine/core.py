@@ -345,7 +345,9 @@ class Engine:
         rows = []
         for row, seq in enumerate(seqs):
             params = seq.handle.request.params
-            rows.append(penalize(logits[row], seq.counts, params.frequency_penalty, params.presence_penalty))
+            row_logits = penalize(logits[row], seq.counts, params.frequency_penalty, params.presence_penalty)
+            constraint = seq.handle.request.constraint
+            rows.append(row_logits if constraint is None else constraint.mask(row_logits))
         chosen = choose_tokens(rows, [s.handle.request.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, chosen, strict=True):
             self._accept_token(seq, token)
@@ -362,6 +364,10 @@ class Engine:
             self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
             return
         self._send_text(seq, seq.stops.feed(seq.detok.push(token)))
+        constraint = seq.handle.request.constraint
+        if constraint is not None and constraint.advance(token) and not seq.stops.stopped:  # grammar complete
+            seq.stops.stopped = True
+            self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
 
     def _send_text(self, seq: _Sequence, text: str) -> None:
         if text:
