@@ -23,6 +23,7 @@ from .extras_setup import build_images, build_web
 from .observability import install_metrics
 from .routes import (
     admin_data,
+    cache,
     conversations,
     documents,
     feedback,
@@ -96,7 +97,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
     for module in (health, webpages, documents, search, chat_routes, conversations, feedback, metrics, training,
-                   admin_data, pages, images):
+                   admin_data, pages, images, cache):
         app.include_router(module.router)
     return app
 

@@ -11,6 +11,9 @@ from .models import (
     ConversationTurn,
     Document,
     GeneratedImage,
+    KnowledgeVersion,
+    RateBucket,
+    ResponseCacheEntry,
     WebPage,
 )
 from .settings import DatabaseSettings
@@ -26,6 +29,9 @@ __all__ = [
     "DatabaseSettings",
     "Document",
     "GeneratedImage",
+    "KnowledgeVersion",
+    "RateBucket",
+    "ResponseCacheEntry",
     "WebPage",
     "make_async_engine",
     "make_session_factory",

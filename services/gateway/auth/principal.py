@@ -20,3 +20,8 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def caller(self) -> str | None:
+        """Who rate limits and budget shares count against (None: the local developer, not counted)."""
+        return f"key:{self.key_id}" if self.key_id else None
