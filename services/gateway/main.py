@@ -17,12 +17,14 @@ from shared.db.migrate import upgrade
 from shared.errors import error_body, install_error_handlers
 from shared.logging import RequestIdMiddleware
 
+from .auth.tokens import TokenAuthority
 from .chat_setup import build_chat
 from .clients.inference import InferenceClient
 from .extras_setup import build_images, build_web
 from .observability import install_metrics
 from .routes import (
     admin_data,
+    auth,
     cache,
     conversations,
     documents,
@@ -91,13 +93,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(settings.release_database)
 
     app = FastAPI(title="AION gateway", version="0.1.0", lifespan=lifespan)
+    app.state.tokens = TokenAuthority(settings)
     install_error_handlers(app)
     _install_database_errors(app)
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
     for module in (health, webpages, documents, search, chat_routes, conversations, feedback, metrics, training,
-                   admin_data, pages, images, cache):
+                   admin_data, pages, images, cache, auth):
         app.include_router(module.router)
     return app
 
