@@ -34,12 +34,14 @@ from .routes import (
     metrics,
     pages,
     search,
+    status,
     training,
     webpages,
 )
 from .routes import chat as chat_routes
 from .security.install import install_security
 from .services.embedding_check import EmbeddingDimensionMismatch, check_embedding_dimension
+from .services.system_status import SystemStatus
 from .services.tokens import load_token_counter
 from .settings import GatewaySettings, get_settings
 from .state import GatewayState
@@ -78,7 +80,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         web = build_web(settings, inference, counter)
         app.state.gateway = GatewayState(
             settings=settings, database_url=url, engine=engine, sessions=sessions, http=http, inference=inference,
-            token_counter=counter, chat=chat, images=build_images(settings, sessions, http), web=web)
+            token_counter=counter, chat=chat, images=build_images(settings, sessions, http), web=web,
+            system=SystemStatus(settings, sessions, chat.admin, inference))
 
         logger.info("gateway ready: chat on %s at %s, embeddings at %s, chunk sizes by %s, tenant %s",
                     settings.inference_backend, settings.local_llm_url, settings.embeddings_base_url(), counter.name,
@@ -100,7 +103,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
     for module in (health, webpages, documents, search, chat_routes, conversations, feedback, metrics, training,
-                   admin_data, pages, images, cache, auth):
+                   admin_data, pages, images, cache, auth, status):
         app.include_router(module.router)
     return app
 
