@@ -69,8 +69,8 @@ def contains(answer: str, expected: list[str]) -> bool:
 
 
 def run_answers(gateway: str, questions: list[dict]) -> dict:
+    from services.gateway.services.not_found import is_not_found
     from services.gateway.services.prompt import instruction_texts
-    from services.gateway.services.support import says_not_found
 
     instructions = instruction_texts() + EARLIER_INSTRUCTIONS
     rows = []
@@ -85,7 +85,7 @@ def run_answers(gateway: str, questions: list[dict]) -> dict:
                    "C": out.get("C"), "support": out.get("support"), "seconds": round(time.perf_counter() - started, 2),
                    "echo": echoes(text, instructions)}
             if q.get("uncovered"):
-                row["not_found"] = out.get("answer") == "not_found" or says_not_found(text)
+                row["not_found"] = out.get("answer") == "not_found" or is_not_found(text)
             else:
                 row["contains"] = contains(text, q["expect"])
             rows.append(row)

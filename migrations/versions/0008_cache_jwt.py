@@ -2,7 +2,7 @@
 replicas, the caller of each paid call (per-key budget shares), and identities from an external issuer.
 
 Revision ID: 0008_cache_jwt
-Revises: 0005_images_web
+Revises: 0006_hybrid_search_eval
 Create Date: 2026-12-06
 """
 
@@ -16,7 +16,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0008_cache_jwt"
-down_revision: str | Sequence[str] | None = "0005_images_web"
+down_revision: str | Sequence[str] | None = "0006_hybrid_search_eval"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -56,15 +56,17 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         try:
             async with sessions.begin() as session:
                 found = await retrieve(session, inference, tenant_id, question, k=settings.top_k,
-                                       top_n=settings.top_n, lam=settings.mmr_lambda, request_id=request_id_var.get(),
-                                       max_query_chars=settings.max_query_chars, original_query=original)
+                                       top_n=settings.top_n, lam=settings.mmr_lambda, arms=settings.retrieval_arms(),
+                                       duplicate_similarity=settings.mmr_duplicate_similarity,
+                                       request_id=request_id_var.get(), max_query_chars=settings.max_query_chars,
+                                       original_query=original)
         except DBAPIError as exc:
             if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                 raise
             # Down or restarting: the same retryable 503 the other routes give (see main.py).
             raise ServiceUnavailable("the database is unavailable; retry in a few seconds",
                                      code="database_unavailable", headers={"Retry-After": "2"}) from exc
-        return RetrievedContext(confidence=found.confidence, passages=found.passages)
+        return RetrievedContext(confidence=found.confidence, passages=found.passages, warnings=found.warnings)
 
     async def log_event(tenant_id: str, kind: str, value: float, meta: dict[str, Any], request_id: str) -> None:
         async with sessions.begin() as session:
@@ -116,7 +118,9 @@ def answer_settings(settings: GatewaySettings, policy: AnswerPolicy) -> dict[str
         "local": [settings.inference_backend, settings.chat_url(), settings.local_model],
         "fallback": [settings.fallback_url(), settings.fallback_model] if settings.fallback_enabled() else None,
         "retrieval": [settings.top_n, settings.top_k, settings.mmr_lambda, settings.mmr_duplicate_similarity,
-                      settings.hnsw_ef_search, settings.max_query_chars, settings.embeddings_base_url()],
+                      settings.hnsw_ef_search, settings.max_query_chars, settings.embeddings_base_url(),
+                      settings.retrieval_vector_weight, settings.retrieval_text_weight, settings.retrieval_rrf_k,
+                      settings.retrieval_text_max_rows],
         "rewrite": settings.rewrite_max_tokens,
     }
 

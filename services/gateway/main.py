@@ -28,6 +28,7 @@ from .routes import (
     cache,
     conversations,
     documents,
+    evaluation,
     feedback,
     health,
     images,
@@ -102,8 +103,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, webpages, documents, search, chat_routes, conversations, feedback, metrics, training,
-                   admin_data, pages, images, cache, auth, status):
+    for module in (health, webpages, documents, search, chat_routes, conversations, evaluation, feedback, metrics,
+                   training, admin_data, pages, images, cache, auth, status):
         app.include_router(module.router)
     return app
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .services.eval_set import MAX_QUESTIONS, EvalQuestion
+
 
 class DocumentPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -79,12 +81,20 @@ class SearchRequest(BaseModel):
     top_n: int | None = Field(default=None, ge=1, le=200, description="ANN candidates (default AION_TOP_N)")
     lam: float | None = Field(default=None, ge=0.0, le=1.0, alias="lambda",
                               description="MMR relevance/diversity trade-off (default AION_MMR_LAMBDA)")
+    vector_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                        description="the ANN arm's fusion weight, 0: off (default "
+                                                    "AION_RETRIEVAL_VECTOR_WEIGHT)")
+    text_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                      description="the full-text arm's fusion weight, 0: off (default "
+                                                  "AION_RETRIEVAL_TEXT_WEIGHT)")
 
 
 class PassagePublic(BaseModel):
     rank: int
-    ann_rank: int
-    score: float
+    ann_rank: int | None = Field(description="position among the ANN candidates; null: found by full text only")
+    text_rank: int | None = Field(default=None, description="position among the full-text candidates")
+    fused: float = Field(default=0.0, description="reciprocal-rank-fusion score (orders the candidates)")
+    score: float = Field(description="cosine similarity to the question (0 when it could not be embedded)")
     chunk_id: int
     document_id: uuid.UUID
     document: str  # the document's source name
@@ -107,6 +117,9 @@ class SearchResponse(BaseModel):
     passages: list[PassagePublic]
     embed_ms: float
     search_ms: float
+    arms: dict[str, float] = Field(default_factory=dict, description="the fusion weights this search ran with")
+    warnings: list[dict[str, Any]] = Field(default_factory=list,
+                                           description="e.g. embeddings_unavailable: full-text search alone")
     request_id: str | None = None
 
 
@@ -235,3 +248,37 @@ class ConversationRename(BaseModel):
 class ConversationDeleted(BaseModel):
     id: uuid.UUID
     deleted: bool = True
+
+
+# -- evaluation runs ---------------------------------------------------------------------------------
+
+class EvalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    questions: list[EvalQuestion] = Field(min_length=1, max_length=MAX_QUESTIONS)
+    label: str = Field(default="eval", min_length=1, max_length=200, description="the set's name in stored runs")
+    retrieval_only: bool = Field(default=False, description="score retrieval alone (no answers generated)")
+    stream: bool = Field(default=False, description="SSE: a `result` event per question, then `done`")
+    vector_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                        description="retrieval-only runs: the ANN arm's weight (0: off)")
+    text_weight: float | None = Field(default=None, ge=0.0, le=10.0,
+                                      description="retrieval-only runs: the full-text arm's weight (0: off)")
+
+
+class EvalRunPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    label: str
+    set_sha256: str
+    mode: str
+    questions: int
+    model: str | None
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+    duration_s: float
+    created_at: datetime
+
+
+class EvalRunList(BaseModel):
+    runs: list[EvalRunPublic]

@@ -12,8 +12,10 @@ from pydantic import Field, field_validator, model_validator
 
 from shared.db.settings import DatabaseSettings
 
+from .services.extract import ExtractLimits
 from .services.pricing import DEFAULT_PRICES
 from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, DEFAULT_RAG_SYSTEM_PROMPT_EN
+from .services.retrieval import Arms
 
 
 class GatewaySettings(DatabaseSettings):
@@ -42,6 +44,10 @@ class GatewaySettings(DatabaseSettings):
     tokenizer: str = Field(default="auto", validation_alias="AION_TOKENIZER")
     max_upload_mb: float = Field(default=20.0, gt=0, validation_alias="AION_MAX_UPLOAD_MB")
     max_upload_files: int = Field(default=32, ge=1, le=1000, validation_alias="AION_MAX_UPLOAD_FILES")
+    # Limits on what one .pdf or .docx may expand to while its text is extracted (decompression bombs).
+    extract_max_uncompressed_mb: float = Field(default=100.0, gt=0, validation_alias="AION_EXTRACT_MAX_UNCOMPRESSED_MB")
+    extract_max_pages: int = Field(default=2000, ge=1, validation_alias="AION_EXTRACT_MAX_PAGES")
+    extract_timeout_s: float = Field(default=60.0, gt=0, validation_alias="AION_EXTRACT_TIMEOUT")
 
     # Retrieval (seed defaults: ANN top 24 -> MMR 8, lambda 0.7).
     top_n: int = Field(default=24, ge=1, le=200, validation_alias="AION_TOP_N")
@@ -54,6 +60,15 @@ class GatewaySettings(DatabaseSettings):
     # (docs/benchmarks.md); the query's embedding takes ~25 ms.
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, validation_alias="AION_HNSW_EF_SEARCH")
     max_query_chars: int = Field(default=2000, ge=1, validation_alias="AION_MAX_QUERY_CHARS")
+    # Hybrid retrieval: each arm's weight in the reciprocal rank fusion (0 switches the arm off; the text
+    # arm still answers alone when the query cannot be embedded), and RRF's k (services/fusion.py).
+    retrieval_vector_weight: float = Field(default=1.0, ge=0.0, le=10.0, validation_alias="AION_RETRIEVAL_VECTOR_WEIGHT")
+    retrieval_text_weight: float = Field(default=1.0, ge=0.0, le=10.0, validation_alias="AION_RETRIEVAL_TEXT_WEIGHT")
+    retrieval_rrf_k: int = Field(default=60, ge=1, le=1000, validation_alias="AION_RETRIEVAL_RRF_K")
+    # The text arm ranks at most about this many matching chunks: its rarest words are kept while the
+    # rows they match stay under it (repositories/chunks.py); more costs ~1 ms per ~1,500 rows.
+    retrieval_text_max_rows: int = Field(default=5000, ge=100, le=1_000_000,
+                                         validation_alias="AION_RETRIEVAL_TEXT_MAX_ROWS")
 
     # Answer routing (seed names): local when C >= tau, else the budgeted fallback.
     tau_confidence: float = Field(default=0.62, ge=0.0, le=1.0, validation_alias="AION_TAU_CONFIDENCE")
@@ -248,6 +263,9 @@ class GatewaySettings(DatabaseSettings):
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError(f"AION_CHUNK_OVERLAP ({self.chunk_overlap}) must be below AION_CHUNK_TOKENS "
                              f"({self.chunk_tokens})")
+        if self.retrieval_vector_weight == 0 and self.retrieval_text_weight == 0:
+            raise ValueError("AION_RETRIEVAL_VECTOR_WEIGHT and AION_RETRIEVAL_TEXT_WEIGHT are both 0: retrieval "
+                             "would find nothing; give at least one arm a weight above 0")
         if self.inference_backend == "vllm" and not self.embeddings_url:
             raise ValueError("AION_INFERENCE_BACKEND=vllm needs AION_EMBEDDINGS_URL: vLLM serves no embeddings "
                              "for a chat model; run `aion inference --embeddings-only` and point it there")
@@ -290,6 +308,16 @@ class GatewaySettings(DatabaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    def extract_limits(self) -> ExtractLimits:
+        return ExtractLimits(max_uncompressed_bytes=int(self.extract_max_uncompressed_mb * 1024 * 1024),
+                             max_pages=self.extract_max_pages, timeout_s=self.extract_timeout_s)
+
+    def retrieval_arms(self, vector: float | None = None, text: float | None = None) -> Arms:
+        """The fusion's arms from these settings, with per-request weights where given."""
+        return Arms(vector=self.retrieval_vector_weight if vector is None else vector,
+                    text=self.retrieval_text_weight if text is None else text, rrf_k=self.retrieval_rrf_k,
+                    text_max_rows=self.retrieval_text_max_rows)
 
     def embeddings_base_url(self) -> str:
         return (self.embeddings_url or self.local_llm_url).rstrip("/")

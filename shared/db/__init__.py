@@ -4,12 +4,14 @@ from .base import Base
 from .engine import make_async_engine, make_session_factory, make_sync_engine, sqlalchemy_url
 from .models import (
     EMBEDDING_DIM,
+    TEXT_SEARCH_CONFIG,
     AiEvent,
     ApiKey,
     Chunk,
     Conversation,
     ConversationTurn,
     Document,
+    EvalRun,
     GeneratedImage,
     KnowledgeVersion,
     RateBucket,
@@ -20,6 +22,7 @@ from .settings import DatabaseSettings
 
 __all__ = [
     "EMBEDDING_DIM",
+    "TEXT_SEARCH_CONFIG",
     "AiEvent",
     "ApiKey",
     "Base",
@@ -28,6 +31,7 @@ __all__ = [
     "ConversationTurn",
     "DatabaseSettings",
     "Document",
+    "EvalRun",
     "GeneratedImage",
     "KnowledgeVersion",
     "RateBucket",

@@ -11,6 +11,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     Double,
     ForeignKey,
@@ -23,13 +24,15 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base
 
 # all-MiniLM-L6-v2; a model with another width needs a migration, not a setting.
 EMBEDDING_DIM = 384
+# The text-search configuration of the chunks' full-text column (built by migration 0006).
+TEXT_SEARCH_CONFIG = "aion_text"
 
 
 class Document(Base):
@@ -66,6 +69,7 @@ class Chunk(Base):
         Index("ix_chunks_embedding_hnsw", "embedding", postgresql_using="hnsw",
               postgresql_with={"m": 16, "ef_construction": 64},
               postgresql_ops={"embedding": "vector_cosine_ops"}),
+        Index("ix_chunks_tsv", "tsv", postgresql_using="gin"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -78,6 +82,9 @@ class Chunk(Base):
     page: Mapped[int | None] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer, nullable=False)
     embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM), nullable=False)
+    # Postgres computes it from heading and text on every insert; never written by AION.
+    tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed(
+        f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, coalesce(heading, '') || ' ' || text)", persisted=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
     document: Mapped[Document] = relationship(back_populates="chunks", lazy="raise")
@@ -261,3 +268,26 @@ class RateBucket(Base):
     tokens: Mapped[float] = mapped_column(Double, nullable=False)
     allowed: Mapped[bool] = mapped_column(nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class EvalRun(Base):
+    """One `aion eval` run: the figures, each question's outcome, and the settings and model it ran with."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (
+        CheckConstraint("mode IN ('answer', 'retrieval')", name="mode"),
+        Index("ix_eval_runs_tenant_created", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    label: Mapped[str] = mapped_column(Text, nullable=False)  # the question set's name, e.g. its file name
+    set_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    mode: Mapped[str] = mapped_column(String(16), nullable=False)
+    questions: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str | None] = mapped_column(Text)  # the local model (adapter) that answered
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
+    results: Mapped[list[Any]] = mapped_column(JSONB, nullable=False, default=list, server_default="[]")
+    duration_s: Mapped[float] = mapped_column(Double, nullable=False, default=0.0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

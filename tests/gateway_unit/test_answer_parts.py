@@ -13,13 +13,13 @@ from services.gateway.services.context_fit import (
 )
 from services.gateway.services.conversations import title_from
 from services.gateway.services.language import detect_language
+from services.gateway.services.not_found import is_not_found
 from services.gateway.services.rewrite import acceptable, clean, rule_rewrite
 from services.gateway.services.support import (
     Evidence,
     measure_support,
     not_found_answer,
     quoted_answer,
-    says_not_found,
 )
 from services.gateway.services.tokens import EstimateCounter
 
@@ -51,8 +51,8 @@ def test_quoted_and_not_found_answers_quote_the_best_passage_sentence_with_its_n
     missing = not_found_answer("Who won the World Cup?", [PRICE], "pt")
     assert missing.startswith("Não encontrei isso nos documentos.")
     assert not_found_answer("anything", [], "en") == "The documents do not seem to cover this."
-    assert says_not_found(missing) and says_not_found("I could not find this in the documents.")
-    assert not says_not_found("The warranty lasts three years [1].")
+    assert is_not_found(missing) and is_not_found("I could not find this in the documents.")
+    assert not is_not_found("The warranty lasts three years [1].")
 
 
 @pytest.mark.parametrize(("text", "language"), [

@@ -123,6 +123,22 @@ def test_batched_rows_that_join_and_leave_get_their_solo_logits(which: str, requ
         assert torch.allclose(solo[i][steps], expected, atol=1e-4, rtol=1e-4)
 
 
+def test_decode_writes_in_place_without_copying_the_cache(qwen) -> None:
+    """A decode step writes each row's new position into its slot: the cache's storage stays where it was
+    (transformers' DynamicCache concatenates, copying every layer on every token)."""
+    runner = TransformersRunner(qwen.model, qwen.tokenizer, "cpu")
+    batch = runner.new_batch(4)
+    for question in QUESTIONS[:2]:
+        prompt = chat_ids(qwen.tokenizer, question)
+        _, layers = runner.prefill(prompt, None)
+        runner.admit(batch, layers, prompt, None)
+    storage = [t.data_ptr() for t in batch.keys + batch.values]
+    for _ in range(8):
+        runner.decode(batch, [5, 6], [None, None])
+    assert [t.data_ptr() for t in batch.keys + batch.values] == storage
+    assert batch.lengths == [len(chat_ids(qwen.tokenizer, q)) + 8 for q in QUESTIONS[:2]]
+
+
 def test_the_runner_is_chosen_once_by_model_and_device(smollm, qwen) -> None:
     assert choose_runner(smollm.model, smollm.tokenizer, "cpu").kind == "native"
     assert choose_runner(smollm.model, smollm.tokenizer, "cpu", choice="transformers").kind == "transformers"

@@ -28,6 +28,8 @@ ANSWERS = [(0, "local", 0.71, 900), (0, "local", 0.66, 1100), (0, "fallback", 0.
            (2, "local", 0.73, 800), (2, "fallback", 0.35, 3000)]
 SPENT = [0.0123, 0.002]  # settled fallback calls this period
 RESERVED = 0.01  # one call still running
+# (label, mode, hit@1, containment) of stored `aion eval` runs, oldest first.
+EVAL_RUNS = [("questions.jsonl", "retrieval", 0.8, None), ("questions.jsonl", "answer", 0.9, 0.75)]
 
 
 def seed(db: str) -> None:
@@ -46,6 +48,17 @@ def seed(db: str) -> None:
         conn.execute("INSERT INTO fallback_ledger (id, tenant_id, request_id, model, period_start, status, "
                      "reserved_usd) VALUES (%s, %s, %s, 'gpt-4o-mini', %s, 'reserved', %s)",
                      (uuid.uuid4(), TENANT, uuid.uuid4().hex, start, RESERVED))
+        for age, (label, mode, hit1, containment) in enumerate(reversed(EVAL_RUNS)):
+            metrics = {"questions": 10, "latency_ms": {"p50": 900, "p95": 1500},
+                       "retrieval": {"questions": 8, "hit@1": hit1, "hit@5": 1.0, "mrr": 0.9}}
+            if containment is not None:
+                metrics["answers"] = {"containment": {"rate": containment, "of": 8}, "instruction_echo": 0,
+                                      "not_found_correct": {"rate": 1.0, "of": 2}, "fallback_rate": {"rate": 0, "of": 10}}
+            conn.execute("INSERT INTO eval_runs (id, tenant_id, label, set_sha256, mode, questions, model, settings, "
+                         "metrics, created_at) VALUES (%s, %s, %s, %s, %s, 10, 'default', %s, %s, %s)",
+                         (uuid.uuid4(), TENANT, label, "0" * 64, mode,
+                          json.dumps({"arms": {"vector": 1.0, "text": 1.0}}), json.dumps(metrics),
+                          NOW - timedelta(hours=age)))
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +114,12 @@ def test_panel_shows_health_budget_and_answer_charts(page, site) -> None:
     assert "local: 4 in total" in label and "fallback: 2 in total" in label
 
     # Narrower window: the answers from two days ago still count, older ones would not.
+    runs = page.locator("#evals-body tr")
+    assert runs.count() == 2
+    assert "answer" in runs.nth(0).inner_text() and "75.0%" in runs.nth(0).inner_text()
+    assert "80.0% / 100.0% / 0.9" in runs.nth(1).inner_text()
+    assert page.locator("#chart-evals path.line").count() == 2
+
     page.get_by_label("Period").select_option("7")
     page.wait_for_function("() => document.querySelector('#chart-answers svg').getAttribute('aria-label')"
                            ".endsWith('over 7 days')")

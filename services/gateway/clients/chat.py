@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,19 @@ class ChatDelta:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     model: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's streamed tool-call pieces, as received
+
+
+def merge_tool_calls(calls: list[dict[str, Any]], pieces: list[dict[str, Any]]) -> None:
+    """Add streamed tool-call pieces to the whole calls (by index: id and name first, then arguments)."""
+    for piece in pieces:
+        index = piece.get("index", 0)
+        while len(calls) <= index:
+            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call, fn = calls[index], piece.get("function") or {}
+        call["id"] = piece.get("id") or call["id"]
+        call["function"]["name"] = fn.get("name") or call["function"]["name"]
+        call["function"]["arguments"] += fn.get("arguments") or ""
 
 
 @dataclass
@@ -132,13 +145,16 @@ class ChatClient:
                           model=resp.model or model)
 
     async def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
-                     request_id: str | None = None, frequency_penalty: float | None = None
-                     ) -> AsyncIterator[ChatDelta]:
-        """Yield text deltas, then one delta carrying usage if the server sends it."""
+                     request_id: str | None = None, frequency_penalty: float | None = None,
+                     output: Mapping[str, Any] | None = None) -> AsyncIterator[ChatDelta]:
+        """Yield text (or tool-call) deltas, then one delta carrying usage if the server sends it.
+
+        `output` holds the caller's OpenAI output fields (tools, tool_choice, response_format), sent as given.
+        """
         model, stream = await self._create(
             messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
             stream_options={"include_usage": True}, extra_headers=self._headers(request_id),
-            **_penalty(frequency_penalty))
+            **_penalty(frequency_penalty), **(output or {}))
         try:
             async for chunk in stream:
                 if getattr(chunk, "error", None):
@@ -147,10 +163,12 @@ class ChatClient:
                 if chunk.choices:
                     delta.text = chunk.choices[0].delta.content or ""
                     delta.finish_reason = chunk.choices[0].finish_reason
+                    calls = chunk.choices[0].delta.tool_calls
+                    delta.tool_calls = [c.model_dump(exclude_none=True) for c in calls] if calls else None
                 if chunk.usage:
                     delta.prompt_tokens = chunk.usage.prompt_tokens
                     delta.completion_tokens = chunk.usage.completion_tokens
-                if delta.text or delta.finish_reason or delta.prompt_tokens is not None:
+                if delta.text or delta.tool_calls or delta.finish_reason or delta.prompt_tokens is not None:
                     yield delta
         except openai.OpenAIError as exc:
             raise ChatUnavailable(_describe(exc)) from exc

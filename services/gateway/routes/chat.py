@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -22,11 +23,14 @@ from shared.protocol.openai import (
     ChoiceDelta,
     ChoiceMessage,
     ChunkChoice,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     completion_id,
 )
 
 from ..auth.deps import principal_of
+from ..clients.chat import merge_tool_calls
 from ..deps import StateDep
 from ..schemas import ChatRequest, ChatResponse
 from ..services.answer import AnswerEvent, AnswerRequest, AnswerService
@@ -35,6 +39,8 @@ from ..services.conversations import ConversationRef
 router = APIRouter()
 
 GATEWAY_MODEL = "aion"
+# Fields beyond OpenAI's that this route serves.
+GATEWAY_FIELDS = frozenset({"conversation_id"})
 
 
 async def get_answer_service(state: StateDep) -> AnswerService:
@@ -101,6 +107,7 @@ def _sse(events: AsyncIterator[AnswerEvent]) -> EventSourceResponse:
 
 async def _collect(events: AsyncIterator[AnswerEvent]) -> dict[str, Any]:
     parts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
     sources: list[dict] = []
     confidence = 0.0
     done: dict[str, Any] | None = None
@@ -110,8 +117,11 @@ async def _collect(events: AsyncIterator[AnswerEvent]) -> dict[str, Any]:
             sources, confidence = event.data["sources"], event.data["C"]
         elif event.type == "token":
             parts.append(event.data["text"])
+        elif event.type == "tool_call":
+            merge_tool_calls(tool_calls, event.data["tool_calls"])
         elif event.type == "warn" and event.data.get("restart"):
             parts.clear()  # the answer starts over on another model
+            tool_calls.clear()
         elif event.type == "error":
             error = event.data
         elif event.type == "done":
@@ -122,7 +132,7 @@ async def _collect(events: AsyncIterator[AnswerEvent]) -> dict[str, Any]:
         # Every other way here is transient (models or the database down): tell clients when to retry.
         raise ServiceUnavailable(error["message"] if error else "no model could answer; retry shortly",
                                  headers={"Retry-After": "2"})
-    return {"text": "".join(parts).strip(), "sources": sources, "C": confidence, **done}
+    return {"text": "".join(parts).strip(), "tool_calls": tool_calls, "sources": sources, "C": confidence, **done}
 
 
 @router.post("/api/ai/chat", response_model=ChatResponse)
@@ -173,11 +183,19 @@ def _turn_error(error: Any) -> str:
     return f"the last user message: {error['msg']}"
 
 
+def _output_fields(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The caller's tools, tool_choice and response_format, for whichever model answers (as sent)."""
+    return body.model_dump(include={"tools", "tool_choice", "response_format"}, exclude_none=True, by_alias=True)
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def openai_chat(body: ChatCompletionRequest, request: Request, answers: AnswerDep):
     """Grounded answers for any OpenAI client: model `aion`; sources ride in an extra `sources` field."""
     if body.model != GATEWAY_MODEL:
         raise BadRequest(f"model '{body.model}' is not served here; use '{GATEWAY_MODEL}'")
+    refusal = body.refusal(accepted=GATEWAY_FIELDS)
+    if refusal:
+        raise BadRequest(refusal[1], param=refusal[0])
     turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
         raise BadRequest("the last message must be a user message with the question")
@@ -187,12 +205,14 @@ async def openai_chat(body: ChatCompletionRequest, request: Request, answers: An
     except ValidationError as exc:  # a turn over the size limit is the caller's to fix, not a server error
         raise BadRequest("; ".join(_turn_error(e) for e in exc.errors())) from exc
     # The client keeps the conversation; only an explicit conversation_id is continued and stored.
-    answer_request = await _answer_request(request, chat_body, store=False)
+    answer_request = replace(await _answer_request(request, chat_body, store=False), output=_output_fields(body))
     if not body.stream:
         out = await _collect(answers.run(answer_request))
         usage = out["usage"]
+        calls = [ToolCall.model_validate(c) for c in out["tool_calls"]]
+        message = ChoiceMessage(content=out["text"] or (None if calls else ""), tool_calls=calls or None)
         return ChatCompletionResponse(
-            model=GATEWAY_MODEL, choices=[Choice(message=ChoiceMessage(content=out["text"]), finish_reason="stop")],
+            model=GATEWAY_MODEL, choices=[Choice(message=message, finish_reason="tool_calls" if calls else "stop")],
             usage=Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                         total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),
             sources=out["sources"], aion={"used": out["used"], "answer": out["answer"], "C": out["C"],
@@ -202,6 +222,7 @@ async def openai_chat(body: ChatCompletionRequest, request: Request, answers: An
     cid, created = completion_id(), int(time.time())
 
     async def chunks() -> AsyncIterator[dict]:
+        called = False
         async for event in answers.run(answer_request):
             if event.type == "sources":
                 first = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL,
@@ -212,6 +233,12 @@ async def openai_chat(body: ChatCompletionRequest, request: Request, answers: An
                 c = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL,
                                         choices=[ChunkChoice(delta=ChoiceDelta(content=event.data["text"]))])
                 yield {"data": c.model_dump_json(exclude_none=True)}
+            elif event.type == "tool_call":
+                called = True
+                deltas = [ToolCallDelta.model_validate(d) for d in event.data["tool_calls"]]
+                c = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL,
+                                        choices=[ChunkChoice(delta=ChoiceDelta(tool_calls=deltas))])
+                yield {"data": c.model_dump_json(exclude_none=True)}
             elif event.type == "warn":
                 c = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL, choices=[], aion={"warn": event.data})
                 yield {"data": c.model_dump_json(exclude_none=True)}
@@ -221,7 +248,8 @@ async def openai_chat(body: ChatCompletionRequest, request: Request, answers: An
             elif event.type == "done":
                 usage = event.data["usage"]
                 c = ChatCompletionChunk(id=cid, created=created, model=GATEWAY_MODEL,
-                                        choices=[ChunkChoice(delta=ChoiceDelta(), finish_reason="stop")],
+                                        choices=[ChunkChoice(delta=ChoiceDelta(),
+                                                             finish_reason="tool_calls" if called else "stop")],
                                         usage=Usage(prompt_tokens=usage["prompt_tokens"],
                                                     completion_tokens=usage["completion_tokens"],
                                                     total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),

@@ -22,7 +22,7 @@ import anyio
 
 from shared.errors import AionError
 
-from ..clients.chat import ChatClient, ChatUnavailable, ContextOverflow
+from ..clients.chat import ChatClient, ChatUnavailable, ContextOverflow, merge_tool_calls
 from .budget import BudgetGuard, Denial, Reservation
 from .context_fit import ChatTokens, PromptBudget, PromptTooLong, fit_history, fit_passages
 from .conversations import ConversationRef, ConversationStore
@@ -36,7 +36,7 @@ from .support import Evidence, measure_support, not_found_answer, quoted_answer
 
 logger = logging.getLogger(__name__)
 
-EventType = Literal["sources", "warn", "token", "done", "error"]
+EventType = Literal["sources", "warn", "token", "tool_call", "done", "error"]
 # What the text is: a model's answer, the passages' own sentences, or "the documents do not cover it".
 AnswerKind = Literal["generated", "quoted", "not_found"]
 # The context assumed when the model server does not say (vLLM and AION give it in /v1/models).
@@ -70,6 +70,9 @@ class AnswerRequest:
     notices: Sequence[dict[str, Any]] = ()
     # Who asks ("key:<uuid>"; None with AION_AUTH=off): the budget's per-key share is counted by it.
     caller: str | None = None
+    # False: neither read nor fill the response cache (an evaluation measures the models, not the cache).
+    use_cache: bool = True
+    output: dict[str, Any] = field(default_factory=dict)  # OpenAI tools/tool_choice/response_format, passed on
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class _Outcome:
     sources: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)  # exactly what the answering model got
     cache: dict[str, Any] | None = None  # set when the answer came from the response cache
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def source_item(n: int, passage: Passage) -> dict[str, Any]:
@@ -229,8 +233,8 @@ class AnswerService:
     async def _probe(self, req: AnswerRequest) -> Probe | None:
         """The cache's place for this question; None when the cache is off or cannot be read (then the
         question is answered as if it were not there: a cache never fails an answer)."""
-        if self.cache is None:
-            return None
+        if self.cache is None or req.output or not req.use_cache:
+            return None  # tools and structured output: the caller's own contract, answered afresh
         try:
             return await self.cache.probe(tenant_id=req.tenant_id, question=req.question, history=req.history,
                                           tau=req.tau, force_fallback=req.force_fallback)
@@ -364,6 +368,8 @@ class AnswerService:
             async for event in self._local_failed(req, messages, out, started, exc, fallback_tried):
                 yield event
             return
+        if out.tool_calls:  # a call to the caller's tool, not a claim the passages must back
+            return
         out.support = measure_support("".join(out.parts), self._evidence(out), req.question).score
         if out.support >= self.policy.support_threshold:
             return
@@ -377,6 +383,7 @@ class AnswerService:
                                                                 "the fallback model answers instead",
                                            "next": "fallback"})
                 out.parts.clear()
+                out.tool_calls.clear()
                 async for event in self._fallback_or_warn(req, reservation, messages, out, started):
                     yield event
                 if out.complete:
@@ -402,6 +409,7 @@ class AnswerService:
         out.warnings.append("fallback_failed")
         yield AnswerEvent("warn", {"reason": "fallback_failed", "message": out.error, "restart": streamed})
         out.parts.clear()
+        out.tool_calls.clear()
         out.error = None
 
     async def _local_failed(self, req: AnswerRequest, messages: list[dict[str, str]], out: _Outcome,
@@ -417,6 +425,7 @@ class AnswerService:
         if isinstance(reservation, Reservation):
             yield AnswerEvent("warn", {"reason": "local_unavailable", "message": message, "restart": had_text})
             out.parts.clear()
+            out.tool_calls.clear()
             async for event in self._stream_fallback(req, reservation, messages, out, started):
                 yield event
             if out.complete:
@@ -435,6 +444,7 @@ class AnswerService:
         text = (quoted_answer(req.question, evidence, language) if kind == "quoted"
                 else not_found_answer(req.question, evidence, language))
         out.parts.clear()
+        out.tool_calls.clear()
         out.used, out.model, out.kind = "documents", None, kind
         out.prompt_tokens = out.completion_tokens = 0
         out.messages = []
@@ -466,8 +476,11 @@ class AnswerService:
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
-                                             request_id=req.request_id):
+                                             request_id=req.request_id, output=req.output):
             out.model = delta.model or out.model  # the adapter version that really served it
+            if delta.tool_calls:
+                merge_tool_calls(out.tool_calls, delta.tool_calls)
+                yield AnswerEvent("tool_call", {"tool_calls": delta.tool_calls})
             if delta.text:
                 out.parts.append(delta.text)
                 out.first_token_ms = out.first_token_ms or int((time.perf_counter() - started) * 1000)
@@ -487,7 +500,10 @@ class AnswerService:
         try:
             async for delta in self.fallback.stream(messages, max_tokens=self.policy.fallback_max_tokens,
                                                     temperature=self.policy.fallback_temperature,
-                                                    request_id=req.request_id):
+                                                    request_id=req.request_id, output=req.output):
+                if delta.tool_calls:
+                    merge_tool_calls(out.tool_calls, delta.tool_calls)
+                    yield AnswerEvent("tool_call", {"tool_calls": delta.tool_calls})
                 if delta.text:
                     parts.append(delta.text)
                     out.parts.append(delta.text)
@@ -532,7 +548,7 @@ class AnswerService:
             "first_token_ms": out.first_token_ms, "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens, "cost_usd": round(out.cost_usd, 6),
             "sources": [{"document": s["document"], "chunk": s["chunk"], "score": s["score"]} for s in out.sources],
-            "history_turns": len(req.history),
+            "history_turns": len(req.history), "tool_calls": out.tool_calls,
             # How far the passages back the answer (None: no answer, or "not found"); export reads it.
             "support": out.support, "answer": out.kind, "language": out.language, "prompt_version": PROMPT_VERSION,
             "rewritten": out.rewrite.question if out.rewrite else None,

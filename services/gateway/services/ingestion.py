@@ -29,7 +29,7 @@ from ..clients.inference import InferenceClient
 from ..repositories import chunks as chunks_repo
 from ..repositories import documents as documents_repo
 from .chunking import ChunkDraft, chunk_blocks
-from .extract import Refused, detect_kind, extract
+from .extract import ExtractLimits, Refused, detect_kind, extract
 from .tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class IngestOptions:
     chunk_tokens: int = 200
     chunk_overlap: int = 40
     max_bytes: int = 20 * 1024 * 1024
+    limits: ExtractLimits = field(default_factory=ExtractLimits)
 
 
 @dataclass
@@ -185,7 +186,7 @@ async def _prepare(session: AsyncSession, tenant_id: str, name: str, upload: Upl
     if existing is not None:
         return _duplicate(name, existing)
 
-    extracted = await anyio.to_thread.run_sync(extract, kind, upload.data, name)
+    extracted = await anyio.to_thread.run_sync(extract, kind, upload.data, name, options.limits)
     drafts = await anyio.to_thread.run_sync(
         lambda: chunk_blocks(extracted.blocks, options.counter, max_tokens=options.chunk_tokens,
                              overlap=options.chunk_overlap))

@@ -42,11 +42,6 @@ _STOP = frozenset("""
     um uma quem tempo
     até sobre entre cada qualquer você ele ela eles elas eu nós lhe se resposta pergunta documento documentos
     """.split())
-_NOT_FOUND = re.compile(
-    r"not (?:be )?found|could ?n[o']t find|cannot find|can't find|do(?:es)? not (?:seem to )?(?:contain|cover|"
-    r"mention|say|include|answer)|no information|não (?:encontrei|foi encontrad|encontra|consta|há informaç|"
-    r"parecem? (?:tratar|cobrir|responder))|nenhuma informação", re.IGNORECASE)
-
 _SECOND_SENTENCE_SHARE = 0.6
 
 QUOTED_INTRO: dict[Language, str] = {
@@ -165,11 +160,6 @@ def measure_support(answer: str, evidence: Sequence[Evidence], question: str = "
     total = sum(s.weight for s in scored)
     score = sum(s.score * s.weight for s in scored) / total if total else 0.0
     return Support(round(score, 4), tuple(scored))
-
-
-def says_not_found(answer: str) -> bool:
-    """The answer says the documents do not hold the answer (in English or Portuguese)."""
-    return bool(_NOT_FOUND.search(answer))
 
 
 def best_sentences(question: str, evidence: Sequence[Evidence], *, limit: int = 2,

@@ -174,6 +174,14 @@ class Engine:
             self._wake.notify_all()
         return future
 
+    def max_request_positions(self) -> int:
+        """The most positions (prompt + new tokens) one request may reserve: the context, or less when the KV
+        budget cannot hold a whole context for one row."""
+        budget, per_position = self.runner.kv_budget_bytes, self._batch.position_bytes
+        if budget is None or not per_position:
+            return self.runner.max_context
+        return min(self.runner.max_context, budget // per_position)
+
     def reset_batch(self) -> None:
         """A new empty batch (engine thread only, with no row running): frees the old one's slots."""
         assert not self._running
@@ -337,7 +345,9 @@ class Engine:
         rows = []
         for row, seq in enumerate(seqs):
             params = seq.handle.request.params
-            rows.append(penalize(logits[row], seq.counts, params.frequency_penalty, params.presence_penalty))
+            row_logits = penalize(logits[row], seq.counts, params.frequency_penalty, params.presence_penalty)
+            constraint = seq.handle.request.constraint
+            rows.append(row_logits if constraint is None else constraint.mask(row_logits))
         chosen = choose_tokens(rows, [s.handle.request.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, chosen, strict=True):
             self._accept_token(seq, token)
@@ -354,6 +364,10 @@ class Engine:
             self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
             return
         self._send_text(seq, seq.stops.feed(seq.detok.push(token)))
+        constraint = seq.handle.request.constraint
+        if constraint is not None and constraint.advance(token) and not seq.stops.stopped:  # grammar complete
+            seq.stops.stopped = True
+            self._send_text(seq, seq.stops.feed(seq.detok.flush()) + seq.stops.flush())
 
     def _send_text(self, seq: _Sequence, text: str) -> None:
         if text:

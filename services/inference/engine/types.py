@@ -5,6 +5,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 _ids = itertools.count(1)
 
@@ -30,11 +34,20 @@ class SamplingParams:
     ignore_eos: bool = False  # go on past end-of-sequence tokens (benchmarks, as vLLM's ignore_eos)
 
 
+class TokenConstraint(Protocol):
+    """Limits which tokens one row may take next (engine/constraints.py: a grammar)."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def advance(self, token: int) -> bool: ...  # True once the output is complete
+
+
 @dataclass
 class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None   # a loaded adapter's versioned name, or None for the base weights
+    constraint: TokenConstraint | None = None   # this row's grammar (tools, response_format); None: free text
     weights_version: int = 0     # the engine's weights version the adapter was resolved against
     request_id: int = field(default_factory=lambda: next(_ids))
 
