@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,6 +23,8 @@ from .services.budget import BudgetGuard, BudgetPolicy
 from .services.context_fit import ChatTokens
 from .services.conversations import ConversationStore
 from .services.export import Exporter
+from .services.prompt import PROMPT_VERSION
+from .services.response_cache import CachePolicy, ResponseCache, settings_fingerprint
 from .services.retrieval import retrieve
 from .services.rewrite import QuestionRewriter
 from .services.served_model import ServedModel
@@ -35,6 +38,7 @@ class ChatParts:
     conversations: ConversationStore
     budget: BudgetGuard
     exporter: Exporter
+    cache: ResponseCache
     admin: InferenceBackend
     local: ChatClient
     fallback: ChatClient | None
@@ -83,7 +87,8 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
                               max_retries=settings.fallback_retries)
     budget = BudgetGuard(sessions, BudgetPolicy(
         cap_usd=settings.budget_usd, period=settings.budget_period, max_fallback_share=settings.tau_fallback,
-        share_min_answers=settings.fallback_share_min_answers, stale_reservation_s=settings.stale_reservation_s))
+        share_min_answers=settings.fallback_share_min_answers, stale_reservation_s=settings.stale_reservation_s,
+        key_share=settings.budget_key_share))
     policy = AnswerPolicy(
         personas={"pt": settings.rag_system_prompt, "en": settings.rag_system_prompt_en},
         language=None if settings.prompt_language == "auto" else settings.prompt_language,
@@ -95,10 +100,37 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         context_window=settings.local_context_tokens or None, support_threshold=settings.support_threshold,
         low_confidence_local=settings.low_confidence_answer == "local")
     conversations = ConversationStore(sessions)
+    cache = build_cache(settings, sessions, inference, policy)
     answers = AnswerService(retrieve=retrieve_context, log_event=log_event, local=local, fallback=fallback,
                             budget=budget, policy=policy, tokens=ChatTokens(counter),
                             rewriter=QuestionRewriter(local, max_tokens=settings.rewrite_max_tokens),
-                            conversations=conversations, on_answer=metrics.observe_answer if metrics else None)
+                            conversations=conversations, on_answer=metrics.observe_answer if metrics else None,
+                            cache=cache)
     return ChatParts(answers=answers, conversations=conversations, budget=budget, exporter=Exporter(sessions, settings.rag_system_prompt),
-                     admin=admin, local=local,
+                     cache=cache, admin=admin, local=local,
                      fallback=fallback)
+
+
+def answer_settings(settings: GatewaySettings, policy: AnswerPolicy) -> dict[str, Any]:
+    """Every setting that changes an answer: part of each response-cache key (see services/response_cache.py)."""
+    return {
+        "policy": asdict(policy), "prompt_version": PROMPT_VERSION,
+        "local": [settings.inference_backend, settings.chat_url(), settings.local_model],
+        "fallback": [settings.fallback_url(), settings.fallback_model] if settings.fallback_enabled() else None,
+        "retrieval": [settings.top_n, settings.top_k, settings.mmr_lambda, settings.mmr_duplicate_similarity,
+                      settings.hnsw_ef_search, settings.max_query_chars, settings.embeddings_base_url(),
+                      settings.retrieval_vector_weight, settings.retrieval_text_weight, settings.retrieval_rrf_k,
+                      settings.retrieval_text_max_rows],
+        "rewrite": settings.rewrite_max_tokens,
+    }
+
+
+def build_cache(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSession], inference: InferenceClient,
+                policy: AnswerPolicy) -> ResponseCache:
+    async def embed(question: str) -> np.ndarray:
+        return (await inference.embed([question]))[0]
+
+    return ResponseCache(sessions, CachePolicy(
+        mode=settings.response_cache, ttl_s=settings.cache_ttl_s, l1_entries=settings.cache_l1_entries,
+        semantic=settings.cache_semantic, semantic_min_similarity=settings.cache_semantic_min_similarity,
+        fingerprint=settings_fingerprint(answer_settings(settings, policy))), embed=embed)

@@ -17,12 +17,15 @@ from shared.db.migrate import upgrade
 from shared.errors import error_body, install_error_handlers
 from shared.logging import RequestIdMiddleware
 
+from .auth.tokens import TokenAuthority
 from .chat_setup import build_chat
 from .clients.inference import InferenceClient
 from .extras_setup import build_images, build_web
 from .observability import install_metrics
 from .routes import (
     admin_data,
+    auth,
+    cache,
     conversations,
     documents,
     evaluation,
@@ -32,12 +35,14 @@ from .routes import (
     metrics,
     pages,
     search,
+    status,
     training,
     webpages,
 )
 from .routes import chat as chat_routes
 from .security.install import install_security
 from .services.embedding_check import EmbeddingDimensionMismatch, check_embedding_dimension
+from .services.system_status import SystemStatus
 from .services.tokens import load_token_counter
 from .settings import GatewaySettings, get_settings
 from .state import GatewayState
@@ -76,7 +81,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         web = build_web(settings, inference, counter)
         app.state.gateway = GatewayState(
             settings=settings, database_url=url, engine=engine, sessions=sessions, http=http, inference=inference,
-            token_counter=counter, chat=chat, images=build_images(settings, sessions, http), web=web)
+            token_counter=counter, chat=chat, images=build_images(settings, sessions, http), web=web,
+            system=SystemStatus(settings, sessions, chat.admin, inference))
 
         logger.info("gateway ready: chat on %s at %s, embeddings at %s, chunk sizes by %s, tenant %s",
                     settings.inference_backend, settings.local_llm_url, settings.embeddings_base_url(), counter.name,
@@ -91,13 +97,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(settings.release_database)
 
     app = FastAPI(title="AION gateway", version="0.1.0", lifespan=lifespan)
+    app.state.tokens = TokenAuthority(settings)
     install_error_handlers(app)
     _install_database_errors(app)
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
     for module in (health, webpages, documents, search, chat_routes, conversations, evaluation, feedback, metrics,
-                   training, admin_data, pages, images):
+                   training, admin_data, pages, images, cache, auth, status):
         app.include_router(module.router)
     return app
 

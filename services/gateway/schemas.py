@@ -182,6 +182,13 @@ class ChatResponse(BaseModel):
     usage: UsageOut
     warnings: list[str]
     latency_ms: int
+    cached: bool = Field(default=False, description="replayed from the response cache (no model ran)")
+    cache: Literal["l1", "l2", "semantic"] | None = Field(
+        default=None, description="where the cached answer was found: this process, Postgres, or a question "
+                                  "close in meaning")
+    saved_usd: float | None = Field(default=None, description="what the cached answer cost when it was made")
+    cache_similarity: float | None = Field(default=None, description="semantic hits: the questions' cosine "
+                                                                     "similarity")
 
 
 class FeedbackRequest(BaseModel):

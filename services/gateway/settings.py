@@ -134,6 +134,20 @@ class GatewaySettings(DatabaseSettings):
     fallback_share_min_answers: int = Field(default=20, ge=0, validation_alias="AION_FALLBACK_SHARE_MIN_ANSWERS")
     stale_reservation_s: float = Field(default=600.0, gt=0, validation_alias="AION_BUDGET_STALE_RESERVATION_SECONDS")
 
+    # A USD share of AION_BUDGET_USD that one API key may spend per period (1: no per-key cap).
+    budget_key_share: float = Field(default=1.0, gt=0.0, le=1.0, validation_alias="AION_BUDGET_KEY_SHARE")
+
+    # Response cache (services/response_cache.py): "all" answers, paid "fallback" answers only, or "off".
+    response_cache: Literal["all", "fallback", "off"] = Field(default="all", validation_alias="AION_RESPONSE_CACHE")
+    cache_ttl_s: float = Field(default=86_400.0, gt=0, validation_alias="AION_CACHE_TTL")
+    # L1: answers kept in this process's memory (paid ones outlive free ones); 0: Postgres (L2) only.
+    cache_l1_entries: int = Field(default=1024, ge=0, le=1_000_000, validation_alias="AION_CACHE_L1_ENTRIES")
+    # Reuse the answer of a question this close in meaning (cosine similarity of MiniLM embeddings, same
+    # knowledge, adapter and history). Off: a paraphrase can be one word away from another question.
+    cache_semantic: bool = Field(default=False, validation_alias="AION_CACHE_SEMANTIC")
+    cache_semantic_min_similarity: float = Field(default=0.95, gt=0.0, le=1.0,
+                                                 validation_alias="AION_CACHE_SEMANTIC_MIN_SIMILARITY")
+
     # Learning loop: the export file (seed name) and where adapters live.
     events_jsonl: Path | None = Field(default=None, validation_alias="AION_EVENTS_JSONL")
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
@@ -176,6 +190,23 @@ class GatewaySettings(DatabaseSettings):
     rate_api_burst: int = Field(default=60, ge=1, validation_alias="AION_RATE_API_BURST")
     rate_ip_per_min: float = Field(default=600.0, ge=0, validation_alias="AION_RATE_IP_PER_MIN")
     rate_ip_burst: int = Field(default=120, ge=1, validation_alias="AION_RATE_IP_BURST")
+
+    # Signed tokens (POST /api/auth/token exchanges an API key for one; the pages keep it instead of
+    # the key). HS256 with AION_JWT_SECRET, or RS256 with a PEM key pair; neither: a secret generated
+    # once into <AION_DATA_DIR>/jwt-secret (replicas that do not share that folder need AION_JWT_SECRET).
+    jwt_secret: str | None = Field(default=None, repr=False, min_length=32, validation_alias="AION_JWT_SECRET")
+    jwt_private_key_file: Path | None = Field(default=None, validation_alias="AION_JWT_PRIVATE_KEY_FILE")
+    jwt_public_key_file: Path | None = Field(default=None, validation_alias="AION_JWT_PUBLIC_KEY_FILE")
+    jwt_ttl_s: int = Field(default=900, ge=30, le=86_400, validation_alias="AION_JWT_TTL")
+    # A token may be renewed with itself until this long after the key was exchanged; then the key again.
+    jwt_session_max_s: int = Field(default=43_200, ge=60, le=30 * 86_400, validation_alias="AION_JWT_SESSION_MAX")
+    # An external identity provider (OpenID Connect or any JWKS-publishing issuer): tokens with this
+    # issuer and audience, signed by a key of this JWKS, are accepted; the role comes from a claim.
+    jwt_jwks_url: str | None = Field(default=None, validation_alias="AION_JWT_JWKS_URL")
+    jwt_issuer: str | None = Field(default=None, validation_alias="AION_JWT_ISSUER")
+    jwt_audience: str | None = Field(default=None, validation_alias="AION_JWT_AUDIENCE")
+    jwt_role_claim: str = Field(default="aion_role", min_length=1, validation_alias="AION_JWT_ROLE_CLAIM")
+    jwt_default_role: Literal["user", "admin"] = Field(default="user", validation_alias="AION_JWT_DEFAULT_ROLE")
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -240,6 +271,19 @@ class GatewaySettings(DatabaseSettings):
                              "for a chat model; run `aion inference --embeddings-only` and point it there")
         if self.top_k > self.top_n:
             raise ValueError(f"AION_TOP_K ({self.top_k}) must not exceed AION_TOP_N ({self.top_n})")
+        if bool(self.jwt_private_key_file) != bool(self.jwt_public_key_file):
+            raise ValueError("RS256 tokens need both AION_JWT_PRIVATE_KEY_FILE and AION_JWT_PUBLIC_KEY_FILE "
+                             "(PEM files); set both, or neither to use AION_JWT_SECRET")
+        for name, path in (("AION_JWT_PRIVATE_KEY_FILE", self.jwt_private_key_file),
+                           ("AION_JWT_PUBLIC_KEY_FILE", self.jwt_public_key_file)):
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"{name}={path} is not a readable file; give the PEM file's path")
+        if self.jwt_jwks_url and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError("AION_JWT_JWKS_URL needs AION_JWT_ISSUER and AION_JWT_AUDIENCE: tokens are accepted "
+                             "only from that issuer, for that audience")
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError(f"AION_JWT_JWKS_URL must be an https:// URL (plain http only on this machine), "
+                             f"not '{self.jwt_jwks_url}'")
         if self.auth == "off" and not self.binds_loopback():
             raise ValueError(f"AION_AUTH=off is for local development only and needs a loopback bind "
                              f"(AION_GATEWAY_HOST=127.0.0.1, localhost or ::1), not '{self.host}'; keep AION_AUTH=on "
@@ -295,6 +339,9 @@ class GatewaySettings(DatabaseSettings):
         """AION_ADAPTER_DIR: the symlink to the active adapter that a restarted inference serves."""
         root = (self.train_root or self.data_dir / "trainer").expanduser()
         return (self.adapter_dir or root / "adapters" / "active").expanduser()
+
+    def jwt_secret_path(self) -> Path:
+        return (self.data_dir / "jwt-secret").expanduser()
 
     def images_base_url(self) -> str:
         return (self.images_url or self.local_llm_url).rstrip("/")

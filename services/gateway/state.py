@@ -15,6 +15,7 @@ from .services.budget import BudgetGuard
 from .services.conversations import ConversationStore
 from .services.export import Exporter
 from .services.images import ImageStudio
+from .services.system_status import SystemStatus
 from .services.tokens import TokenCounter
 from .services.webpages import WebIngestor
 from .settings import GatewaySettings
@@ -32,6 +33,7 @@ class GatewayState:
     chat: ChatParts
     images: ImageStudio
     web: WebIngestor
+    system: SystemStatus
 
     @property
     def answers(self) -> AnswerService:

@@ -13,6 +13,9 @@ from .models import (
     Document,
     EvalRun,
     GeneratedImage,
+    KnowledgeVersion,
+    RateBucket,
+    ResponseCacheEntry,
     WebPage,
 )
 from .settings import DatabaseSettings
@@ -30,6 +33,9 @@ __all__ = [
     "Document",
     "EvalRun",
     "GeneratedImage",
+    "KnowledgeVersion",
+    "RateBucket",
+    "ResponseCacheEntry",
     "WebPage",
     "make_async_engine",
     "make_session_factory",

@@ -111,6 +111,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     __table_args__ = (
         UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+        UniqueConstraint("external_subject", name="uq_api_keys_external_subject"),
         CheckConstraint("role IN ('user', 'admin')", name="role"),
         Index("ix_api_keys_tenant_created", "tenant_id", "created_at"),
     )
@@ -125,6 +126,9 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set for a person signed in by an external identity provider ("<issuer>|<subject>"): the row is
+    # theirs for limits, budget shares and conversations, and has no usable key.
+    external_subject: Mapped[str | None] = mapped_column(Text)
 
 
 class Conversation(Base):
@@ -216,6 +220,54 @@ class WebPage(Base):
     fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     next_fetch_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class KnowledgeVersion(Base):
+    """Per tenant: the knowledge-base version (a trigger on documents bumps it at every commit that
+    changes them) and the cache generation (bumped when an adapter changes or an admin clears the cache)."""
+
+    __tablename__ = "knowledge_versions"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    cache_generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ResponseCacheEntry(Base):
+    """A complete answer kept for the same question against the same knowledge, adapter and settings."""
+
+    __tablename__ = "response_cache"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "cache_key", name="uq_response_cache_tenant_key"),
+        Index("ix_response_cache_tenant_context", "tenant_id", "context_key"),
+        Index("ix_response_cache_expires", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    cache_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    context_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    knowledge_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    question: Mapped[str] = mapped_column(Text, nullable=False)
+    embedding: Mapped[Any | None] = mapped_column(Vector(EMBEDDING_DIM), nullable=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    used: Mapped[str] = mapped_column(String(16), nullable=False)
+    model: Mapped[str | None] = mapped_column(Text)
+    cost_usd: Mapped[float] = mapped_column(Double, nullable=False, default=0.0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class RateBucket(Base):
+    """A token bucket shared by every gateway replica (per key and kind of call)."""
+
+    __tablename__ = "rate_buckets"
+
+    bucket_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double, nullable=False)
+    allowed: Mapped[bool] = mapped_column(nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 class EvalRun(Base):

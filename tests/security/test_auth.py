@@ -23,6 +23,8 @@ from .conftest import bearer, create_key, dead_inference_url
 # conversations). All else is admin.
 USER_ROUTES = {
     ("POST", "/api/ai/chat"), ("GET", "/api/ai/chat/stream"), ("POST", "/api/ai/chat/stream"),
+    # A key (or a token) exchanged for a short-lived token: what the pages keep instead of the key.
+    ("POST", "/api/auth/token"),
     ("POST", "/v1/chat/completions"), ("POST", "/api/ai/search"), ("POST", "/api/ai/feedback"),
     ("GET", "/api/ai/documents"), ("GET", "/api/ai/documents/{document_id}"),
     ("GET", "/api/ai/conversations"), ("GET", "/api/ai/conversations/{conversation_id}"),

@@ -257,3 +257,24 @@ def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> 
     assert "adapter aion-v9" in page.locator("#job-detail").inner_text()
     assert page.locator("#jobs-body tr", has_text="aion-v9").count() == 1
     page.locator("#training").screenshot(path=str(screenshot_dir() / "admin-training.png"))
+
+
+def test_panel_shows_the_cache_the_system_status_and_the_models(page, site, database_url) -> None:
+    page.goto(site + "/admin")
+    page.wait_for_selector("body[data-system-loaded='true']")
+    cache = page.locator("#cache-stats").inner_text()
+    assert "Hit rate (30 days)" in cache and "Money saved" in cache and "$0" in cache
+    inference = page.locator("#status-grid [data-service='inference']")
+    inference.locator(".state-text", has_text="ready").wait_for()
+    assert "KV cache" in inference.inner_text() and "running" in inference.inner_text()
+    gateway = page.locator("#status-grid [data-service='gateway']").inner_text()
+    assert "CPU" in gateway and "disk (data)" in gateway and "GPU" in gateway
+    assert "pgvector" in page.locator("#status-grid [data-service='database']").inner_text()
+    models = page.locator("#models-stats").inner_text()
+    assert "smollm2-135m-instruct" in models and "384 dimensions" in models and "tokens" in models
+
+    generation = "SELECT coalesce(max(cache_generation), 0) FROM knowledge_versions"
+    before = rows(database_url, generation)[0][0]
+    page.get_by_role("button", name="Clear cache").click()
+    page.locator("#cache-result", has_text="Cleared").wait_for()
+    assert rows(database_url, generation)[0][0] == before + 1

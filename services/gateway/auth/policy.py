@@ -24,6 +24,8 @@ PROTECTED_PATHS = frozenset({"/metrics"})
 _USER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (method, re.compile(pattern)) for method, pattern in (
         ("POST", r"/api/ai/chat"),
+        # A key (or a token) exchanged for a token: the pages keep that instead of the key.
+        ("POST", r"/api/auth/token"),
         ("GET", r"/api/ai/chat/stream"),
         ("POST", r"/api/ai/chat/stream"),
         ("POST", r"/v1/chat/completions"),

@@ -24,6 +24,10 @@ class InferenceBackend(Protocol):
         """`status` (ready/loading/...), `base_model`, `adapter`, `adapters`, `backend` and what else it knows."""
         ...
 
+    async def status(self) -> dict[str, Any]:
+        """{"version", "health", "host"}: health plus the host's CPU, memory, disk and GPUs where it tells."""
+        ...
+
     async def load(self, path: str, name: str, activate: bool) -> dict[str, Any]:
         """Make the adapter in `path` servable as `name`."""
         ...

@@ -62,6 +62,9 @@ class InferenceAdmin(AdminHttp):
     async def health(self) -> dict[str, Any]:
         return {**await self._call("GET", "/health"), "backend": self.kind}
 
+    async def status(self) -> dict[str, Any]:
+        return await self._call("GET", "/status")
+
     async def load(self, path: str, name: str, activate: bool) -> dict[str, Any]:
         return await self._call("POST", "/adapter/reload", json={"path": path, "name": name, "activate": activate})
 

@@ -17,6 +17,11 @@ class VllmAdmin(AdminHttp):
     kind = "vllm"
     label = "vLLM"
 
+    async def status(self) -> dict[str, Any]:
+        """vLLM reports no host figures over HTTP (its /metrics has the engine's)."""
+        health = await self.health()
+        return {"version": health.get("version"), "health": health, "host": None}
+
     async def health(self) -> dict[str, Any]:
         """The admin panel's view, with the keys AION's /health has; `adapter` is filled from the registry."""
         r = await self._request("GET", "/health")

@@ -94,7 +94,7 @@ async def _answer_request(request: Request, body: ChatRequest, *, store: bool | 
     return AnswerRequest(question=body.message.strip(), tenant_id=_tenant(request),
                          request_id=request_id_var.get() or uuid.uuid4().hex, tau=tau,
                          force_fallback=body.forceFallback, history=history, conversation=conversation,
-                         notices=notices)
+                         notices=notices, caller=principal_of(request).caller)
 
 
 def _sse(events: AsyncIterator[AnswerEvent]) -> EventSourceResponse:

@@ -101,9 +101,13 @@ async def llm_health(state: StateDep, tenant: TenantDep) -> dict:
 @router.post("/api/ai/llm/adapter/reload")
 async def llm_adapter_reload(state: StateDep) -> dict:
     """The seed's panel button: reload AION_ADAPTER_DIR in the inference service."""
-    return await state.admin.reload_default()
+    result = await state.admin.reload_default()
+    await state.chat.cache.clear(state.settings.tenant_id)  # other weights answer from now on
+    return result
 
 
 @router.post("/api/ai/llm/adapter/merge")
 async def llm_adapter_merge(state: StateDep) -> dict:
-    return await state.admin.merge()
+    result = await state.admin.merge()
+    await state.chat.cache.clear(state.settings.tenant_id)
+    return result

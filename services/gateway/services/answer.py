@@ -29,6 +29,7 @@ from .conversations import ConversationRef, ConversationStore
 from .language import Language, detect_language
 from .pricing import Price, estimate_messages_tokens, estimate_tokens, price_for
 from .prompt import PROMPT_VERSION, PromptPassage, build_rag_messages, source_label
+from .response_cache import Probe, ResponseCache
 from .retrieval import Passage
 from .rewrite import QuestionRewriter, Rewrite
 from .support import Evidence, measure_support, not_found_answer, quoted_answer
@@ -67,6 +68,10 @@ class AnswerRequest:
     conversation: ConversationRef | None = None
     # `warn` events decided before answering (e.g. an option this key may not use), sent first.
     notices: Sequence[dict[str, Any]] = ()
+    # Who asks ("key:<uuid>"; None with AION_AUTH=off): the budget's per-key share is counted by it.
+    caller: str | None = None
+    # False: neither read nor fill the response cache (an evaluation measures the models, not the cache).
+    use_cache: bool = True
     output: dict[str, Any] = field(default_factory=dict)  # OpenAI tools/tool_choice/response_format, passed on
 
 
@@ -116,6 +121,7 @@ class _Outcome:
     passages: list[PromptPassage] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)  # exactly what the answering model got
+    cache: dict[str, Any] | None = None  # set when the answer came from the response cache
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -132,8 +138,9 @@ class AnswerService:
     def __init__(self, *, retrieve: RetrieveFn, log_event: LogEventFn, local: ChatClient,
                  fallback: ChatClient | None, budget: BudgetGuard, policy: AnswerPolicy, tokens: ChatTokens,
                  rewriter: QuestionRewriter | None = None, conversations: ConversationStore | None = None,
-                 on_answer: ObserveFn | None = None) -> None:
+                 on_answer: ObserveFn | None = None, cache: ResponseCache | None = None) -> None:
         self.retrieve = retrieve
+        self.cache = cache if cache and cache.enabled else None
         self.on_answer = on_answer
         self.log_event = log_event
         self.local = local
@@ -145,8 +152,26 @@ class AnswerService:
         self.conversations = conversations
 
     async def run(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
-        started = time.perf_counter()
+        """Replay the cached answer to this question, or answer it and keep the answer when it is done."""
+        probe = await self._probe(req)
+        if probe is not None and probe.hit is not None:
+            async for event in self._replay(req, probe):
+                yield event
+            return
         out = _Outcome()
+        sources: dict[str, Any] = {}
+        warns: list[dict[str, Any]] = []
+        async for event in self._answer(req, out):
+            if event.type == "sources":
+                sources = event.data
+            elif event.type == "warn" and not event.data.get("restart") and event.data not in req.notices:
+                warns.append(event.data)  # a restart's notice belongs to the text it threw away
+            yield event
+            if event.type == "done" and probe is not None:
+                await self._remember(req, probe, out, sources, warns, event.data)
+
+    async def _answer(self, req: AnswerRequest, out: _Outcome) -> AsyncIterator[AnswerEvent]:
+        started = time.perf_counter()
         context: RetrievedContext | None = None
         try:
             for notice in req.notices:
@@ -204,6 +229,76 @@ class AnswerService:
         if out.complete:
             yield AnswerEvent("done", self._done_payload(req, context, out, started))
 
+    # -- the response cache --------------------------------------------------------------------------
+    async def _probe(self, req: AnswerRequest) -> Probe | None:
+        """The cache's place for this question; None when the cache is off or cannot be read (then the
+        question is answered as if it were not there: a cache never fails an answer)."""
+        if self.cache is None or req.output or not req.use_cache:
+            return None  # tools and structured output: the caller's own contract, answered afresh
+        try:
+            return await self.cache.probe(tenant_id=req.tenant_id, question=req.question, history=req.history,
+                                          tau=req.tau, force_fallback=req.force_fallback)
+        except Exception as exc:
+            logger.warning("response cache lookup failed (answering without it): %s", exc)
+            return None
+
+    async def _remember(self, req: AnswerRequest, probe: Probe, out: _Outcome, sources: dict[str, Any],
+                        warns: list[dict[str, Any]], done: dict[str, Any]) -> None:
+        """Keep a finished answer as the events that replay it (what is per request is left out)."""
+        notices = {n["reason"] for n in req.notices}
+        warnings = [w for w in out.warnings if w not in notices]
+        if self.cache is None or not self.cache.wants(out.used, out.cost_usd, warnings):
+            return
+        payload = {"sources": sources.get("sources", []), "C": sources.get("C"), "warns": warns,
+                   "text": "".join(out.parts), "warnings": warnings,
+                   "rewritten": out.rewrite.question if out.rewrite else None,
+                   "rewrite_method": out.rewrite.method if out.rewrite else None,
+                   **{k: done.get(k) for k in ("used", "model", "support", "answer", "language", "usage")}}
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.cache.remember(probe, payload, used=out.used or "local", model=out.model,
+                                          cost_usd=out.cost_usd)
+        except Exception as exc:
+            logger.warning("could not store the answer of request %s in the response cache: %s", req.request_id, exc)
+
+    async def _replay(self, req: AnswerRequest, probe: Probe) -> AsyncIterator[AnswerEvent]:
+        """The stored answer as a normal stream: sources, warnings, the text, then `done` with cached: true."""
+        assert probe.hit is not None
+        started = time.perf_counter()
+        stored = probe.hit.payload
+        out = _Outcome(used=stored.get("used"), model=stored.get("model"), kind=stored.get("answer") or "generated",
+                       support=stored.get("support"), language=stored.get("language"), sources=stored["sources"],
+                       cache={"level": probe.level, "saved_usd": round(probe.hit.cost_usd, 6),
+                              "similarity": probe.similarity})
+        if stored.get("rewritten"):
+            out.rewrite = Rewrite(stored["rewritten"], stored.get("rewrite_method") or "rule")
+        context = RetrievedContext(passages=(), confidence=float(stored.get("C") or 0.0))
+        try:
+            for notice in req.notices:
+                out.warnings.append(notice["reason"])
+                yield AnswerEvent("warn", dict(notice))
+            out.warnings.extend(stored.get("warnings") or [])
+            yield AnswerEvent("sources", {"sources": out.sources, "C": stored.get("C"),
+                                          **self._conversation_fields(req, out)})
+            for warn in stored.get("warns") or []:
+                yield AnswerEvent("warn", dict(warn))
+            out.parts.append(stored["text"])
+            out.first_token_ms = int((time.perf_counter() - started) * 1000)
+            yield AnswerEvent("token", {"text": stored["text"]})
+            out.complete = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._log_answer(req, context, out, started)
+                await self._record_turns(req, context, out)
+        yield AnswerEvent("done", self._done_payload(req, context, out, started))
+
+    @staticmethod
+    def _cache_fields(out: _Outcome) -> dict[str, Any]:
+        if out.cache is None:
+            return {"cached": False}
+        return {"cached": True, "cache": out.cache["level"], "saved_usd": out.cache["saved_usd"],
+                **({"cache_similarity": out.cache["similarity"]} if out.cache["level"] == "semantic" else {})}
+
     def _language(self, question: str, *more: str) -> Language:
         """The pinned language, else the question's, else its passages' (or history's), else the default."""
         if self.policy.language:
@@ -231,7 +326,7 @@ class AnswerService:
                 "support": out.support, "answer": out.kind, "language": out.language,
                 "request_id": req.request_id, "warnings": out.warnings,
                 "latency_ms": int((time.perf_counter() - started) * 1000),
-                **self._conversation_fields(req, out),
+                **self._conversation_fields(req, out), **self._cache_fields(out),
                 "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                           "estimated": out.usage_estimated, "cost_usd": round(out.cost_usd, 6)}}
 
@@ -369,7 +464,8 @@ class AnswerService:
         price = self._price(self.fallback.model)
         return await self.budget.reserve(
             tenant_id=req.tenant_id, request_id=req.request_id, model=self.fallback.model, price=price,
-            prompt_tokens=estimate_messages_tokens(messages), max_completion_tokens=self.policy.fallback_max_tokens)
+            prompt_tokens=estimate_messages_tokens(messages), max_completion_tokens=self.policy.fallback_max_tokens,
+            caller=req.caller)
 
     def _price(self, model: str) -> Price:
         return price_for(model, self.policy.prices, self.policy.unknown_price)
@@ -459,6 +555,7 @@ class AnswerService:
             "rewrite_method": out.rewrite.method if out.rewrite else None,
             "history_dropped": out.history_dropped,
             "conversation_id": str(req.conversation.id) if req.conversation else None,
+            **self._cache_fields(out),
         }
         if self.on_answer:  # before the write: metrics count answers whose record the database refused too
             self.on_answer(meta)

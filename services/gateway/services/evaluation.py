@@ -132,7 +132,7 @@ async def run_answers(questions: Sequence[EvalQuestion], answer: AnswerFn, *, te
         parts: list[str] = []
         done: dict[str, Any] | None = None
         request = AnswerRequest(question=q.question, tenant_id=tenant_id, request_id=f"eval-{run_id}-{index}",
-                                tau=tau)
+                                tau=tau, use_cache=False)
         async for event in answer(request):
             if event.type == "sources":
                 sources, result.confidence = event.data["sources"], event.data["C"]

@@ -13,6 +13,7 @@ from shared.errors import Conflict, NotFound
 
 from ..clients.backends import InferenceBackend
 from ..repositories import adapters as repo
+from .response_cache import forget_answers
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ async def activate(session_factory: async_sessionmaker[AsyncSession], admin: Inf
     await admin.activate(name)
     async with session_factory.begin() as session:
         await repo.make_active(session, tenant_id, name)
+        await forget_answers(session, tenant_id)  # after the switch: see forget_answers
     if active_link is not None:
         point_active_link(active_link, Path(adapter["path"]))
     logger.info("adapter %s is now active", name)
@@ -56,6 +58,7 @@ async def deactivate(session_factory: async_sessionmaker[AsyncSession], admin: I
     await admin.activate(None)
     async with session_factory.begin() as session:
         await repo.deactivate_all(session, tenant_id)
+        await forget_answers(session, tenant_id)
     if active_link is not None and active_link.is_symlink():
         active_link.unlink()
     return {"ok": True, "active": None}
