@@ -1,5 +1,6 @@
 """ANN at 100,000 chunks: HNSW build time, query latency, recall@10 vs exact search, AION's retrieval
-query against raw pgvector, and the whole /api/ai/search request minus its embedding call.
+query against raw pgvector, and the whole /api/ai/search request minus its embedding call, with the
+ANN arm alone and with both arms (ANN + full text over the same rows' generated tsvector column).
 
     .venv/bin/python -m bench.ann_bench [--rows 100000] [--queries 200]
 
@@ -86,6 +87,7 @@ def load(url: str, vectors: np.ndarray, parents: np.ndarray, texts: list[str]) -
         register_vector(conn)
         # Load without the index, then build it: what a bulk load should do, and what we time.
         conn.execute("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw")
+        conn.execute("DROP INDEX IF EXISTS ix_chunks_tsv")
         n_docs = 1000
         doc_ids = [uuid.uuid4() for _ in range(n_docs)]
         with conn.cursor().copy("COPY documents (id, tenant_id, source_name, mime_type, sha256, size_bytes, "
@@ -105,6 +107,12 @@ def load(url: str, vectors: np.ndarray, parents: np.ndarray, texts: list[str]) -
         conn.execute("CREATE INDEX ix_chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops) "
                      "WITH (m = 16, ef_construction = 64)")
         timings["hnsw_build_s"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        conn.execute("CREATE INDEX ix_chunks_tsv ON chunks USING gin (tsv)")
+        conn.execute("ANALYZE chunks")
+        timings["gin_build_s"] = round(time.perf_counter() - start, 1)
+        timings["gin_index_mb"] = round(conn.execute("SELECT pg_relation_size('ix_chunks_tsv')").fetchone()[0]
+                                        / 2**20)
         timings["table_mb"] = round(conn.execute("SELECT pg_table_size('chunks')").fetchone()[0] / 2**20)
         timings["index_mb"] = round(conn.execute("SELECT pg_relation_size('ix_chunks_embedding_hnsw')").fetchone()[0]
                                     / 2**20)
@@ -151,15 +159,16 @@ def raw_pgvector(url: str, queries: np.ndarray, ef: int | None,
     return times, ids
 
 
-async def aion_query(url: str, queries: np.ndarray, ef: int) -> dict:
-    """The gateway's repository query (tenant filter, join, vectors back) and the whole selection step."""
-    from services.gateway.repositories.chunks import search_ann
-    from services.gateway.services.retrieval import select_passages
+async def aion_query(url: str, queries: np.ndarray, ef: int, texts: list[str] | None = None) -> dict:
+    """The gateway's repository query (tenant filter, join, vectors back) and the whole selection step;
+    with `texts` (each query's words) also the full-text arm alone and the hybrid selection."""
+    from services.gateway.repositories.chunks import search_ann, search_text
+    from services.gateway.services.retrieval import Arms, select_passages
     from shared.db import make_async_engine, make_session_factory
 
     engine = make_async_engine(url, pool_size=1, hnsw_ef_search=ef)
     sessions = make_session_factory(engine)
-    out: dict = {"ann_ms": [], "select_ms": [], "ids": []}
+    out: dict = {"ann_ms": [], "select_ms": [], "ids": [], "text_ms": [], "hybrid_select_ms": []}
     try:
         async with sessions() as session:
             for q in queries[:20]:
@@ -171,24 +180,34 @@ async def aion_query(url: str, queries: np.ndarray, ef: int) -> dict:
                 out["ids"].append([h.chunk_id for h in hits])
             for q in queries:
                 start = time.perf_counter()
-                await select_passages(session, TENANT, q, k=8, top_n=TOP_N, lam=0.7)
+                await select_passages(session, TENANT, q, k=8, top_n=TOP_N, lam=0.7, arms=Arms(text=0.0))
                 out["select_ms"].append((time.perf_counter() - start) * 1000)
+            for q, text in zip(queries, texts or [], strict=False):
+                start = time.perf_counter()
+                await search_text(session, TENANT, text, TOP_N, max_rows=Arms().text_max_rows)
+                out["text_ms"].append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                await select_passages(session, TENANT, q, k=8, top_n=TOP_N, lam=0.7, query=text)
+                out["hybrid_select_ms"].append((time.perf_counter() - start) * 1000)
     finally:
         await engine.dispose()
     return out
 
 
-def http_search(gateway_url: str, questions: list[str]) -> dict:
-    """POST /api/ai/search end to end; minus the embedding time the gateway reports for each request."""
+def http_search(gateway_url: str, questions: list[str], text_weight: float = 1.0) -> dict:
+    """POST /api/ai/search end to end; minus the embedding time the gateway reports for each request.
+
+    text_weight 0: the ANN arm alone (as before hybrid search); 1: both arms (the default)."""
     import httpx
 
     totals, minus_embed = [], []
+    body = {"text_weight": text_weight}
     with httpx.Client(timeout=60) as client:
         for q in questions[:10]:
-            client.post(f"{gateway_url}/api/ai/search", json={"q": q})
+            client.post(f"{gateway_url}/api/ai/search", json={"q": q, **body})
         for q in questions:
             start = time.perf_counter()
-            r = client.post(f"{gateway_url}/api/ai/search", json={"q": q})
+            r = client.post(f"{gateway_url}/api/ai/search", json={"q": q, **body})
             total = (time.perf_counter() - start) * 1000
             r.raise_for_status()
             totals.append(total)
@@ -240,10 +259,14 @@ def main() -> None:
                         result["raw_pgvector"][ef] = {**summary(times), "recall@10": round(recall(ids, truth), 4)}
                         times, ids = raw_pgvector(url, queries, ef, RAW_ROWS)
                         result["raw_pgvector_rows"][ef] = summary(times)
-                        aion = asyncio.run(aion_query(url, queries, ef))
+                        query_texts = [texts[p].split("\n", 1)[-1][:300] for p in parents[args.rows:]]
+                        aion = asyncio.run(aion_query(url, queries, ef, query_texts if ef == 100 else None))
                         result["aion_query"][ef] = {**summary(aion["ann_ms"]),
                                                     "recall@10": round(recall(aion["ids"], truth), 4),
                                                     "ann_mmr_confidence": summary(aion["select_ms"])}
+                        if aion["text_ms"]:
+                            result["aion_query"][ef]["text_arm"] = summary(aion["text_ms"])
+                            result["aion_query"][ef]["hybrid_select"] = summary(aion["hybrid_select_ms"])
                         say(f"ef_search {ef}: raw {result['raw_pgvector'][ef]}  raw rows {result['raw_pgvector_rows'][ef]}  "
                             f"aion {result['aion_query'][ef]}")
                 result["queries_other_processes_cores"] = meter.others_cores()
@@ -256,12 +279,14 @@ def main() -> None:
                 try:
                     gateway.wait_healthy()
                     questions = [t.split("\n", 1)[-1][:300] for t in texts[::max(1, len(texts) // args.queries)]]
-                    with CpuMeter(ours={postmaster, gateway.proc.pid, inference.proc.pid}) as meter:
-                        http = http_search(gateway.url, questions[:args.queries])
-                    result["http_search"] = {"total": summary(http["total_ms"]),
-                                             "minus_embedding": summary(http["minus_embed_ms"]),
-                                             "other_processes_cores": meter.others_cores()}
-                    say("http:", result["http_search"])
+                    result["http_search"] = {}
+                    for arms, text_weight in (("vector_only", 0.0), ("hybrid", 1.0)):
+                        with CpuMeter(ours={postmaster, gateway.proc.pid, inference.proc.pid}) as meter:
+                            http = http_search(gateway.url, questions[:args.queries], text_weight)
+                        result["http_search"][arms] = {"total": summary(http["total_ms"]),
+                                                       "minus_embedding": summary(http["minus_embed_ms"]),
+                                                       "other_processes_cores": meter.others_cores()}
+                        say(f"http {arms}:", result["http_search"][arms])
                 finally:
                     gateway.stop()
             finally:

@@ -67,13 +67,17 @@ def direct_ttft(client: httpx.Client, body: dict) -> float:
 
 def same_request(question: str, sources: dict, max_tokens: int, model: str | None = None) -> dict:
     """What the gateway sent to the inference service for this question (its own prompt code)."""
+    from services.gateway.services.language import detect_language
     from services.gateway.services.prompt import PromptPassage, build_rag_messages, source_label
     from services.gateway.settings import GatewaySettings
 
     settings = GatewaySettings(_env_file=None)
+    # The `sources` event lists the passages the prompt held (the prompt may hold the last one cut shorter).
     passages = [PromptPassage(n=s["n"], text=s["text"], source=source_label(s["title"], s["page_or_heading"]))
                 for s in sources["sources"]]
-    messages = build_rag_messages(question, passages, system_prompt=settings.rag_system_prompt)
+    language = detect_language(question) or settings.default_language
+    persona = settings.rag_system_prompt if language == "pt" else settings.rag_system_prompt_en
+    messages = build_rag_messages(question, passages, language=language, persona=persona)
     body = {"model": model or settings.local_model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     if settings.local_frequency_penalty:

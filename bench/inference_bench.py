@@ -469,7 +469,8 @@ def inference_server(threads: int, model_cache: Path, max_batch: int):
         log.close()
 
 
-async def _http_burst(url: str, streams: int, new_tokens: int, distinct: bool = False) -> dict[str, Any]:
+async def _http_burst(url: str, streams: int, new_tokens: int, distinct: bool = False, model: str = "default",
+                      headers: dict[str, str] | None = None) -> dict[str, Any]:
     """`streams` chat completions sent at once; aggregate completion tokens per second of wall time.
     The prompts share their system prompt and context (as a RAG service's do), so the server's prefix
     cache serves most of each; `distinct` puts a line of its own at the very start of every prompt, so
@@ -480,7 +481,7 @@ async def _http_burst(url: str, streams: int, new_tokens: int, distinct: bool = 
         messages = chat_messages(QUESTIONS[i % len(QUESTIONS)])
         if distinct:
             messages[0]["content"] = f"Session {time.time_ns()}-{i}.\n" + messages[0]["content"]
-        body = {"model": "default", "messages": messages,
+        body = {"model": model, "messages": messages,
                 "max_tokens": new_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
         started = time.perf_counter()
@@ -499,7 +500,7 @@ async def _http_burst(url: str, streams: int, new_tokens: int, distinct: bool = 
         return tokens, first if first is not None else float("nan")
 
     limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits, headers=headers) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*[one(client, i) for i in range(streams)])
         wall = time.perf_counter() - started

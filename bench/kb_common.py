@@ -22,6 +22,23 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
 
+def _site_packages() -> Path:
+    return Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def package_readmes() -> list[tuple[email.message.Message, str]]:
+    """(metadata, markdown README) of every installed package whose long description is Markdown, in
+    metadata-file order (folder name), skipping READMEs under 2,000 characters."""
+    found = []
+    for meta in sorted(_site_packages().glob("*.dist-info/METADATA")):
+        msg = email.message_from_bytes(meta.read_bytes())
+        body = msg.get_payload()
+        if not isinstance(body, str) or "markdown" not in (msg.get("Description-Content-Type") or "") or len(body) < 2000:
+            continue
+        found.append((msg, body))
+    return found
+
+
 def readme_corpus(min_chunks: int | None = None, chunk_tokens: int = 200, overlap: int = 40) -> list[tuple[str, str]]:
     """(name, markdown) of installed packages' READMEs, in name order, enough for `min_chunks` chunks."""
     from services.gateway.services.chunking import chunk_blocks
@@ -29,15 +46,10 @@ def readme_corpus(min_chunks: int | None = None, chunk_tokens: int = 200, overla
     from services.gateway.services.tokens import load_token_counter
 
     counter = load_token_counter("auto")
-    site = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     docs: list[tuple[str, str]] = []
     total = 0
-    for meta in sorted(site.glob("*.dist-info/METADATA")):
-        msg = email.message_from_bytes(meta.read_bytes())
-        body = msg.get_payload()
-        if not isinstance(body, str) or "markdown" not in (msg.get("Description-Content-Type") or "") or len(body) < 2000:
-            continue
-        name = f"{msg.get('Name', meta.parent.name)}.md"
+    for msg, body in package_readmes():
+        name = f"{msg.get('Name')}.md"
         docs.append((name, body))
         ex = extract(detect_kind(name, None), body.encode(), name)
         total += len(chunk_blocks(ex.blocks, counter, max_tokens=chunk_tokens, overlap=overlap))

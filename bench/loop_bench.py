@@ -214,14 +214,14 @@ def ask(gateway: str, question: Question, *, force_fallback: bool, tau: float | 
 
 
 def judge(question: Question, out: dict[str, Any]) -> dict[str, Any]:
-    from services.gateway.services.selection import says_not_found
+    from services.gateway.services.not_found import is_not_found
 
     reply = out["text"]
     head = reply.split("Fontes:")[0]
     right = next((s["n"] for s in out["sources"] if question.sentence in _clean(s["text"])), None)
     cited = {int(n) for n in re.findall(r"\[(\d+)\]", reply)}
     if question.answer is None:
-        return {"absent": True, "not_found": says_not_found(reply)}
+        return {"absent": True, "not_found": is_not_found(reply)}
     found = re.search(rf"(?<!\w){re.escape(question.answer)}(?!\w)", reply, re.IGNORECASE) is not None
     in_head = re.search(rf"(?<!\w){re.escape(question.answer)}(?!\w)", head, re.IGNORECASE) is not None
     return {"absent": False, "contains": found, "exact": in_head and len(head.split()) <= 25,

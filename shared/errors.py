@@ -20,9 +20,10 @@ class AionError(Exception):
     error_type = "server_error"
 
     def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param  # the request field at fault, as OpenAI's error body names it
         if status_code is not None:
             self.status_code = status_code
         if code is not None:
@@ -93,7 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AionError)
     async def _aion_error(_: Request, exc: AionError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.code, exc.error_type),
+        return JSONResponse(error_body(exc.message, exc.code, exc.error_type, exc.param),
                             status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -16,12 +16,18 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, PromptPassage, build_rag_messages
+from services.gateway.services.language import choose_language
+from services.gateway.services.prompt import (
+    DEFAULT_RAG_SYSTEM_PROMPT,
+    DEFAULT_RAG_SYSTEM_PROMPT_EN,
+    PromptPassage,
+    build_rag_messages,
+)
 from shared.errors import AionError
 
 from .settings import TrainerSettings
@@ -100,17 +106,22 @@ def _check_messages(raw: Any) -> list[dict[str, str]]:
     return messages
 
 
-def rag_messages(question: str, passages: Any, rag_system_prompt: str) -> list[dict[str, str]]:
-    """The gateway's RAG prompt for a question and its numbered passages (each {source, text})."""
+DEFAULT_PERSONAS = {"pt": DEFAULT_RAG_SYSTEM_PROMPT, "en": DEFAULT_RAG_SYSTEM_PROMPT_EN}
+
+
+def rag_messages(question: str, passages: Any, personas: Mapping[str, str]) -> list[dict[str, str]]:
+    """The gateway's RAG prompt for a question and its numbered passages (each {source, text}), in the
+    language the gateway would choose for it, with that language's persona."""
     if not isinstance(passages, list) or not all(isinstance(p, dict) and isinstance(p.get("text"), str)
                                                  for p in passages):
         raise RowRejected("bad_passages", "'passages' must be a list of {source, text}")
     numbered = [PromptPassage(n=i + 1, text=p["text"], source=str(p.get("source") or "")) for i, p in enumerate(passages)]
-    return build_rag_messages(question, numbered, system_prompt=rag_system_prompt)
+    language = choose_language(question, *(p.text for p in numbered))
+    return build_rag_messages(question, numbered, language=language, persona=personas[language])
 
 
 def row_to_messages(row: Any, system_prompt: str,
-                    rag_system_prompt: str = DEFAULT_RAG_SYSTEM_PROMPT) -> list[dict[str, str]]:
+                    personas: Mapping[str, str] = DEFAULT_PERSONAS) -> list[dict[str, str]]:
     """Chat, seed or RAG-spec row -> validated messages (raises RowRejected)."""
     if not isinstance(row, dict):
         raise RowRejected("not_an_object")
@@ -120,7 +131,7 @@ def row_to_messages(row: Any, system_prompt: str,
         answer = row.get("answer")
         if not isinstance(answer, str) or not answer.strip():
             raise RowRejected("empty_content", "RAG row has no answer")
-        return _check_messages([*rag_messages(str(row["question"]), row["passages"], rag_system_prompt),
+        return _check_messages([*rag_messages(str(row["question"]), row["passages"], personas),
                                 {"role": "assistant", "content": answer}])
     meta = row.get("meta")
     if isinstance(meta, dict) and ("prompt" in meta or "q" in meta):
@@ -239,7 +250,7 @@ def load_examples(paths: Sequence[Path], tokenizer: Any, settings: TrainerSettin
             try:
                 if isinstance(row, RowRejected):
                     raise row
-                messages = row_to_messages(row, settings.system_prompt, settings.rag_system_prompt)
+                messages = row_to_messages(row, settings.system_prompt, settings.rag_personas())
                 key = conversation_key(messages)
                 if key in seen:
                     duplicates += 1

@@ -20,13 +20,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.gateway.services.selection import says_not_found
+from services.gateway.services.not_found import is_not_found
 from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
 
 from .data_builder import Example, rag_messages
@@ -74,14 +74,14 @@ class RagItem:
     expected: tuple[str, ...]
     cite: int | None
 
-    def messages(self, rag_system_prompt: str) -> list[dict[str, str]]:
-        return rag_messages(self.question, [{"source": s, "text": t} for s, t in self.passages], rag_system_prompt)
+    def messages(self, personas: Mapping[str, str]) -> list[dict[str, str]]:
+        return rag_messages(self.question, [{"source": s, "text": t} for s, t in self.passages], personas)
 
     def judge(self, reply: str) -> dict[str, bool]:
         """answer: an expected answer is in the reply; cited: exactly the right passage is cited;
         not_found: the reply says the documents do not hold it."""
         if self.cite is None:
-            return {"not_found": says_not_found(reply)}
+            return {"not_found": is_not_found(reply)}
         cited = {int(n) for n in _CITATION.findall(reply)}
         return {"answer": _mentions(reply, self.expected), "cited": cited == {self.cite}}
 
@@ -244,7 +244,7 @@ def rag_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: Tr
     if not items:
         return RagScore(answer_score=math.nan, answer_rate=math.nan, citation_rate=math.nan, not_found_rate=math.nan,
                         total=0)
-    replies = reply_greedily(model, tokenizer, [i.messages(settings.rag_system_prompt) for i in items],
+    replies = reply_greedily(model, tokenizer, [i.messages(settings.rag_personas()) for i in items],
                              settings.regression_max_new_tokens, _eval_batch(settings),
                              autocast_dtype(settings.autocast, _device(model)))
     judged = [(item, item.judge(reply), reply.strip()) for item, reply in zip(items, replies, strict=True)]
@@ -347,7 +347,7 @@ def _reference_score(model: Any, base: LoadedModel, adapter_path: Path | None, i
                      settings: TrainerSettings, *, rag: bool = False) -> Any:
     """The base's (adapter_path None) or the active adapter's score on a set, computed once per process."""
     key = (base.path, base.quantization, _adapter_identity(adapter_path), settings.regression_max_new_tokens,
-           settings.rag_system_prompt if rag else None, rag, tuple(items))
+           tuple(sorted(settings.rag_personas().items())) if rag else None, rag, tuple(items))
     if key not in _reference_scores:
         with _use(model, CURRENT if adapter_path is not None else None):
             _reference_scores[key] = (rag_score if rag else regression_score)(model, base.tokenizer, items, settings)

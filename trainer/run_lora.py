@@ -109,7 +109,7 @@ def attach_lora(base: LoadedModel, settings: TrainerSettings, resume_from: Path 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
                                                 gradient_checkpointing_kwargs=kwargs)
     elif checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        _checkpointing(model, True, kwargs)
         model.enable_input_require_grads()
     if resume_from is not None:
         peft_model = PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
@@ -123,11 +123,25 @@ def attach_lora(base: LoadedModel, settings: TrainerSettings, resume_from: Path 
     return peft_model
 
 
+def _checkpointing(model: Any, on: bool, kwargs: dict[str, Any] | None = None) -> None:
+    """Activation checkpointing on or off, under its name in the installed transformers (renamed from
+    `gradient_checkpointing_*` in 5.2x; GPU machines may ship an older release)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def detach_lora(peft_model: Any) -> Any:
     """Remove the LoRA layers (not merged) so the shared base serves and trains cleanly afterwards."""
     model = peft_model.unload()
     if getattr(model, "supports_gradient_checkpointing", False):
-        model.activation_checkpointing_disable()  # a no-op when it was never enabled
+        _checkpointing(model, False)  # a no-op when it was never enabled
     if hasattr(model, "disable_input_require_grads"):
         model.disable_input_require_grads()  # a no-op when no hook was registered
     model.eval()

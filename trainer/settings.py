@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
+from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, DEFAULT_RAG_SYSTEM_PROMPT_EN
 from services.inference.settings import DEFAULT_BASE_MODEL, DEFAULT_SYSTEM_PROMPT
 from shared.settings import CommonSettings
 
@@ -24,8 +24,10 @@ class TrainerSettings(CommonSettings):
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
     # Seed-format rows that carry no system prompt get the one the inference service answers with.
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, validation_alias="AION_SYSTEM_PROMPT")
-    # The gateway's RAG system prompt: replay rows and the RAG regression set are asked with it.
+    # The gateway's RAG persona prompts (Portuguese, English): replay rows and the RAG regression set are
+    # asked with the one of their question's language, as the gateway would ask them.
     rag_system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
+    rag_system_prompt_en: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT_EN, validation_alias="AION_RAG_SYSTEM_PROMPT_EN")
 
     # auto | cpu | cuda | cuda:N (which GPU: cuda:1 keeps training off the GPU inference serves from).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", validation_alias="AION_TRAIN_DEVICE")
@@ -115,6 +117,9 @@ class TrainerSettings(CommonSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def rag_personas(self) -> dict[str, str]:
+        return {"pt": self.rag_system_prompt, "en": self.rag_system_prompt_en}
 
     def for_model(self, parameters: int) -> TrainerSettings:
         """These settings with every size-dependent value left unset filled in for a base of `parameters`."""

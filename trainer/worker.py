@@ -21,7 +21,7 @@ import anyio.from_thread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.gateway.clients.inference_admin import InferenceAdmin
+from services.gateway.clients.backends import InferenceBackend, make_backend
 from services.gateway.repositories import adapters as adapters_repo
 from services.gateway.repositories import jobs as jobs_repo
 from services.gateway.services import promotion
@@ -56,7 +56,7 @@ def job_settings(base: TrainerSettings, params: dict[str, Any]) -> TrainerSettin
 
 class Worker:
     def __init__(self, settings: WorkerSettings, trainer_settings: TrainerSettings,
-                 sessions: async_sessionmaker[AsyncSession], admin: InferenceAdmin) -> None:
+                 sessions: async_sessionmaker[AsyncSession], admin: InferenceBackend) -> None:
         self.settings = settings
         self.trainer_settings = trainer_settings
         self.sessions = sessions
@@ -254,7 +254,7 @@ async def serve(settings: WorkerSettings, trainer_settings: TrainerSettings, onc
     url = await anyio.to_thread.run_sync(settings.resolve_database_url)
     await anyio.to_thread.run_sync(upgrade, url)
     engine = make_async_engine(url, pool_size=2, max_overflow=2)
-    admin = InferenceAdmin(settings.local_llm_url, settings.inference_token, timeout_s=300)
+    admin = make_backend(settings.inference_backend, settings.local_llm_url, settings.inference_token, timeout_s=300)
     worker = Worker(settings, trainer_settings, make_session_factory(engine), admin)
     try:
         if once:

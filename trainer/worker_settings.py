@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -13,6 +14,8 @@ from shared.db import DatabaseSettings
 class WorkerSettings(DatabaseSettings, ExportPolicySettings):
     local_llm_url: str = Field(default="http://127.0.0.1:8008", validation_alias="AION_LOCAL_LLM_URL")
     inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
+    # How a promoted adapter reaches the server at AION_LOCAL_LLM_URL (the gateway's setting of the same name).
+    inference_backend: Literal["aion", "vllm"] = Field(default="aion", validation_alias="AION_INFERENCE_BACKEND")
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
     adapter_dir: Path | None = Field(default=None, validation_alias="AION_ADAPTER_DIR")
     poll_s: float = Field(default=5.0, gt=0, validation_alias="AION_TRAIN_POLL_SECONDS")

@@ -62,7 +62,7 @@ def run_demo(url: str | None, question: str, timeout: float, out: TextIO) -> int
                 return 1
 
             out.write(f"\nQ: {question}\n")
-            r = client.post("/api/ai/chat", json={"message": question})
+            r = client.post("/api/ai/chat", json={"message": question, "store": False})
             if r.status_code != 200:
                 out.write(f"aion demo: the question failed: {error_message(r)}{_auth_hint(r)}\n")
                 return 1
@@ -79,7 +79,9 @@ def run_demo(url: str | None, question: str, timeout: float, out: TextIO) -> int
 
 def _print_answer(answer: dict, out: TextIO) -> int:
     out.write("A: " + textwrap.indent(answer["text"].strip(), "   ").lstrip() + "\n\n")
-    out.write(f"(answered by the {answer['used']} model, confidence C = {answer['C']:.3f})\n")
+    from .ask import describe
+
+    out.write(f"({describe(answer)})\n")
     for warning in answer.get("warnings") or []:
         out.write(f"note: {warning}\n")
     sources = answer.get("sources") or []

@@ -1,4 +1,4 @@
-"""`aion ingest PATH...` — send files (and folders, recursively) to the gateway, with a progress bar."""
+"""`aion ingest PATH|URL...` — send files (and folders, recursively) or web pages to the gateway."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".pdf", ".html", ".ht
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="add files or folders to the knowledge base (through the gateway)")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p = sub.add_parser("ingest", help="add files, folders or web pages to the knowledge base (through the gateway)")
+    p.add_argument("paths", nargs="+", metavar="PATH|URL",
+                   help="files and folders, or http(s) URLs (their hosts must be on the gateway's AION_URL_ALLOWLIST)")
+    p.add_argument("--depth", type=int, default=0, help="for URLs: follow links this many levels (default 0)")
+    p.add_argument("--refresh", help="for URLs: re-fetch cadence, e.g. 6h or 7d (default: never)")
     p.add_argument("--url", help="gateway URL (env AION_GATEWAY_URL, default http://127.0.0.1:3000)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one request (default 600)")
     p.add_argument("--files-per-request", type=int, default=8,
@@ -58,7 +61,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ._http import error_message, gateway_client, unreachable
 
-    files = collect(args.paths)
+    urls = [p for p in args.paths if p.startswith(("http://", "https://"))]
+    files = collect([Path(p) for p in args.paths if p not in urls])
+    status = 0
+    if urls:
+        status = ingest_urls(urls, args)
+        if not files:
+            return status
     for path in [f for f, _ in files if not f.is_file()]:
         sys.stderr.write(f"aion: {path}: no such file\n")
     files = [(f, n) for f, n in files if f.is_file()]
@@ -98,4 +107,37 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(group))
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     sys.stdout.write(f"{summary}; {chunks} new chunks\n")
-    return 0 if counts["refused"] + counts["failed"] == 0 else 1
+    return status or (0 if counts["refused"] + counts["failed"] == 0 else 1)
+
+
+def ingest_urls(urls: list[str], args: argparse.Namespace) -> int:
+    """Each URL through `POST /api/ai/documents/url`; one line per page fetched."""
+    import httpx
+
+    from ._http import error_message, gateway_client, unreachable
+
+    failed = 0
+    with gateway_client(args.url, args.timeout) as client:
+        for url in urls:
+            body = {"url": url, "depth": args.depth, **({"refresh": args.refresh} if args.refresh else {})}
+            try:
+                response = client.post("/api/ai/documents/url", json=body)
+            except httpx.ConnectError as exc:
+                return unreachable(client, exc)
+            except httpx.HTTPError as exc:
+                sys.stderr.write(f"failed    {url}: {type(exc).__name__}\n")
+                failed += 1
+                continue
+            try:
+                results = response.json()["results"]
+            except (ValueError, KeyError):
+                sys.stderr.write(f"failed    {url}: {error_message(response)}\n")
+                failed += 1
+                continue
+            for r in results:
+                detail = f"{r['chunk_count']} chunks" if r.get("chunk_count") is not None else ""
+                if r.get("reason"):
+                    detail = f"{detail}; {r['reason']}" if detail else r["reason"]
+                sys.stderr.write(f"{r['status']:<9} {r['url']}: {detail}\n")
+                failed += r["status"] in ("refused", "failed")
+    return 0 if failed == 0 else 1

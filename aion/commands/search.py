@@ -38,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return 0
     out = [f"C = {data['C']:.3f}  ({len(data['passages'])} passages from {data['candidates']} candidates)"]
+    out += [f"warning: {w['message']}" for w in data.get("warnings", [])]
     for p in data["passages"]:
         where = f" — {p['page_or_heading']}" if p.get("page_or_heading") else ""
-        out.append(f"\n[{p['rank']}] {p['score']:.3f}  {p['document']}{where}")
+        found = ", ".join(f"{arm} #{p[key]}" for arm, key in (("ann", "ann_rank"), ("text", "text_rank"))
+                          if p.get(key) is not None)
+        out.append(f"\n[{p['rank']}] {p['score']:.3f}  {p['document']}{where}  ({found})")
         out.append(textwrap.indent(textwrap.shorten(p["text"], 400, placeholder=" …"), "    "))
     sys.stdout.write("\n".join(out) + "\n")
     return 0

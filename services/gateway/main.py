@@ -17,12 +17,32 @@ from shared.db.migrate import upgrade
 from shared.errors import error_body, install_error_handlers
 from shared.logging import RequestIdMiddleware
 
+from .auth.tokens import TokenAuthority
 from .chat_setup import build_chat
 from .clients.inference import InferenceClient
+from .extras_setup import build_images, build_web
 from .observability import install_metrics
-from .routes import admin_data, documents, feedback, health, metrics, pages, search, training
+from .routes import (
+    admin_data,
+    auth,
+    cache,
+    conversations,
+    documents,
+    evaluation,
+    feedback,
+    health,
+    images,
+    metrics,
+    pages,
+    search,
+    status,
+    training,
+    webpages,
+)
 from .routes import chat as chat_routes
 from .security.install import install_security
+from .services.embedding_check import EmbeddingDimensionMismatch, check_embedding_dimension
+from .services.system_status import SystemStatus
 from .services.tokens import load_token_counter
 from .settings import GatewaySettings, get_settings
 from .state import GatewayState
@@ -46,31 +66,45 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                  limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
         counter = await anyio.to_thread.run_sync(load_token_counter, settings.tokenizer)
         sessions = make_session_factory(engine)
-        inference = InferenceClient(http, settings.local_llm_url, token=settings.inference_token,
+        inference = InferenceClient(http, settings.embeddings_base_url(), token=settings.inference_token,
                                     batch_size=settings.embed_batch_size, expected_dim=EMBEDDING_DIM,
-                                    on_error=app.state.metrics.inference_error)
-        chat = build_chat(settings, sessions, inference, app.state.metrics)
+                                    on_error=app.state.metrics.inference_error,
+                                    url_setting="AION_EMBEDDINGS_URL" if settings.embeddings_url else "AION_LOCAL_LLM_URL")
+        try:
+            await check_embedding_dimension(inference, sessions)
+        except EmbeddingDimensionMismatch:
+            await http.aclose()
+            await engine.dispose()
+            await anyio.to_thread.run_sync(settings.release_database)
+            raise
+        chat = build_chat(settings, sessions, inference, counter, app.state.metrics)
+        web = build_web(settings, inference, counter)
         app.state.gateway = GatewayState(
             settings=settings, database_url=url, engine=engine, sessions=sessions, http=http, inference=inference,
-            token_counter=counter, chat=chat)
+            token_counter=counter, chat=chat, images=build_images(settings, sessions, http), web=web,
+            system=SystemStatus(settings, sessions, chat.admin, inference))
 
-        logger.info("gateway ready: inference at %s, chunk sizes by %s, tenant %s", settings.local_llm_url,
-                    counter.name, settings.tenant_id)
+        logger.info("gateway ready: chat on %s at %s, embeddings at %s, chunk sizes by %s, tenant %s",
+                    settings.inference_backend, settings.local_llm_url, settings.embeddings_base_url(), counter.name,
+                    settings.tenant_id)
         try:
             yield
         finally:
             await chat.close()
+            await web.fetcher.aclose()
             await http.aclose()
             await engine.dispose()
             await anyio.to_thread.run_sync(settings.release_database)
 
     app = FastAPI(title="AION gateway", version="0.1.0", lifespan=lifespan)
+    app.state.tokens = TokenAuthority(settings)
     install_error_handlers(app)
     _install_database_errors(app)
     install_security(app, settings)  # keys, rate limits, body cap, headers, CORS
     install_metrics(app)  # GET /metrics; outside security so refused requests are counted too
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, documents, search, chat_routes, feedback, metrics, training, admin_data, pages):
+    for module in (health, webpages, documents, search, chat_routes, conversations, evaluation, feedback, metrics,
+                   training, admin_data, pages, images, cache, auth, status):
         app.include_router(module.router)
     return app
 

@@ -8,12 +8,16 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .chat_setup import ChatParts
+from .clients.backends import InferenceBackend
 from .clients.inference import InferenceClient
-from .clients.inference_admin import InferenceAdmin
 from .services.answer import AnswerService
 from .services.budget import BudgetGuard
+from .services.conversations import ConversationStore
 from .services.export import Exporter
+from .services.images import ImageStudio
+from .services.system_status import SystemStatus
 from .services.tokens import TokenCounter
+from .services.webpages import WebIngestor
 from .settings import GatewaySettings
 
 
@@ -27,10 +31,17 @@ class GatewayState:
     inference: InferenceClient
     token_counter: TokenCounter
     chat: ChatParts
+    images: ImageStudio
+    web: WebIngestor
+    system: SystemStatus
 
     @property
     def answers(self) -> AnswerService:
         return self.chat.answers
+
+    @property
+    def conversations(self) -> ConversationStore:
+        return self.chat.conversations
 
     @property
     def budget(self) -> BudgetGuard:
@@ -41,5 +52,5 @@ class GatewayState:
         return self.chat.exporter
 
     @property
-    def admin(self) -> InferenceAdmin:
+    def admin(self) -> InferenceBackend:
         return self.chat.admin

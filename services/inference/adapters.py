@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,9 @@ class AdapterManager:
             return None
         if model in self.adapters:
             return model
+        if self.merged is not None and model in self._shas_by_name:
+            raise Conflict(f"adapter '{model}' is not served since adapter '{self.merged.name}' was merged into the "
+                           "base weights; restart the inference service to serve other adapters")
         known = ", ".join([DEFAULT_ALIAS, self.base_name, *self.adapters]) or "none"
         raise NotFound(f"model '{model}' is not loaded; available: {known}")
 
@@ -203,26 +207,59 @@ class AdapterManager:
         self.runner.model.delete_adapter(name)
         del self.adapters[name]
 
-    def merge(self) -> AdapterInfo:
-        """Fold the active adapter into the base weights (needs an empty batch)."""
-        from peft import PeftModel
+    def merge(self, load_base: Callable[[], Any], room_bytes: Callable[[int], int]) -> AdapterInfo:
+        """Fold the active adapter into a fresh full-precision copy of the base weights (needs an empty batch).
 
+        All or nothing: the merged model is built beside the serving one from the adapter bytes verified
+        at load (their hash is checked again), and replaces it only once complete; a failure leaves the
+        model and its adapters as they were. `load_base()` loads the base in full precision (merging into
+        nf4 re-quantizes the sum and erases the update); `room_bytes(n)` is the memory left for n more
+        bytes of weights, negative when they would not fit."""
         if self.merged is not None:
             raise Conflict(f"adapter '{self.merged.name}' is already merged")
         if self.active is None:
             raise Conflict("no active adapter to merge; load or activate one first")
         info = self.adapters[self.active]
+        need = merged_bytes(self.runner.model)
+        if room_bytes(need) < 0:
+            raise Conflict(f"merging needs {need >> 20} MB for a full-precision copy of the base weights, more "
+                           "than this machine has free beside the served model; keep serving the adapter "
+                           "unmerged (per-request LoRA), or merge offline and serve the merged folder")
+        checked = check_adapter(Path(info.path), self.runner.model)
+        if checked.sha256 != info.sha256:
+            raise Conflict(f"the files of adapter '{info.name}' in {info.path} changed since they were loaded; "
+                           "load them again under a new version name before merging")
+        merged = _merged_model(load_base(), checked, info.name)
         runner = self.runner
-        base = runner.model.unload()  # drop every LoRA layer without touching the base weights
-        if self.four_bit:
-            # Merging straight into nf4 re-quantizes the sum and destroys the update: dequantize first.
-            base = base.dequantize()
-        merged = PeftModel.from_pretrained(base, info.path, adapter_name=info.name).merge_and_unload()
-        merged.eval()
-        runner.model = merged
         runner.peft_wrapped = False
+        runner.model = merged  # the old weights go with the last reference to them
         self.merged = info
         self.adapters.clear()
         self.active = None
         logger.info("adapter %s merged into the base weights", info.name)
         return info
+
+
+def merged_bytes(model: Any) -> int:
+    """What a full-precision copy of the base weights takes (4-bit weights count at the compute dtype)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = base.get_input_embeddings().weight.dtype
+    return base.num_parameters() * dtype.itemsize
+
+
+def _merged_model(base: Any, checked: CheckedAdapter, name: str) -> Any:
+    """The base with the adapter's verified weights folded in, built from bytes already read and hashed."""
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+
+    config = PeftConfig.from_peft_type(**{k: v for k, v in checked.config.items()
+                                          if k not in ("base_model_name_or_path", "revision")})
+    config.inference_mode = True
+    model = get_peft_model(base, config, adapter_name=name)
+    result = set_peft_model_state_dict(model, checked.weights, adapter_name=name)
+    missing = [key for key in result.missing_keys if "lora_" in key]
+    if missing or result.unexpected_keys:
+        raise AdapterRejected(f"adapter '{name}' does not fit the base it was loaded on (missing {missing[:3]}, "
+                              f"unexpected {list(result.unexpected_keys)[:3]})")
+    merged = model.merge_and_unload()
+    merged.eval()
+    return merged

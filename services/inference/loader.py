@@ -77,22 +77,30 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
+def base_model_location(name: str, cache_dir: Path) -> str:
+    """Where `resolve_base_model` finds the weights, without converting anything: the folder a GGUF is
+    converted into, a local folder, or the hub id. Another server (vLLM) is pointed at it."""
+    if name == DEFAULT_BASE_MODEL:
+        return str((cache_dir / DEFAULT_BASE_MODEL).resolve())
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        return str((cache_dir / path.stem.lower()).resolve())
+    return str(path.resolve()) if path.is_dir() else name
+
+
 def resolve_base_model(name: str, cache_dir: Path) -> str:
     """A path or id that `from_pretrained` can load offline."""
+    target = Path(base_model_location(name, cache_dir))
     if name == DEFAULT_BASE_MODEL:
-        target = cache_dir / DEFAULT_BASE_MODEL
         if not (target / _CONVERTED_MARKER).exists():
             convert_gguf(packaged_gguf(), target)
         return str(target)
     path = Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
-        target = cache_dir / path.stem.lower()
         if not (target / _CONVERTED_MARKER).exists():
             convert_gguf(path, target)
         return str(target)
-    if path.is_dir():
-        return str(path)
-    return name
+    return str(path) if path.is_dir() else name
 
 
 def resolve_embed_model(name: str) -> str:
@@ -102,20 +110,44 @@ def resolve_embed_model(name: str) -> str:
 
 
 def choose_device(setting: str) -> str:
+    """AION_DEVICE (auto, cpu, cuda or cuda:N) -> the device to load on: "cpu" or "cuda:N"."""
     import torch
 
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise AionError(f"device {setting} asked for, but no CUDA device is visible; use cpu or auto")
-    if setting.startswith("cuda:") and int(setting[5:]) >= torch.cuda.device_count():
-        raise AionError(f"device {setting} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
     if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if setting == "cpu":
+        return "cpu"
+    index = int(setting.partition(":")[2] or 0)
+    if not torch.cuda.is_available():
+        raise AionError(f"AION_DEVICE={setting} but no CUDA device is visible; use AION_DEVICE=cpu or auto")
+    if index >= torch.cuda.device_count():
+        raise AionError(f"AION_DEVICE={setting} but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                        f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return f"cuda:{index}"
+
+
+def is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
 
 
 def wants_4bit(setting: str, device: str) -> bool:
     """auto: nf4 on CUDA (where it saves real memory), full precision on CPU (where it is not faster)."""
-    return setting == "true" or (setting == "auto" and device.startswith("cuda"))
+    return setting == "true" or (setting == "auto" and is_cuda(device))
+
+
+def compute_dtype(device: str, setting: str = "auto") -> Any:
+    """The dtype weights (or nf4's compute) run in: bf16 where the GPU has it, else fp16; fp32 on the CPU."""
+    import torch
+
+    if setting != "auto":
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[setting]
+    if is_cuda(device):
+        with torch.cuda.device(device):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.float32
+
+
+_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 @dataclass
@@ -145,31 +177,28 @@ def disable_cpu_4bit_repack(model: Any) -> int:
     return count
 
 
-def load_causal_lm(path: str, device: str, four_bit: bool) -> LoadedModel:
-    """Load the base model for generation or training, in nf4 or full precision."""
-    import torch
+def load_causal_lm(path: str, device: str, four_bit: bool, dtype: str = "auto") -> LoadedModel:
+    """Load the base model for generation or training, in nf4 or full precision (dtype: AION_DTYPE)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    compute = compute_dtype(device, dtype)
     kwargs: dict[str, Any] = {}
-    cuda = device.startswith("cuda")  # "cuda" or "cuda:N"
     if four_bit:
-        compute = torch.bfloat16 if cuda else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
-        kwargs["device_map"] = {"": torch.device(device).index or 0} if cuda else {"": "cpu"}
+        kwargs["device_map"] = {"": int(device.partition(":")[2] or 0)} if is_cuda(device) else {"": "cpu"}
         quantization = "nf4"
     else:
-        dtype = torch.bfloat16 if cuda else torch.float32
-        kwargs["dtype"] = dtype
-        quantization = "bf16" if dtype == torch.bfloat16 else "fp32"
+        kwargs["dtype"] = compute
+        quantization = _DTYPE_NAMES[str(compute).removeprefix("torch.")]
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if four_bit:
         disable_cpu_4bit_repack(model)
-    elif cuda:
+    elif is_cuda(device):
         model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, device=device, quantization=quantization)

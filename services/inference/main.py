@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from shared.errors import install_error_handlers
+from shared.errors import error_body, install_error_handlers
 from shared.logging import RequestIdMiddleware
 
-from .routes import adapters, health, native, openai
+from .routes import adapters, health, images, native, openai
 from .settings import InferenceSettings, get_settings
 from .state import InferenceState
 
@@ -40,7 +41,25 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         state.metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
         return response
 
+    if settings.embeddings_only:
+        _refuse_chat_routes(app)
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, native, openai, adapters):
+    for module in (health, native, openai, adapters, images):
         app.include_router(module.router)
     return app
+
+
+# What an embeddings-only service answers (besides its API pages); everything else needs a chat model.
+EMBEDDINGS_ONLY_PATHS = frozenset({"/health", "/metrics", "/v1/embeddings", "/docs", "/openapi.json"})
+
+
+def _refuse_chat_routes(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def embeddings_only(request: Request, call_next):
+        if request.url.path in EMBEDDINGS_ONLY_PATHS:
+            return await call_next(request)
+        return JSONResponse(error_body(
+            f"{request.url.path} is not served: this inference service runs with --embeddings-only "
+            "(AION_EMBEDDINGS_ONLY=true) and loads no chat model; it answers /v1/embeddings and /health. "
+            "Send chat to the chat server (AION_LOCAL_LLM_URL), or restart it without --embeddings-only",
+            "chat_not_served", "invalid_request_error"), status_code=503)

@@ -22,6 +22,16 @@ class InferenceMetrics:
         self.running = Gauge("aion_inference_running_sequences", "Sequences in the running batch", registry=r)
         self.batch_size = Histogram("aion_inference_batch_size", "Rows per decode step", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
+        # Where a decode step's time goes: the forward as the host sees it launch (on a GPU most of the work is
+        # still queued then), and choosing the tokens (which waits for the forward) plus emitting text.
+        self.step_forward_seconds = Histogram("aion_inference_step_forward_seconds",
+                                              "Decode step: launching the forward", registry=r,
+                                              buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
+        self.step_tokens_seconds = Histogram("aion_inference_step_tokens_seconds",
+                                             "Decode step: choosing tokens (waits for the forward) and emitting",
+                                             registry=r, buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
+        self.prefill_seconds = Histogram("aion_inference_prefill_seconds", "One prompt's prefill and first token",
+                                         registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
         self.finished = Counter("aion_inference_sequences_finished", "Finished sequences by reason",
                                 ["reason"], registry=r)
         self.errors = Counter("aion_inference_errors", "Generation errors", registry=r)

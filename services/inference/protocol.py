@@ -17,8 +17,10 @@ class GenerateRequest(BaseModel):
                                            description="minus this once a token was generated already")
     max_new_tokens: int | None = None
     stop: list[str] | None = Field(default=None, max_length=4)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer")
     adapter: str | None = Field(default=None, description="adapter name; the active one when omitted")
+    ignore_eos: bool = Field(default=False, description="generate max_new_tokens even past end-of-sequence "
+                                                        "(for benchmarks)")
 
     @field_validator("prompt")
     @classmethod

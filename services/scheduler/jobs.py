@@ -1,5 +1,6 @@
-"""The nightly job: export what the active adapter has not learned yet, and queue a training job when
-enough examples exist (fewer: nothing is consumed, the rows come again the next night)."""
+"""Scheduled jobs: the nightly export (of what the active adapter has not learned yet) and retrain trigger
+(fewer examples than a job needs: nothing is consumed, the rows come again the next night), and
+re-fetching web pages on their cadence."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.repositories import jobs as jobs_repo
 from services.gateway.services.export import Exporter
+from services.gateway.services.webpages import WebIngestor
 
 from .settings import SchedulerSettings
 
@@ -78,3 +80,17 @@ async def nightly_export(sessions: async_sessionmaker[AsyncSession], settings: S
         await finish_slot(sessions, NIGHTLY_JOB, slot, "failed", detail)
         logger.exception("nightly export failed")
         return detail
+
+
+WEB_REFRESH_JOB = "web_pages_refresh"
+
+
+async def refresh_web_pages(sessions: async_sessionmaker[AsyncSession], web: WebIngestor) -> dict:
+    """Re-fetch the web pages whose cadence is due (ETag / Last-Modified, so unchanged ones cost a 304)."""
+    results = await web.refresh_due(sessions)
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    if results:
+        logger.info("web pages refreshed: %s", counts)
+    return counts

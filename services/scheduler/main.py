@@ -16,11 +16,12 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from shared.db import make_async_engine, make_session_factory, make_sync_engine
 from shared.db.migrate import upgrade
 
-from .jobs import NIGHTLY_JOB, nightly_export
+from .jobs import NIGHTLY_JOB, WEB_REFRESH_JOB, nightly_export, refresh_web_pages
 from .settings import SchedulerSettings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,40 @@ async def run_nightly_job() -> None:
     await nightly_export(_RUNTIME["sessions"], settings, slot)  # type: ignore[arg-type]
 
 
+async def run_web_refresh_job() -> None:
+    """Entry point for the web-page refresh (by reference, like the nightly job)."""
+    web = _RUNTIME.get("web")
+    if web is None:
+        web = _RUNTIME["web"] = await asyncio.to_thread(_build_web_ingestor)
+    await refresh_web_pages(_RUNTIME["sessions"], web)  # type: ignore[arg-type]
+
+
+def _build_web_ingestor():
+    """The gateway's own fetcher and ingestion, from the same AION_* variables the gateway reads."""
+    import httpx
+
+    from services.gateway.clients.inference import InferenceClient
+    from services.gateway.extras_setup import build_web
+    from services.gateway.services.tokens import load_token_counter
+    from services.gateway.settings import GatewaySettings
+    from shared.db import EMBEDDING_DIM
+
+    gateway = GatewaySettings()
+    http = httpx.AsyncClient(timeout=httpx.Timeout(gateway.inference_timeout_s, connect=5.0))
+    inference = InferenceClient(http, gateway.local_llm_url, token=gateway.inference_token,
+                                batch_size=gateway.embed_batch_size, expected_dim=EMBEDDING_DIM)
+    return build_web(gateway, inference, load_token_counter(gateway.tokenizer))
+
+
+def ensure_web_refresh_job(scheduler: AsyncIOScheduler, settings: SchedulerSettings) -> None:
+    if settings.web_refresh_minutes == 0:
+        if scheduler.get_job(WEB_REFRESH_JOB):
+            scheduler.remove_job(WEB_REFRESH_JOB)
+        return
+    scheduler.add_job(run_web_refresh_job, IntervalTrigger(minutes=settings.web_refresh_minutes),
+                      id=WEB_REFRESH_JOB, name="re-fetch web pages on their cadence", replace_existing=True)
+
+
 def build_scheduler(settings: SchedulerSettings, url: str, trigger: BaseTrigger | None = None) -> AsyncIOScheduler:
     trigger = trigger or cron_trigger(settings)
     engine = make_async_engine(url, pool_size=2, max_overflow=2)
@@ -94,10 +129,15 @@ async def serve(settings: SchedulerSettings, trigger: BaseTrigger | None = None)
         loop.add_signal_handler(sig, stop.set)
     scheduler.start(paused=True)
     ensure_nightly_job(scheduler, trigger)
+    ensure_web_refresh_job(scheduler, settings)
     scheduler.resume()
     job = scheduler.get_job(NIGHTLY_JOB)
     logger.info("scheduler running: next nightly export at %s", job.next_run_time if job else "?")
     await stop.wait()
     scheduler.shutdown(wait=True)
+    web = _RUNTIME.pop("web", None)
+    if web is not None:
+        await web.fetcher.aclose()  # type: ignore[attr-defined]
+        await web.inference.http.aclose()  # type: ignore[attr-defined]
     await _RUNTIME["engine"].dispose()  # type: ignore[attr-defined]
     await asyncio.to_thread(settings.release_database)

@@ -20,6 +20,9 @@ class SchedulerSettings(DatabaseSettings, ExportPolicySettings):
     train_min_examples: int = Field(default=20, ge=1, validation_alias="AION_TRAIN_MIN_EXAMPLES")
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
 
+    # How often to look for web pages whose refresh cadence is due (0: never re-fetch them).
+    web_refresh_minutes: int = Field(default=15, ge=0, le=10080, validation_alias="AION_WEB_REFRESH_MINUTES")
+
     def exports_dir(self) -> Path:
         return (self.train_root or self.data_dir / "trainer") / "exports"
 

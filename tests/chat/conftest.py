@@ -4,6 +4,7 @@ small OpenAI-protocol stand-in for the fallback's failure cases."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,6 +13,7 @@ import httpx
 import psycopg
 import pytest
 
+from services.gateway.auth.keys import generate_key
 from services.gateway.main import create_app
 from tests.fixtures.openai_standin import StandIn, run_standin
 from tests.fixtures.servers import free_port, run_asgi
@@ -26,11 +28,22 @@ def standin() -> Iterator[StandIn]:
         yield server
 
 
+def new_key(db: str, role: str) -> str:
+    """A key stored as `aion keys create` stores it; returns the secret."""
+    key = generate_key()
+    with psycopg.connect(db) as conn:
+        conn.execute("INSERT INTO api_keys (id, name, role, tenant_id, key_prefix, key_hash) "
+                     "VALUES (%s, %s, %s, %s, %s, %s)",
+                     (uuid.uuid4(), f"{role}-{key.prefix}", role, TENANT, key.prefix, key.hash))
+    return key.key
+
+
 @contextmanager
 def _gateway(db: str, inference: str, overrides: dict[str, Any]) -> Iterator[str]:
     settings = gateway_settings(db, inference, **overrides)
+    headers = {"Authorization": f"Bearer {new_key(db, 'admin')}"} if settings.auth_enabled else {}
     with run_asgi(create_app(settings)) as url:
-        r = httpx.post(f"{url}/api/ai/documents", files=kb_files(), timeout=120)
+        r = httpx.post(f"{url}/api/ai/documents", files=kb_files(), headers=headers, timeout=120)
         assert r.status_code in (200, 201) and r.json()["ingested"] == 4, r.text
         yield url
 
@@ -47,7 +60,10 @@ def chat_gateway(clean_db: str, inference_url: str, standin: StandIn) -> Callabl
         env = {"AION_FALLBACK_BASE_URL": f"{inference_url}/v1", "AION_FALLBACK_MODEL": "smollm2-135m-instruct",
                "OPENAI_API_KEY": "test-key", "AION_BUDGET_USD": 5.0, "AION_FALLBACK_SHARE_MIN_ANSWERS": 1000,
                "AION_LOCAL_MAX_TOKENS": 48, "AION_FALLBACK_MAX_TOKENS": 48, "AION_LOCAL_TEMPERATURE": 0,
-               "AION_FALLBACK_TEMPERATURE": 0}
+               "AION_FALLBACK_TEMPERATURE": 0,
+               # Off unless a test turns it on (test_trust.py): routing by C and the budget must not
+               # hang on whether the small model's words happen to be backed by the passages.
+               "AION_SUPPORT_THRESHOLD": 0}
         env.update(overrides)
         return _gateway(clean_db, inference_url, env)
     return factory

@@ -7,8 +7,8 @@ import pytest
 
 from services.gateway.services.answer_record import model_input
 from services.gateway.services.prompt import (
-    DEFAULT_RAG_SYSTEM_PROMPT,
-    PROMPT_TEMPLATE_VERSION,
+    DEFAULT_RAG_SYSTEM_PROMPT_EN,
+    PROMPT_VERSION,
     PromptPassage,
     build_rag_messages,
     source_label,
@@ -27,7 +27,8 @@ def expected_messages(out: dict, history: list[dict[str, str]]) -> list[dict[str
     """The RAG prompt rebuilt from the passages the reply says it used."""
     passages = [PromptPassage(n=s["n"], text=s["text"], source=source_label(s["title"], s["page_or_heading"]))
                 for s in out["sources"]]
-    return build_rag_messages(QUESTION, passages, system_prompt=DEFAULT_RAG_SYSTEM_PROMPT, history=history)
+    return build_rag_messages(QUESTION, passages, language="en", persona=DEFAULT_RAG_SYSTEM_PROMPT_EN,
+                              history=history)
 
 
 def test_the_answer_event_holds_the_exact_model_input_and_the_servers_id(chat_gateway, clean_db, standin) -> None:
@@ -54,7 +55,7 @@ def test_the_answer_event_holds_the_exact_model_input_and_the_servers_id(chat_ga
     (event,) = answer_events(clean_db, local["request_id"])
     assert event["correlation_id"] == "caller-chosen-id"
     assert event["messages"] == expected_messages(local, HISTORY)
-    assert event["prompt_version"] == PROMPT_TEMPLATE_VERSION and event["messages_omitted"] is False
+    assert event["prompt_version"] == PROMPT_VERSION and event["messages_omitted"] is False
     assert event["chunk_ids"] == [s["chunk"] for s in local["sources"]]
     assert event["model"] == local["model"] and event["fallback"] is False
     assert event["finish_reason"] in ("stop", "length")
@@ -74,6 +75,6 @@ def test_the_answer_event_holds_the_exact_model_input_and_the_servers_id(chat_ga
 def test_a_record_is_exact_or_absent_never_cut() -> None:
     messages = [{"role": "system", "content": "s" * 400}, {"role": "user", "content": "u" * 700}]
     assert model_input(messages, 1_100) == {"messages": messages, "messages_chars": 1_100,
-                                            "messages_omitted": False, "prompt_version": PROMPT_TEMPLATE_VERSION}
+                                            "messages_omitted": False, "prompt_version": PROMPT_VERSION}
     over = model_input(messages, 1_099)
     assert over["messages"] is None and over["messages_omitted"] is True and over["messages_chars"] == 1_100

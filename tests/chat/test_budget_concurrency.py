@@ -30,7 +30,8 @@ async def test_concurrent_fallbacks_never_spend_past_the_cap(chat_gateway, clean
     assert settled <= 1.31 + 1e-9
     assert 1 <= used.count("fallback") <= 10
     assert not [r for r in rows if r["status"] == "reserved"]
-    assert used.count("local") == 40 - used.count("fallback")
-    assert all("budget_exhausted" in r.json()["warnings"] for r in replies if r.json()["used"] == "local")
+    # The rest answered for free: the local model, or (below τ) "not found" with the closest passages.
+    assert used.count("local") + used.count("documents") == 40 - used.count("fallback")
+    assert all("budget_exhausted" in r.json()["warnings"] for r in replies if r.json()["used"] != "fallback")
     assert budget["reserved_usd"] == 0 and budget["spent_usd"] == pytest.approx(settled)
     assert len(answer_events(clean_db)) == 40

@@ -65,10 +65,17 @@ def test_unknown_local_model_is_a_local_failure_too(chat_gateway, clean_db) -> N
     assert out["used"] == "fallback" and "local_unavailable" in out["warnings"]
 
 
-def test_no_key_means_local_with_a_warning(chat_gateway, clean_db) -> None:
+def test_no_key_means_not_found_or_local_with_a_warning(chat_gateway, clean_db) -> None:
     with chat_gateway(OPENAI_API_KEY=None, AION_FALLBACK_BASE_URL=None) as url:
         out = ask(url, tau=0.99)
-    assert out["used"] == "local" and {"low_confidence", "fallback_disabled"} <= set(out["warnings"])
+    # Below τ and nothing paid may answer: the documents do not seem to cover it (the closest quoted).
+    assert out["used"] == "documents" and out["answer"] == "not_found"
+    assert {"low_confidence", "fallback_disabled"} <= set(out["warnings"])
+    assert out["text"].startswith("The documents do not seem to cover this.") and "[1]" in out["text"]
+    with chat_gateway(OPENAI_API_KEY=None, AION_FALLBACK_BASE_URL=None, AION_LOW_CONFIDENCE_ANSWER="local") as url:
+        tried = ask(url, tau=0.99)
+    assert tried["used"] == "local" and tried["answer"] == "generated"
+    assert {"low_confidence", "fallback_disabled"} <= set(tried["warnings"])
     assert ledger_rows(clean_db) == []
 
 

@@ -32,10 +32,10 @@ def test_stream_order_sources_citations_and_accents(chat_gateway, clean_db, stan
     done = events[-1][1]
     assert done["used"] == "local" and done["request_id"]
     # The prompt the model got numbers the passages exactly as the `sources` event does.
-    prompt = standin.calls[-1]["messages"][-1]["content"]
+    system, question = standin.calls[-1]["messages"][0]["content"], standin.calls[-1]["messages"][-1]["content"]
     for s in sources:
-        assert f"[{s['n']}] (" in prompt and s["text"].strip()[:60] in prompt
-    assert "Fontes:" in prompt and QUESTION in prompt
+        assert f"[{s['n']}] {s['text'].strip()[:60]}" in system
+    assert question == QUESTION
     assert standin.calls[-1]["frequency_penalty"] == 0.5  # AION_LOCAL_FREQUENCY_PENALTY's default
     assert len(answer_events(clean_db, done["request_id"])) == 1
 

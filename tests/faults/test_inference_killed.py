@@ -94,3 +94,38 @@ def test_killed_mid_stream_without_fallback_ends_with_an_error_event(clean_db, i
     assert len(logged) == 1
     assert logged[0]["complete"] is False and logged[0]["used"] == "local" and logged[0]["reply"] == partial
     assert logged[0]["error"] and "local_unavailable" in logged[0]["warnings"]
+
+
+def test_inference_stopped_retrieves_by_full_text_and_the_fallback_answers(clean_db, inference_url,
+                                                                           doomed_inference) -> None:
+    """Embeddings and the local model both down (their process stopped): full-text retrieval still finds
+    the passage, the stream says why C is 0, and the budgeted fallback answers from that passage."""
+    victim = doomed_inference
+    if victim.proc is None:  # run alone: start this module's inference process, to stop it
+        alive(victim)
+    if victim.proc is not None and victim.proc.poll() is None:
+        victim.kill()
+    with run_asgi(create_app(gateway_settings(clean_db, inference_url, **NO_RATE_LIMITS))) as url:
+        assert httpx.post(f"{url}/api/ai/documents", files=kb_files(), timeout=120).status_code == 201
+    with run_standin() as standin:
+        settings = gateway_settings(clean_db, victim.url, AION_LOCAL_RETRIES=0, AION_FALLBACK_BASE_URL=standin.url,
+                                    AION_FALLBACK_MODEL="ok", OPENAI_API_KEY="test-key", AION_BUDGET_USD=1.0,
+                                    AION_FALLBACK_SHARE_MIN_ANSWERS=1000, **NO_RATE_LIMITS)
+        with run_asgi(create_app(settings)) as url:
+            found = httpx.post(f"{url}/api/ai/search", json={"q": "Who was Agnes Morrow?"}, timeout=60)
+            events = sse(url, "/api/ai/chat/stream", params={"q": "Who was Agnes Morrow?"})
+        prompt = standin.calls[-1]["messages"][-1]["content"]
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert body["C"] == 0.0 and body["warnings"][0]["reason"] == "embeddings_unavailable"
+    assert body["passages"][0]["document"] == "lighthouse.md" and "Agnes Morrow" in body["passages"][0]["text"]
+    assert body["passages"][0]["ann_rank"] is None and body["passages"][0]["text_rank"] == 1
+
+    names = [n for n, _ in events]
+    assert names[0] == "sources" and events[0][1]["C"] == 0.0
+    warns = [d["reason"] for n, d in events if n == "warn"]
+    assert warns[:2] == ["embeddings_unavailable", "low_confidence"], warns
+    assert "Agnes Morrow" in prompt  # the fallback answered from the passage full text found
+    assert "".join(d["text"] for n, d in events if n == "token") == REPLY
+    assert names[-1] == "done" and events[-1][1]["used"] == "fallback"
+    assert "embeddings_unavailable" in events[-1][1]["warnings"]

@@ -30,7 +30,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.Asyn
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=120) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=120) as client:
             client.app = app  # type: ignore[attr-defined]  # tests reach app.state.gateway through it
             yield client
 

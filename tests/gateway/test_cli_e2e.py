@@ -1,5 +1,5 @@
 """`aion gateway` on embedded defaults (no DATABASE_URL: it starts Postgres and migrates), then
-`aion keys create`, `aion ingest`, `aion search` and `aion db current` against it, and a restart that
+`aion keys create`, `aion ingest` (files and a web page), `aion search` and `aion db current` against it, and a restart that
 keeps the data."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from shared.db.migrate import head_revision
 from tests.fixtures.servers import REPO, ServiceProcess, base_env, free_port
+from tests.fixtures.web_site import run_site
 
 from .conftest import KB_DIR
 from .pdfs import build_pdf
@@ -22,7 +23,9 @@ def _aion(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def _start_gateway(data_dir: Path, inference_url: str, port: int) -> ServiceProcess:
-    env = base_env(data_dir, AION_LOCAL_LLM_URL=inference_url)
+    # Web pages from the test site on loopback only (allowed by name and by network here, never by default).
+    env = base_env(data_dir, AION_LOCAL_LLM_URL=inference_url, AION_URL_ALLOWLIST="127.0.0.1",
+                   AION_URL_ALLOW_NETWORKS="127.0.0.1/32", AION_URL_HOST_INTERVAL="0")
     service = ServiceProcess(["gateway", "--port", str(port)], env, data_dir / "logs" / "gateway.log",
                              f"http://127.0.0.1:{port}")
     service.start()
@@ -71,6 +74,15 @@ def test_gateway_ingest_and_search_from_the_command_line(pg_tmp_path, inference_
 
         pretty = _aion(cli_env, "search", "When are sourdough starters fed?", "-k", "2")
         assert pretty.returncode == 0 and "fed twice a day" in pretty.stdout and pretty.stdout.startswith("C = ")
+
+        with run_site() as site:
+            page = _aion(cli_env, "ingest", f"{site.url}/guide.html", "--refresh", "1d")
+            assert page.returncode == 0, page.stderr
+            assert f"created   {site.url}/guide.html" in page.stderr
+            outside = _aion(cli_env, "ingest", site.url.replace("127.0.0.1", "localhost") + "/guide.html")
+            assert outside.returncode == 1 and "AION_URL_ALLOWLIST" in outside.stderr
+        by_url = json.loads(_aion(cli_env, "search", "visitor moorings fee", "--json").stdout)
+        assert by_url["passages"][0]["document"] == f"{site.url}/guide.html"
 
         current = _aion(cli_env, "db", "current")  # attaches to the same embedded server
         head = head_revision()

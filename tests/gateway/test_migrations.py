@@ -76,3 +76,27 @@ def test_orm_models_match_the_migrations(database_url):
     finally:
         engine.dispose()
     assert diff == [], f"models and migrations disagree: {diff}"
+
+
+def test_hybrid_search_migration_backfills_existing_chunks(scratch_database):
+    """Chunks stored before 0006 get their full-text vector from the upgrade itself (generated column)."""
+    migrate.upgrade(scratch_database, "0005_images_web")
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO documents (id, tenant_id, source_name, mime_type, sha256, size_bytes) VALUES "
+                     "('00000000-0000-0000-0000-000000000001', 't', 'a.md', 'text/markdown', 'x', 1)")
+        conn.execute("INSERT INTO chunks (tenant_id, document_id, ord, text, heading, token_count, embedding) "
+                     "VALUES ('t', '00000000-0000-0000-0000-000000000001', 0, 'Não use a opção --no-deps do pip', "
+                     "'Instalação', 8, %s)", (str([0.0] * 384),))
+    migrate.upgrade(scratch_database)
+    with psycopg.connect(scratch_database) as conn:
+        tsv = conn.execute("SELECT tsv::text FROM chunks").fetchone()[0]
+        indexes = {r[0]: r[1] for r in conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE "
+                                                    "tablename = 'chunks'")}
+    # Accents folded, Portuguese stop words ("não", "a", "do") dropped, the flag kept as written.
+    assert tsv == "'deps':8 'instalacao':1 'no-deps':6 'opcao':5 'pip':10 'use':3"
+    assert "USING gin (tsv)" in indexes["ix_chunks_tsv"]
+    migrate.downgrade(scratch_database, "0005_images_web")
+    with psycopg.connect(scratch_database) as conn:
+        columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
+                                              "WHERE table_name = 'chunks'")}
+        assert "tsv" not in columns and conn.execute("SELECT count(*) FROM chunks").fetchone() == (1,)

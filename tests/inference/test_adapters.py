@@ -1,4 +1,6 @@
-"""Hot-swapped LoRA adapters on the real model: reload, refuse a corrupt one, per-request choice, merge."""
+"""Hot-swapped LoRA adapters on the real model: reload, refuse a corrupt one, per-request choice, merge —
+on both engine paths: the native decoder, and the model's own forward (what GPU hosts run) with the CPU
+kernels off."""
 
 from __future__ import annotations
 
@@ -41,10 +43,14 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"a": build_adapter(root / "a", seed=1, scale=0.5), "b": build_adapter(root / "b", seed=2, scale=0.5)}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+RUNNERS = {"native": {}, "transformers": {"AION_RUNNER": "transformers", "AION_QUANTIZED_DECODE": "false"}}
+
+
+@pytest.fixture(scope="module", params=list(RUNNERS))
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     data = tmp_path_factory.mktemp("adapter-server")
-    with run_inference(data, data / "logs") as service:
+    with run_inference(data, data / "logs", **RUNNERS[request.param]) as service:
+        assert httpx.get(f"{service.url}/health").json()["runner"] == request.param
         yield service
 
 
@@ -99,6 +105,44 @@ def test_per_request_adapter_and_activation(server: ServiceProcess, adapters) ->
     assert generate(url) == v2
     assert httpx.post(f"{url}/adapter/activate", json={"name": "ghost"}).status_code == 404
     assert httpx.post(f"{url}/adapter/activate", json={"name": "aion-v1"}).status_code == 200
+
+
+def test_a_merge_of_adapter_files_changed_since_their_load_is_refused_and_changes_nothing(
+        server: ServiceProcess, adapters, tmp_path: Path) -> None:
+    """The merge folds in the bytes verified at load: files rewritten since (a trainer re-pointing a folder)
+    are refused, and the model, its adapters and what is active stay as they were."""
+    from safetensors.torch import load_file, save_file
+
+    url = server.url
+    folder = tmp_path / "rewritten"
+    shutil.copytree(adapters["b"], folder)
+    r = httpx.post(f"{url}/adapter/reload", json={"path": str(folder), "name": "aion-v3"}, timeout=60)
+    assert r.status_code == 200, r.text
+    served = generate(url)
+    weights = folder / "adapter_model.safetensors"
+    save_file({k: v * 2 for k, v in load_file(weights).items()}, weights)
+    merge = httpx.post(f"{url}/adapter/merge", timeout=120)
+    assert merge.status_code == 409 and "changed since they were loaded" in merge.json()["error"]["message"]
+    health = httpx.get(f"{url}/health").json()
+    assert health["merged"] is False and health["adapter"] == "aion-v3"
+    assert {"aion-v1", "aion-v2", "aion-v3"} <= set(health["adapters"])
+    assert generate(url) == served
+    assert httpx.post(f"{url}/adapter/activate", json={"name": "aion-v1"}).status_code == 200
+
+
+def test_a_merge_that_would_not_fit_is_refused_before_touching_the_model(adapters) -> None:
+    from services.inference.adapters import AdapterManager, check_adapter
+    from services.inference.engine.native_runner import NativeRunner
+    from shared.errors import Conflict
+
+    loaded = load_causal_lm(resolve_base_model("smollm2-135m-instruct", MODEL_CACHE), "cpu", False)
+    runner = NativeRunner(loaded.model, loaded.tokenizer, "cpu")
+    manager = AdapterManager(runner, "smollm2-135m-instruct", four_bit=False)
+    manager.load(check_adapter(adapters["a"], runner.model), "aion-v1", activate=True)
+    model = runner.model
+    with pytest.raises(Conflict, match="merging needs"):
+        manager.merge(lambda: pytest.fail("loaded a base it had no room for"), lambda need: -1)
+    assert runner.model is model and manager.active == "aion-v1" and manager.merged is None
 
 
 def test_merge_keeps_the_adapter_output(server: ServiceProcess) -> None:

@@ -71,8 +71,10 @@ def test_stream_keeps_accents_whole(inference_url: str) -> None:
 
 def test_openai_client_non_stream_and_stream(inference_url: str) -> None:
     client = openai.OpenAI(base_url=f"{inference_url}/v1", api_key="unused")
-    models = [m.id for m in client.models.list().data]
-    assert "smollm2-135m-instruct" in models
+    cards = {m.id: m for m in client.models.list().data}
+    assert "smollm2-135m-instruct" in cards
+    # The context length, in vLLM's field, so the gateway can fit its prompts (SmolLM2's config: 8192).
+    assert cards["smollm2-135m-instruct"].max_model_len == 8192
     resp = client.chat.completions.create(
         model="smollm2-135m-instruct", temperature=0, max_tokens=24,
         messages=[{"role": "system", "content": SYSTEM},

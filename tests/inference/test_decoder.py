@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from services.inference.engine.kernels import kernel
-from services.inference.engine.runner import ModelRunner
+from services.inference.engine.kernel_library import kernel
+from services.inference.engine.native_runner import NativeRunner
 from services.inference.loader import load_causal_lm, resolve_base_model
 from tests.fixtures.servers import MODEL_CACHE
 
@@ -41,8 +41,8 @@ def reference(model, ids: list[int]) -> tuple[torch.Tensor, DynamicCache]:
 def test_native_prompt_pass_matches_the_models_forward(loaded, prompt_ids, prefix_cache: bool) -> None:
     """Without a prefix cache the prompt runs through MKL's GEMMs; with one, through the packed kernels
     (whose rows do not depend on each other, so cached prefixes give the same bits)."""
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=(16 << 20) * prefix_cache)
-    decoder = runner._fast_decoder()
+    runner = NativeRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=(16 << 20) * prefix_cache)
+    decoder = runner.decoder()
     assert decoder.prefill_layers is not None and decoder.exact_prefill  # the default model: both paths
     logits, layers = runner.prefill(prompt_ids, None)
     ref_logits, ref_cache = reference(loaded.model, prompt_ids)
@@ -58,7 +58,7 @@ def test_native_prompt_pass_matches_the_models_forward(loaded, prompt_ids, prefi
 def test_decode_steps_match_the_models_forward_for_every_row(loaded, prompt_ids) -> None:
     """Two rows of different lengths decode together; each step's logits are the full forward's at
     that position (teacher-forced with the model's own greedy tokens)."""
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu")
+    runner = NativeRunner(loaded.model, loaded.tokenizer, "cpu")
     short = prompt_ids[:-7]
     ref_long, ref_short = reference(loaded.model, prompt_ids)[0], reference(loaded.model, short)[0]
     batch = runner.new_batch(4)
@@ -86,10 +86,10 @@ def test_base_prompt_of_a_peft_wrapped_model_uses_the_base_weights(loaded, promp
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     wrapped = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets,
                                               init_lora_weights=False), adapter_name="tuned").eval()
-    runner = ModelRunner(wrapped, loaded.tokenizer, "cpu")
+    runner = NativeRunner(wrapped, loaded.tokenizer, "cpu")
     runner.peft_wrapped = True
     base_logits, _ = runner.prefill(prompt_ids, None)
-    assert runner._fast_decoder().prefills_adapter("tuned")  # the adapter's prompt runs natively too
+    assert runner.decoder().prefills_adapter("tuned")  # the adapter's prompt runs natively too
     tuned_logits, tuned_layers = runner.prefill(prompt_ids, "tuned")
     assert torch.allclose(base_logits, ref_logits, atol=TOLERANCE, rtol=0)
     assert not torch.allclose(tuned_logits, ref_logits, atol=1e-2, rtol=0)  # the adapter really applies
@@ -114,9 +114,9 @@ def test_adapter_rows_decode_natively_as_peft_computes_them(loaded, prompt_ids) 
     wrapped.add_adapter("other", LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "down_proj"],
                                             init_lora_weights=False))
     wrapped.eval()
-    runner = ModelRunner(wrapped, loaded.tokenizer, "cpu")
+    runner = NativeRunner(wrapped, loaded.tokenizer, "cpu")
     runner.peft_wrapped = True
-    decoder = runner._fast_decoder()
+    decoder = runner.decoder()
     assert decoder.lora_table is not None and set(decoder.lora_table.slots) == {"tuned", "other"}
     adapters = ["tuned", None, "other"]
     prompts = [prompt_ids, prompt_ids[:-5], prompt_ids[:-2]]

@@ -35,28 +35,23 @@ def test_rows_join_and_leave_after_the_cache_grew_inside_inference_mode() -> Non
     assert cache.lengths == [5, 3]
 
 
-class _BrokenBatch:
-    rows = 0
-
-    def append_row(self, layers, length) -> None:
-        raise RuntimeError("no room")
-
-
 class _Runner:
-    """Just enough of ModelRunner for admission: prefill works, taking the row into the batch fails."""
+    """Just enough of a runner for admission: prefill works, taking the row into the batch fails."""
 
+    kind = "test"
     tokenizer = None
-    eos_ids: set[int] = set()
+    eos_ids: frozenset[int] = frozenset()
     max_context = 64
+    kv_budget_bytes = None
 
     def prefill(self, prompt_ids, adapter):
         return torch.zeros(8), prefilled(len(prompt_ids))
 
-    def new_batch(self, max_rows: int) -> _BrokenBatch:
-        return _BrokenBatch()
+    def new_batch(self, max_rows: int) -> SlotCache:
+        return SlotCache(max_rows, self.max_context)
 
-    def fits(self, batch) -> bool:
-        return True
+    def admit(self, batch, layers, prompt_ids, adapter) -> None:
+        raise RuntimeError("no room")
 
 
 async def test_a_request_whose_admission_fails_gets_an_error_not_silence() -> None:

@@ -33,9 +33,13 @@ def test_nf4_serves_adapts_and_merges(nf4_server: ServiceProcess, tmp_path) -> N
     assert "\ufffd" not in adapted and len(set(adapted.split())) > 2  # text, not repeated garbage
     r = httpx.post(f"{url}/adapter/merge", timeout=120)
     assert r.status_code == 200, r.text
+    # The merge folds the adapter into the full-precision base (folding it into nf4 would re-quantize the
+    # sum and erase it), so the weights differ from the served nf4 ones by the quantization error and the
+    # greedy text may part at a near-tie; test_adapters checks the merge's arithmetic at full precision.
+    health = httpx.get(f"{url}/health").json()
+    assert health["merged"] is True and health["adapter"] == "late-v1" and health["quantization"] != "nf4"
     merged = generate(url)
-    # Merged into the dequantized base: the same answer the nf4 model + adapter gave.
-    assert merged.split()[:8] == adapted.split()[:8]
+    assert "Paris" in merged and "\ufffd" not in merged and len(set(merged.split())) > 2
 
 
 def test_loader_turns_off_the_cpu_repack_that_breaks_late_adapters() -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.inference.engine import kernels
-from services.inference.engine.kernels import kernel, pack
+from services.inference.engine import kernel_library, kernels
+from services.inference.engine.kernel_library import kernel
+from services.inference.engine.kernels import pack
 
 pytestmark = pytest.mark.skipif(kernel() is None, reason="the native kernels need a C compiler and AVX-512")
 
@@ -96,20 +97,20 @@ def test_weights_that_are_not_blockwise_stay_fp32() -> None:
 
 def test_a_library_built_ahead_is_loaded_without_a_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the CPU image does: build into a folder at image build time, load from it at run time."""
-    built = subprocess.run([sys.executable, "-m", "services.inference.engine.kernels", str(tmp_path / "k")],
+    built = subprocess.run([sys.executable, "-m", "services.inference.engine.kernel_library", str(tmp_path / "k")],
                            capture_output=True, text=True, check=True, timeout=300)
     library = Path(built.stdout.strip())
     assert library.parent == tmp_path / "k" and library.exists()
     assert library.stat().st_mode & stat.S_IROTH  # readable by the image's non-root user
     monkeypatch.setenv("CC", str(tmp_path / "no-compiler-here"))  # a compile now would fail
     try:
-        kernels.configure(cache_dir=tmp_path / "k")
+        kernel_library.configure(cache_dir=tmp_path / "k")
         assert kernel() is not None
         assert any(os.path.samefile(line.split()[-1], library) for line in open("/proc/self/maps")
                    if line.rstrip().endswith(".so") and library.name in line)
-        kernels.configure(cache_dir=tmp_path / "empty")
+        kernel_library.configure(cache_dir=tmp_path / "empty")
         assert kernel() is None  # nothing built there and no compiler: fp32 decode, not a crash
     finally:
         monkeypatch.delenv("CC")
-        kernels.configure()
+        kernel_library.configure()
         assert kernel() is not None  # the default cache again, for the tests that follow

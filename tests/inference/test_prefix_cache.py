@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from services.inference.engine import Engine, GenerationRequest, SamplingParams
-from services.inference.engine.kernels import kernel
+from services.inference.engine.kernel_library import kernel
+from services.inference.engine.native_runner import NativeRunner
 from services.inference.engine.prefix_cache import BLOCK, PrefixCache, reusable_blocks
-from services.inference.engine.runner import ModelRunner
 from services.inference.loader import load_causal_lm, resolve_base_model
 from tests.fixtures.servers import MODEL_CACHE
 
@@ -102,8 +102,8 @@ def prompts(loaded) -> list[list[int]]:
 
 @needs_kernels
 def test_a_prompt_from_cached_blocks_gets_the_bits_of_a_fresh_one(loaded, prompts) -> None:
-    cached = ModelRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
-    cold = ModelRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    cached = NativeRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    cold = NativeRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
     cached.prefill(prompts[0], None)
     for prompt in prompts[1:]:
         before = cached.prefix_cache.stats().hit_tokens
@@ -118,7 +118,7 @@ def test_a_prompt_from_cached_blocks_gets_the_bits_of_a_fresh_one(loaded, prompt
 
 @needs_kernels
 def test_changing_the_weights_empties_the_cache(loaded, prompts) -> None:
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    runner = NativeRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
     runner.prefill(prompts[0], None)
     assert runner.prefix_cache.stats().blocks > 0
     runner.model = runner.model  # what a merge does after editing weights in place
@@ -127,7 +127,7 @@ def test_changing_the_weights_empties_the_cache(loaded, prompts) -> None:
 
 @needs_kernels
 async def test_greedy_answers_are_the_same_with_a_warm_cache_alone_or_batched(loaded, prompts) -> None:
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    runner = NativeRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
     engine = Engine(runner, max_batch_size=8, max_queue=16)
     engine.start()
     try:
@@ -173,7 +173,7 @@ def test_rows_that_begin_alike_share_their_common_blocks_with_the_first_such_row
 
 @needs_kernels
 def test_decode_reading_shared_blocks_from_one_slot_gives_every_row_its_own_bits(loaded, prompts) -> None:
-    runner = ModelRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    runner = NativeRunner(loaded.model, loaded.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
     rows = [prompts[0], prompts[1], prompts[0][:-3], prompts[2]]
     shared_batch, plain_batch = runner.new_batch(8), runner.new_batch(8)
     tokens = []
@@ -182,7 +182,7 @@ def test_decode_reading_shared_blocks_from_one_slot_gives_every_row_its_own_bits
         shared_batch.append_row(layers, len(prompt), runner.shared_blocks(prompt, None))
         plain_batch.append_row(layers, len(prompt))
         tokens.append(int(logits.argmax()))
-    assert shared_batch.sharing(runner._fast_decoder().kv_heads) is not None
+    assert shared_batch.sharing(runner.decoder().kv_heads) is not None
     for step in range(6):
         if step == 3:  # the group's leader finishes: the others must still read the right slot
             for batch in (shared_batch, plain_batch):
@@ -204,8 +204,8 @@ def test_adapter_prompts_reuse_their_own_blocks_exactly(prompts) -> None:
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     wrapped = get_peft_model(base.model, LoraConfig(r=8, lora_alpha=16, target_modules=targets,
                                                     init_lora_weights=False), adapter_name="tuned").eval()
-    cached = ModelRunner(wrapped, base.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
-    cold = ModelRunner(wrapped, base.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    cached = NativeRunner(wrapped, base.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
+    cold = NativeRunner(wrapped, base.tokenizer, "cpu", prefix_cache_bytes=64 << 20)
     for runner in (cached, cold):
         runner.peft_wrapped = True
 

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from services.gateway.services.answer_record import model_input
-from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, PromptPassage, build_rag_messages
+from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT_EN, PromptPassage, build_rag_messages
 
 TENANT = "test-tenant"
 PASSAGE = PromptPassage(n=1, text="The lighthouse flashes every seven seconds.", source="Lighthouse — Lamp")
@@ -20,7 +20,7 @@ def rag_messages(question: str, history: list[dict[str, str]] | None = None,
                  passages: list[PromptPassage] | None = None) -> list[dict[str, str]]:
     """The messages the gateway sends the model for `question` (one passage unless given)."""
     return build_rag_messages(question, [PASSAGE] if passages is None else passages,
-                              system_prompt=DEFAULT_RAG_SYSTEM_PROMPT, history=history or [])
+                              language="en", persona=DEFAULT_RAG_SYSTEM_PROMPT_EN, history=history or [])
 
 
 def add_answer(db: str, question: str, reply: str, *, when: datetime | None = None, complete: bool = True,

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from services.gateway.services.export import Exporter, ExportFailed
-from services.gateway.services.selection import SelectionPolicy, says_not_found
+from services.gateway.services.not_found import is_not_found
+from services.gateway.services.selection import SelectionPolicy
 from tests.loop.conftest import TENANT, add_answer, add_feedback, rag_messages, read_jsonl
 
 
@@ -131,4 +132,4 @@ async def test_a_failed_write_keeps_the_previous_file_and_is_recorded(sessions, 
     ("The documents do not contain the answer.", True), ("I could not find it in the passages.", True),
     ("A garantia é de três anos [1].", False), ("Encontrei: sete segundos [2].", False)])
 def test_not_found_replies_are_recognised(reply: str, found: bool) -> None:
-    assert says_not_found(reply) is found
+    assert is_not_found(reply) is found

@@ -19,11 +19,20 @@ from tests.gateway.conftest import gateway_settings, running_gateway, upload
 
 from .conftest import bearer, create_key, dead_inference_url
 
-# What a `user` key may call (the issue: chat, search, feedback; reading documents). All else is admin.
+# What a `user` key may call (the issue: chat, search, feedback; reading documents; its own
+# conversations). All else is admin.
 USER_ROUTES = {
     ("POST", "/api/ai/chat"), ("GET", "/api/ai/chat/stream"), ("POST", "/api/ai/chat/stream"),
+    # A key (or a token) exchanged for a short-lived token: what the pages keep instead of the key.
+    ("POST", "/api/auth/token"),
     ("POST", "/v1/chat/completions"), ("POST", "/api/ai/search"), ("POST", "/api/ai/feedback"),
     ("GET", "/api/ai/documents"), ("GET", "/api/ai/documents/{document_id}"),
+    ("GET", "/api/ai/conversations"), ("GET", "/api/ai/conversations/{conversation_id}"),
+    ("PATCH", "/api/ai/conversations/{conversation_id}"), ("DELETE", "/api/ai/conversations/{conversation_id}"),
+    # Images: a user makes them, sees the gallery and follows or stops a generation; deleting is admin's.
+    ("POST", "/api/generate-image"), ("GET", "/api/images"), ("GET", "/api/images/{image_id}"),
+    ("GET", "/api/images/{image_id}.png"), ("GET", "/api/images/jobs/{job_id}"),
+    ("POST", "/api/images/jobs/{job_id}/cancel"),
 }
 # Reachable without a key: the health check, the page shells and their files, the API explorer.
 OPEN_PATHS = {"/health", "/", "/admin", "/static/{name}", "/openapi.json", "/docs", "/docs/oauth2-redirect",

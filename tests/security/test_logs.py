@@ -45,7 +45,8 @@ def test_keys_tokens_and_provider_keys_never_reach_the_log(clean_db, tmp_path):
             assert client.get("/api/ai/budget", headers={"Authorization": f"Bearer {openai_key}"}).status_code == 401
             assert client.get(f"/api/ai/documents?api_key={key}", headers=auth).status_code == 200
             # Calls that send the inference token and the provider key out (both ends are down).
-            assert client.post("/api/ai/search", headers=auth, json={"q": "cofre"}).status_code == 503
+            # (search tries the embeddings with the token, then answers from full text alone: 200)
+            assert client.post("/api/ai/search", headers=auth, json={"q": "cofre"}).status_code == 200
             client.post("/api/ai/chat", headers=auth, json={"message": "Qual é a senha?", "forceFallback": True})
             client.post("/api/ai/llm/adapter/reload", headers=auth)
     finally:

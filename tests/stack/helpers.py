@@ -21,7 +21,7 @@ DOCKERFILES = {
     "inference-gpu": REPO / "services" / "inference" / "Dockerfile.gpu",
     "trainer": REPO / "trainer" / "Dockerfile",
 }
-PROFILES = ("cpu", "gpu")
+PROFILES = ("cpu", "gpu", "vllm")
 
 # The settings classes each `aion` command reads; an environment variable compose gives a service
 # must be read by one of them (or be documented in .env.example as compose only).
@@ -29,7 +29,8 @@ COMMAND_SETTINGS: dict[tuple[str, ...], list[str]] = {
     ("inference",): ["services.inference.settings:InferenceSettings"],
     ("gateway",): ["services.gateway.settings:GatewaySettings"],
     ("db", "upgrade"): ["shared.db.settings:DatabaseSettings"],
-    ("scheduler",): ["services.scheduler.settings:SchedulerSettings"],
+    # The scheduler's web-page refresh fetches and ingests with the gateway's own settings.
+    ("scheduler",): ["services.scheduler.settings:SchedulerSettings", "services.gateway.settings:GatewaySettings"],
     ("trainer", "worker"): ["trainer.settings:TrainerSettings", "trainer.worker_settings:WorkerSettings"],
 }
 

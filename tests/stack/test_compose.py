@@ -41,6 +41,7 @@ from tests.stack.helpers import (
 EXPECTED = {
     "cpu": {"db", "migrate", "gateway", "inference-cpu", "scheduler", "trainer-cpu", "pgadmin"},
     "gpu": {"db", "migrate", "gateway", "inference-gpu", "scheduler", "trainer-gpu", "pgadmin"},
+    "vllm": {"db", "migrate", "gateway-vllm", "vllm", "embeddings", "scheduler", "trainer-vllm", "pgadmin"},
 }
 # What a user puts in .env for `docker compose up` to start (the three secrets .env.example asks for).
 SAMPLE_SECRETS = {"POSTGRES_PASSWORD": "pw0123456789", "PGADMIN_DEFAULT_PASSWORD": "admin-pw",
@@ -127,10 +128,11 @@ def test_migrations_run_before_anything_uses_the_database(services: dict[str, An
     migrate = services["migrate"]
     assert command_argv(migrate) == ["aion", "db", "upgrade"]
     assert depends_on(migrate)["db"]["condition"] == "service_healthy"
-    for name in ("gateway", "scheduler", "trainer-cpu", "trainer-gpu"):
+    for name in ("gateway", "gateway-vllm", "scheduler", "trainer-cpu", "trainer-gpu", "trainer-vllm"):
         assert depends_on(services[name])["migrate"]["condition"] == "service_completed_successfully", name
     # The gateway would otherwise migrate again on start.
-    assert environment(services["gateway"])["AION_DB_MIGRATE_ON_START"] == "false"
+    for name in ("gateway", "gateway-vllm"):
+        assert environment(services[name])["AION_DB_MIGRATE_ON_START"] == "false", name
 
 
 def test_gateway_waits_for_whichever_inference_runs(services: dict[str, Any]) -> None:
@@ -150,30 +152,88 @@ def test_inference_is_reachable_only_inside_the_stack(services: dict[str, Any]) 
     for name in ("gateway", "trainer-cpu", "trainer-gpu"):
         url = urlparse(environment(services[name])["AION_LOCAL_LLM_URL"])
         assert (url.hostname, url.port) == ("inference", 8008), name
+    for name in ("vllm", "embeddings"):
+        assert "ports" not in services[name], f"{name} must not be published by default"
+
+
+def test_the_vllm_profile_serves_chat_on_vllm_and_embeddings_apart(services: dict[str, Any]) -> None:
+    """Gateway and trainer are told the backend; the gateway waits for both servers it calls."""
+    gateway, trainer = environment(services["gateway-vllm"]), environment(services["trainer-vllm"])
+    for env in (gateway, trainer):
+        assert env["AION_INFERENCE_BACKEND"] == "vllm"
+        url = urlparse(env["AION_LOCAL_LLM_URL"])
+        assert (url.hostname, url.port) == ("vllm", 8000)
+    url = urlparse(gateway["AION_EMBEDDINGS_URL"])
+    assert (url.hostname, url.port) == ("embeddings", 8008)
+    assert environment(services["embeddings"])["AION_PORT"] == "8008"
+    deps = depends_on(services["gateway-vllm"])
+    assert deps["vllm"]["condition"] == deps["embeddings"]["condition"] == "service_healthy"
+    assert depends_on(services["trainer-vllm"])["vllm"]["condition"] == "service_healthy"
+    assert "inference-cpu" not in deps and "inference-gpu" not in deps
+
+
+def test_the_embeddings_service_loads_no_chat_model(services: dict[str, Any]) -> None:
+    argv = command_argv(services["embeddings"])
+    assert argv == ["aion", "inference", "--embeddings-only"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.embeddings_only is True
+
+
+def test_vllm_can_load_the_adapters_the_trainer_promotes(services: dict[str, Any]) -> None:
+    from trainer.settings import TrainerSettings
+
+    vllm = services["vllm"]
+    args = interpolate_tree(command_argv(vllm), dict(SAMPLE_SECRETS))
+    flags = dict(a.removeprefix("--").partition("=")[::2] for a in args if a.startswith("--"))
+    assert "enable-lora" in flags
+    assert int(flags["max-lora-rank"]) >= TrainerSettings.model_fields["lora_r"].default
+    assert int(flags["tensor-parallel-size"]) == 1 and 0 < float(flags["gpu-memory-utilization"]) < 1
+    env = environment(vllm)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+    # The same Bearer token AION's inference service takes, so gateway and trainer need no other secret.
+    assert env["VLLM_API_KEY"] == environment(services["embeddings"])["AION_INFERENCE_TOKEN"]
+    # Adapters are read where the trainer writes them, and the base is the one the trainer trains.
+    assert _mounts(vllm)["/training/adapters"] == "adapters:ro"
+    assert _mounts(services["trainer-vllm"])["/training/adapters"] == "adapters"
+    for env_override in ({}, {"AION_BASE_MODEL": "/models/my-model"}):
+        resolved = {**SAMPLE_SECRETS, **env_override}
+        served = interpolate_tree(command_argv(vllm), resolved)[0]
+        trained = interpolate_tree(environment(services["trainer-vllm"]), resolved)["AION_LORA_BASE"]
+        assert served == trained
+
+
+@pytest.mark.parametrize("name", ["gateway", "gateway-vllm"])
+def test_the_gateway_accepts_the_settings_compose_gives_it(services: dict[str, Any], name: str) -> None:
+    """What `aion gateway` does first in the container: build its settings from this environment."""
+    from services.gateway.settings import GatewaySettings
+
+    env = interpolate_tree(environment(services[name]), dict(SAMPLE_SECRETS))
+    settings = GatewaySettings(_env_file=None, **{k: v for k, v in env.items() if v is not None})
+    assert settings.inference_backend == ("vllm" if name.endswith("vllm") else "aion")
 
 
 def test_published_ports(services: dict[str, Any]) -> None:
     published = {name: svc["ports"] for name, svc in services.items() if "ports" in svc}
-    assert set(published) == {"gateway", "pgadmin", "vllm"}
+    assert set(published) == {"gateway", "gateway-vllm", "pgadmin"}
     ports = interpolate_tree(published, dict(SAMPLE_SECRETS))
-    assert ports["gateway"] == ["3000:3000"]
+    assert ports["gateway"] == ports["gateway-vllm"] == ["3000:3000"]
     assert ports["pgadmin"] == ["127.0.0.1:5050:80"], "pgAdmin stays on loopback unless asked"
-    assert ports["vllm"] == ["127.0.0.1:8000:8000"]
 
 
 def test_the_publish_override_only_adds_loopback_ports() -> None:
     import yaml
 
     override = yaml.safe_load(COMPOSE_OVERRIDES[0].read_text())
-    assert set(override["services"]) == {"inference-cpu", "inference-gpu"}
-    for svc in override["services"].values():
-        assert svc == {"ports": ["127.0.0.1:8008:8008"]}
+    assert set(override["services"]) == {"inference-cpu", "inference-gpu", "vllm", "embeddings"}
+    for name, svc in override["services"].items():
+        port = "8000" if name == "vllm" else "8008"
+        assert svc == {"ports": [f"127.0.0.1:{port}:{port}"]}, name
 
 
 def test_gpu_services_reserve_the_gpu_and_cpu_ones_do_not(services: dict[str, Any]) -> None:
     for name, svc in services.items():
         devices = (svc.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices", [])
-        wants_gpu = name.endswith("-gpu") or name == "vllm"
+        wants_gpu = name.endswith("-gpu") or name in ("vllm", "trainer-vllm")
         if wants_gpu:
             assert devices and "gpu" in devices[0]["capabilities"], name
         else:

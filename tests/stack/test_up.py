@@ -283,6 +283,48 @@ def test_the_adapter_link_is_where_the_trainer_puts_it(tmp_path: Path, monkeypat
     assert up.active_adapter_link() == tmp_path / "mine"
 
 
+def test_vllm_backend_table_chat_on_vllm_embeddings_on_inference() -> None:
+    names = up.choose(None, "vllm")
+    assert names == ["migrate", "prepare", "inference", "vllm", "gateway", "scheduler", "trainer"]
+    plan = up.VllmPlan(python="/opt/vllm/bin/python", model="/data/models/smollm2-135m-instruct",
+                       served_name="smollm2-135m-instruct", port=8100, args=("--enable-lora",))
+    table = {s.name: s for s in up.build_table(names, host="127.0.0.1", gateway_port=3100, inference_port=8108,
+                                               database_url=None, inference_token="t", vllm=plan)}
+    # The GGUF is converted once before vLLM (and the trainer) load the folder.
+    assert table["prepare"].oneshot and table["prepare"].argv[-2:] == ["inference", "--convert-only"]
+    assert table["vllm"].after == ("prepare",) and set(table["trainer"].after) == {"migrate", "prepare"}
+    vllm = table["vllm"]
+    assert vllm.argv[:3] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    argv = " ".join(vllm.argv)
+    assert "--model /data/models/smollm2-135m-instruct" in argv and "--served-model-name smollm2-135m-instruct" in argv
+    assert "--port 8100" in argv and argv.endswith("--enable-lora") and "t" not in vllm.argv  # token not in argv
+    assert vllm.env["VLLM_API_KEY"] == "t" and vllm.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+    assert vllm.health_url == "http://127.0.0.1:8100/health" and vllm.ready_status is None
+    assert table["inference"].argv[-2:] == ["inference", "--embeddings-only"]
+    for name in ("gateway", "trainer"):
+        env = table[name].env
+        assert env["AION_INFERENCE_BACKEND"] == "vllm" and env["AION_LOCAL_LLM_URL"] == "http://127.0.0.1:8100"
+    assert table["gateway"].env["AION_EMBEDDINGS_URL"] == "http://127.0.0.1:8108"
+    # Every command the table runs parses as a real `aion` command line.
+    from aion.cli import build_parser
+
+    parser = build_parser()
+    for spec in table.values():
+        if spec.argv[1:3] == ["-m", "aion"]:
+            parser.parse_args(list(spec.argv[3:]))
+    with pytest.raises(ValueError, match="--backend vllm"):
+        up.choose("inference,vllm")
+
+
+def test_vllm_backend_without_vllm_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # no .venv-vllm here
+    assert _run_up(["--backend", "vllm"]) == 2
+    assert "make vllm" in capsys.readouterr().err
+    assert _run_up(["--backend", "vllm", "--vllm-python", sys.executable]) == 2
+    assert "has no vLLM installed" in capsys.readouterr().err
+
+
 def test_gateway_auth_is_off_only_on_loopback_and_only_when_the_user_chose_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no .env here

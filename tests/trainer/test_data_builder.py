@@ -92,10 +92,10 @@ def test_seed_rows_get_the_served_system_prompt_or_their_own() -> None:
 def test_rag_rows_become_the_gateways_live_prompt() -> None:
     passages = [{"source": "Doc — A", "text": "Alpha is 3."}, {"source": "Doc — B", "text": "Beta is 4."}]
     messages = row_to_messages({"question": "What is Beta?", "passages": passages, "answer": "4 [2]."},
-                               DEFAULT_SYSTEM_PROMPT, "RAG system")
+                               DEFAULT_SYSTEM_PROMPT, {"pt": "Sistema RAG", "en": "RAG system"})
     expected = build_rag_messages("What is Beta?", [PromptPassage(1, "Alpha is 3.", "Doc — A"),
                                                     PromptPassage(2, "Beta is 4.", "Doc — B")],
-                                  system_prompt="RAG system")
+                                  language="en", persona="RAG system")
     assert messages == [*expected, {"role": "assistant", "content": "4 [2]."}]
 
 

@@ -17,7 +17,7 @@ import pytest
 from services.gateway.clients.inference_admin import InferenceAdmin
 from services.gateway.main import create_app
 from services.gateway.repositories import adapters as adapters_repo
-from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
+from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT_EN
 from shared.db import make_async_engine, make_session_factory
 from tests.fixtures.adapters import random_lora_adapters
 from tests.fixtures.servers import REPO, ServiceProcess, base_env, run_asgi, run_inference
@@ -124,7 +124,7 @@ async def test_logged_answers_become_an_active_adapter_and_rollback_restores_the
             assert done.returncode == 0, done.stderr
             rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
             assert len(rows) == len(QUESTIONS)
-            assert all(r["messages"][0]["content"] == DEFAULT_RAG_SYSTEM_PROMPT for r in rows)
+            assert all(r["messages"][0]["content"].startswith(DEFAULT_RAG_SYSTEM_PROMPT_EN) for r in rows)
             assert not any("green" in r["messages"][2]["content"] for r in rows)
 
             # fresh: from the base weights (the serving adapter is a small random one on q and v only).

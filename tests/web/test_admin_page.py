@@ -28,6 +28,8 @@ ANSWERS = [(0, "local", 0.71, 900), (0, "local", 0.66, 1100), (0, "fallback", 0.
            (2, "local", 0.73, 800), (2, "fallback", 0.35, 3000)]
 SPENT = [0.0123, 0.002]  # settled fallback calls this period
 RESERVED = 0.01  # one call still running
+# (label, mode, hit@1, containment) of stored `aion eval` runs, oldest first.
+EVAL_RUNS = [("questions.jsonl", "retrieval", 0.8, None), ("questions.jsonl", "answer", 0.9, 0.75)]
 
 
 def seed(db: str) -> None:
@@ -46,6 +48,17 @@ def seed(db: str) -> None:
         conn.execute("INSERT INTO fallback_ledger (id, tenant_id, request_id, model, period_start, status, "
                      "reserved_usd) VALUES (%s, %s, %s, 'gpt-4o-mini', %s, 'reserved', %s)",
                      (uuid.uuid4(), TENANT, uuid.uuid4().hex, start, RESERVED))
+        for age, (label, mode, hit1, containment) in enumerate(reversed(EVAL_RUNS)):
+            metrics = {"questions": 10, "latency_ms": {"p50": 900, "p95": 1500},
+                       "retrieval": {"questions": 8, "hit@1": hit1, "hit@5": 1.0, "mrr": 0.9}}
+            if containment is not None:
+                metrics["answers"] = {"containment": {"rate": containment, "of": 8}, "instruction_echo": 0,
+                                      "not_found_correct": {"rate": 1.0, "of": 2}, "fallback_rate": {"rate": 0, "of": 10}}
+            conn.execute("INSERT INTO eval_runs (id, tenant_id, label, set_sha256, mode, questions, model, settings, "
+                         "metrics, created_at) VALUES (%s, %s, %s, %s, %s, 10, 'default', %s, %s, %s)",
+                         (uuid.uuid4(), TENANT, label, "0" * 64, mode,
+                          json.dumps({"arms": {"vector": 1.0, "text": 1.0}}), json.dumps(metrics),
+                          NOW - timedelta(hours=age)))
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +114,12 @@ def test_panel_shows_health_budget_and_answer_charts(page, site) -> None:
     assert "local: 4 in total" in label and "fallback: 2 in total" in label
 
     # Narrower window: the answers from two days ago still count, older ones would not.
+    runs = page.locator("#evals-body tr")
+    assert runs.count() == 2
+    assert "answer" in runs.nth(0).inner_text() and "75.0%" in runs.nth(0).inner_text()
+    assert "80.0% / 100.0% / 0.9" in runs.nth(1).inner_text()
+    assert page.locator("#chart-evals path.line").count() == 2
+
     page.get_by_label("Period").select_option("7")
     page.wait_for_function("() => document.querySelector('#chart-answers svg').getAttribute('aria-label')"
                            ".endsWith('over 7 days')")
@@ -276,3 +295,24 @@ def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> 
     assert "adapter aion-v9" in page.locator("#job-detail").inner_text()
     assert page.locator("#jobs-body tr", has_text="aion-v9").count() == 1
     page.locator("#training").screenshot(path=str(screenshot_dir() / "admin-training.png"))
+
+
+def test_panel_shows_the_cache_the_system_status_and_the_models(page, site, database_url) -> None:
+    page.goto(site + "/admin")
+    page.wait_for_selector("body[data-system-loaded='true']")
+    cache = page.locator("#cache-stats").inner_text()
+    assert "Hit rate (30 days)" in cache and "Money saved" in cache and "$0" in cache
+    inference = page.locator("#status-grid [data-service='inference']")
+    inference.locator(".state-text", has_text="ready").wait_for()
+    assert "KV cache" in inference.inner_text() and "running" in inference.inner_text()
+    gateway = page.locator("#status-grid [data-service='gateway']").inner_text()
+    assert "CPU" in gateway and "disk (data)" in gateway and "GPU" in gateway
+    assert "pgvector" in page.locator("#status-grid [data-service='database']").inner_text()
+    models = page.locator("#models-stats").inner_text()
+    assert "smollm2-135m-instruct" in models and "384 dimensions" in models and "tokens" in models
+
+    generation = "SELECT coalesce(max(cache_generation), 0) FROM knowledge_versions"
+    before = rows(database_url, generation)[0][0]
+    page.get_by_role("button", name="Clear cache").click()
+    page.locator("#cache-result", has_text="Cleared").wait_for()
+    assert rows(database_url, generation)[0][0] == before + 1

@@ -1,5 +1,6 @@
-"""With AION_AUTH=on the pages ask for an API key on 401/403, keep it in this browser, and send it as a
-Bearer token on every call: a `user` key chats and reads documents, only an `admin` key runs the panel."""
+"""With AION_AUTH=on the pages ask for an API key on 401/403, exchange it for a short-lived signed token
+(the key itself is never kept in the browser) and send the token on every call: a `user` key chats and
+reads documents, only an `admin` key runs the panel."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import jwt
 import pytest
 
 from services.gateway.auth import repository
@@ -64,7 +66,10 @@ def test_pages_ask_for_a_key_and_send_it(page, secure_site, database_url, tmp_pa
     save_key(page, user_key)
     page.get_by_text("No documents yet").wait_for()
     assert box.is_hidden() and not page.locator("#docs-error").is_visible()
-    assert page.evaluate("localStorage.getItem('aion.apiKey')") == user_key
+    stored = page.evaluate("JSON.stringify(Object.assign({}, localStorage))")
+    assert user_key not in stored and page.locator("#key-input").input_value() == ""
+    token = page.evaluate("JSON.parse(localStorage.getItem('aion.token')).token")
+    assert jwt.decode(token, options={"verify_signature": False})["role"] == "user"
 
     # Uploading needs an admin key: the page says so instead of failing silently.
     note = tmp_path / "note.md"
@@ -83,4 +88,14 @@ def test_pages_ask_for_a_key_and_send_it(page, secure_site, database_url, tmp_pa
 
     box.evaluate("b => b.hidden = false")
     page.get_by_role("button", name="Forget key").click()
+    assert page.evaluate("localStorage.getItem('aion.token')") is None
+
+
+def test_a_raw_key_an_older_page_kept_becomes_a_token(page, secure_site, database_url) -> None:
+    user_key = create_key(database_url, "user")
+    page.goto(secure_site + "/")
+    page.evaluate("k => localStorage.setItem('aion.apiKey', k)", user_key)
+    page.reload()
+    page.get_by_text("No documents yet").wait_for()
     assert page.evaluate("localStorage.getItem('aion.apiKey')") is None
+    assert page.evaluate("localStorage.getItem('aion.token')")

@@ -1,4 +1,4 @@
-"""Route dependencies: the caller's Principal (set by the guard), and role checks for routes that want one."""
+"""Route dependencies: the caller's Principal (set by the guard, which also checks the role a route needs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from shared.errors import Forbidden, Unauthorized
+from shared.errors import Unauthorized
 
 from .middleware import principal_from_state
 from .principal import Principal
@@ -25,11 +25,4 @@ async def require_user(request: Request) -> Principal:
     return principal_of(request)
 
 
-async def require_admin(principal: Annotated[Principal, Depends(require_user)]) -> Principal:
-    if not principal.is_admin:
-        raise Forbidden(f"this route needs an admin key; the key '{principal.name}' has the '{principal.role}' role")
-    return principal
-
-
 PrincipalDep = Annotated[Principal, Depends(require_user)]
-AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -17,12 +17,15 @@ from .principal import Role
 PROTECTED_PREFIXES = ("/api/", "/v1/")
 PROTECTED_PATHS = frozenset({"/metrics"})
 
-# What a `user` key may call: ask, search, rate answers, read the documents answers come from.
+# What a `user` key may call: ask, search, rate answers, read the documents answers come from, keep its
+# own conversations (the routes show a user key only the conversations it began), and images.
 # Every other protected route (upload and delete documents, export, training, adapters, budget,
 # admin data, metrics) needs `admin`.
 _USER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (method, re.compile(pattern)) for method, pattern in (
         ("POST", r"/api/ai/chat"),
+        # A key (or a token) exchanged for a token: the pages keep that instead of the key.
+        ("POST", r"/api/auth/token"),
         ("GET", r"/api/ai/chat/stream"),
         ("POST", r"/api/ai/chat/stream"),
         ("POST", r"/v1/chat/completions"),
@@ -30,9 +33,20 @@ _USER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("POST", r"/api/ai/feedback"),
         ("GET", r"/api/ai/documents"),
         ("GET", r"/api/ai/documents/[^/]+"),
+        ("GET", r"/api/ai/conversations"),
+        ("GET", r"/api/ai/conversations/[^/]+"),
+        ("PATCH", r"/api/ai/conversations/[^/]+"),
+        ("DELETE", r"/api/ai/conversations/[^/]+"),
+        # Images: make them, see the gallery, follow or stop a generation; deleting one needs admin.
+        ("POST", r"/api/generate-image"),
+        ("GET", r"/api/images"),
+        ("GET", r"/api/images/[^/]+"),
+        ("GET", r"/api/images/jobs/[^/]+"),
+        ("POST", r"/api/images/jobs/[^/]+/cancel"),
     ))
 
-_CHAT_PATHS = frozenset({"/api/ai/chat", "/api/ai/chat/stream", "/v1/chat/completions"})
+# Calls that run a model draw from the chat bucket.
+_CHAT_PATHS = frozenset({"/api/ai/chat", "/api/ai/chat/stream", "/v1/chat/completions", "/api/generate-image"})
 
 Bucket = Literal["chat", "api"]
 

@@ -6,11 +6,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import ApiKey
 
-from .keys import NewKey
+from .keys import NewKey, hash_key
 from .principal import Principal, Role
 
 # last_used_at is refreshed at most this often, so steady traffic on one key is reads, not row writes.
@@ -41,6 +42,33 @@ async def authenticate(session: AsyncSession, key_hash: str) -> Principal | None
     if row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
         await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
     return Principal(key_id=row.id, name=row.name, role=row.role, tenant_id=row.tenant_id)
+
+
+async def principal_by_id(session: AsyncSession, key_id: uuid.UUID) -> Principal | None:
+    """The principal of the active key `key_id` (a token's key): None once it is revoked."""
+    row = (await session.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.tenant_id)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))).first()
+    return Principal(key_id=row.id, name=row.name, role=row.role, tenant_id=row.tenant_id) if row else None
+
+
+async def external_principal(session: AsyncSession, *, subject: str, name: str, role: Role,
+                             tenant_id: str) -> Principal | None:
+    """The row of a person an external issuer signed in (made on first sight, role kept up to date);
+    None when an admin revoked it."""
+    now = datetime.now(UTC)
+    # No usable key: the stored hash is of a string no `aion_` key can be. ON CONFLICT: two first
+    # requests of one person at once make one row.
+    await session.execute(pg_insert(ApiKey).values(
+        id=uuid.uuid4(), name=f"sso:{name}"[:128], role=role, tenant_id=tenant_id, key_prefix="sso",
+        key_hash=hash_key(f"external:{subject}"), external_subject=subject, last_used_at=now,
+    ).on_conflict_do_nothing(index_elements=["external_subject"]))
+    row = (await session.execute(select(ApiKey).where(ApiKey.external_subject == subject))).scalar_one()
+    if row.revoked_at is not None:
+        return None
+    if row.role != role or row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
+        await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(role=role, last_used_at=now))
+    return Principal(key_id=row.id, name=row.name, role=role, tenant_id=row.tenant_id, via="external")
 
 
 async def list_keys(session: AsyncSession, *, include_revoked: bool = False) -> list[ApiKey]:

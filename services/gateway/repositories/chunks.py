@@ -1,4 +1,5 @@
-"""SQL for chunks, including the pgvector ANN query (cosine distance over the HNSW index)."""
+"""SQL for chunks: the pgvector ANN query (cosine distance over the HNSW index) and the full-text query
+(the generated `tsv` column over its GIN index)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from psycopg.pq import Format
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Chunk
+from shared.db import TEXT_SEARCH_CONFIG, Chunk
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class AnnHit:
     text: str
     heading: str | None
     page: int | None
-    similarity: float  # cosine similarity, 1 - pgvector's cosine distance
+    similarity: float  # cosine similarity to the query, 1 - pgvector's cosine distance (nan: not known yet)
     vector: np.ndarray  # a row of one (top_n, dim) matrix shared by the hits of a query
+    text_rank: float = 0.0  # ts_rank of a full-text hit (0 for an ANN hit)
 
 
 async def insert_many(session: AsyncSession, tenant_id: str, rows: Sequence[ChunkRow]) -> int:
@@ -115,6 +117,72 @@ def _vectors_from_binary(payloads: list[bytes]) -> np.ndarray:
     dim = int.from_bytes(payloads[0][:2], "big")
     layout = np.dtype([("header", ">i4"), ("values", ">f4", (dim,))])
     return np.frombuffer(b"".join(payloads), dtype=layout)["values"].astype(np.float32)
+
+
+# The full-text arm. The question's words become an OR of its lexemes (a question rarely has every word
+# in one passage), ranked by ts_rank normalised by passage length. ts_rank knows no document frequency,
+# and a word found in half the library both ranks nothing and costs a rank computation per row, so the
+# question's lexemes are taken rarest first, by the column's own statistics (pg_stats' most common
+# elements, which ANALYZE keeps), while the rows they match are estimated to stay under `max_rows`;
+# a lexeme outside the statistics counts at their smallest frequency. A library too small or too new
+# for statistics keeps every lexeme (up to `max_terms`). The tsquery is written from the lexemes
+# themselves (quoted for tsquery's input syntax), so nothing in the question is parsed as an operator.
+_TEXT_SQL = rf"""
+    WITH stats AS (
+        SELECT s.most_common_elems::text::text[] AS elems, s.most_common_elem_freqs AS freqs
+        FROM pg_stats AS s
+        WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv'
+    ), terms AS (
+        SELECT t.lexeme,
+               coalesce(f.freq, (SELECT freqs[array_length(elems, 1) + 1] FROM stats), 0) AS freq
+        FROM unnest(tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, %(text)s))) AS t(lexeme)
+        LEFT JOIN (SELECT e.elem, e.freq FROM stats, unnest(stats.elems, stats.freqs) AS e(elem, freq)) AS f
+            ON f.elem = t.lexeme
+    ), kept AS (
+        SELECT lexeme FROM (
+            SELECT lexeme, sum(freq) OVER (ORDER BY freq, lexeme) AS cumulative FROM terms
+        ) AS ranked
+        WHERE cumulative * greatest((SELECT reltuples FROM pg_class WHERE oid = 'chunks'::regclass), 0)
+              <= %(max_rows)s
+        ORDER BY cumulative, lexeme
+        LIMIT %(max_terms)s
+    ), query AS (
+        SELECT string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery AS tsq
+        FROM kept
+    )
+    SELECT c.id, c.document_id, c.ord, c.text, c.heading, c.page, c.embedding,
+           ts_rank(c.tsv, (SELECT tsq FROM query), 1) AS rank,
+           (SELECT d.source_name FROM documents AS d WHERE d.id = c.document_id),
+           (SELECT d.title FROM documents AS d WHERE d.id = c.document_id)
+    FROM chunks AS c
+    WHERE c.tenant_id = %(tenant)s AND c.tsv @@ (SELECT tsq FROM query)
+    ORDER BY rank DESC, c.id
+    LIMIT %(top_n)s
+"""
+
+# At most this many of a question's lexemes go into its full-text query (rarest first).
+TEXT_MAX_TERMS = 16
+
+
+async def search_text(session: AsyncSession, tenant_id: str, text: str, top_n: int, *,
+                      max_rows: int) -> list[AnnHit]:
+    """The `top_n` chunks that best match `text`'s words (full-text rank, best first), with their vectors.
+
+    `similarity` is left as nan: the caller computes the cosine when it has the query's embedding.
+    """
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    params = {"text": text, "tenant": tenant_id, "top_n": int(top_n), "max_rows": float(max_rows),
+              "max_terms": TEXT_MAX_TERMS}
+    async with driver.cursor(binary=True) as cursor:
+        await cursor.execute(_TEXT_SQL, params, prepare=True)
+        rows = await cursor.fetchall()
+    vectors = _vectors_from_binary([row[6] for row in rows])
+    return [AnnHit(chunk_id=chunk_id, document_id=document_id, source_name=source_name, title=title, ord=ord_,
+                   text=text_, heading=heading, page=page, similarity=float("nan"), vector=vector,
+                   text_rank=float(rank))
+            for (chunk_id, document_id, ord_, text_, heading, page, _, rank, source_name, title), vector
+            in zip(rows, vectors, strict=True)]
 
 
 class _Float4Array:

@@ -52,3 +52,9 @@ async def delete_document(session: AsyncSession, tenant_id: str, document_id: uu
     result = await session.execute(delete(Document).where(Document.tenant_id == tenant_id, Document.id == document_id)
                                    .returning(Document))
     return result.scalar_one_or_none()
+
+
+async def source_names(session: AsyncSession, tenant_id: str) -> dict[uuid.UUID, str]:
+    """Every document's id -> source name (what an evaluation set names documents by)."""
+    rows = await session.execute(select(Document.id, Document.source_name).where(Document.tenant_id == tenant_id))
+    return {row[0]: row[1] for row in rows}

@@ -33,13 +33,22 @@ async def period_totals(session: AsyncSession, tenant_id: str, period_start: dat
 
 
 async def insert_reservation(session: AsyncSession, *, tenant_id: str, request_id: str, model: str,
-                       period_start: datetime, reserved_usd: float) -> uuid.UUID:
+                       period_start: datetime, reserved_usd: float, caller: str | None = None) -> uuid.UUID:
     entry_id = uuid.uuid4()
     await session.execute(text("""
-        INSERT INTO fallback_ledger (id, tenant_id, request_id, model, period_start, status, reserved_usd)
-        VALUES (:id, :t, :r, :m, :p, 'reserved', :usd)
-    """), {"id": entry_id, "t": tenant_id, "r": request_id, "m": model, "p": period_start, "usd": reserved_usd})
+        INSERT INTO fallback_ledger (id, tenant_id, request_id, model, period_start, status, reserved_usd, caller)
+        VALUES (:id, :t, :r, :m, :p, 'reserved', :usd, :c)
+    """), {"id": entry_id, "t": tenant_id, "r": request_id, "m": model, "p": period_start, "usd": reserved_usd,
+           "c": caller})
     return entry_id
+
+
+async def caller_committed(session: AsyncSession, tenant_id: str, period_start: datetime, caller: str) -> float:
+    """What one caller spent or holds reserved this period."""
+    return float((await session.execute(text("""
+        SELECT coalesce(sum(CASE WHEN status = 'reserved' THEN reserved_usd ELSE cost_usd END), 0)
+        FROM fallback_ledger WHERE tenant_id = :t AND period_start = :p AND caller = :c
+    """), {"t": tenant_id, "p": period_start, "c": caller})).scalar_one())
 
 
 async def settle(session: AsyncSession, entry_id: uuid.UUID, *, status: str, cost_usd: float, prompt_tokens: int,

@@ -19,3 +19,10 @@ async def recent_scheduler_runs(session: AsyncSession, limit: int = 10) -> list[
         SELECT job, slot, owner, status, detail, started_at, finished_at FROM scheduler_runs
         ORDER BY started_at DESC LIMIT :n"""), {"n": limit})).mappings().all()
     return [dict(r) for r in rows]
+
+
+async def database_versions(session: AsyncSession) -> dict[str, Any]:
+    row = (await session.execute(text("""
+        SELECT current_setting('server_version'), (SELECT extversion FROM pg_extension WHERE extname = 'vector')
+    """))).one()
+    return {"version": row[0], "pgvector": row[1]}

@@ -48,7 +48,7 @@ async def upload_documents(
         uploads.append(Upload(f.filename or "", f.content_type, data, max(f.size or 0, len(data))))
         await f.close()
     options = IngestOptions(counter=state.token_counter, chunk_tokens=settings.chunk_tokens,
-                            chunk_overlap=settings.chunk_overlap, max_bytes=limit)
+                            chunk_overlap=settings.chunk_overlap, max_bytes=limit, limits=settings.extract_limits())
     results = await ingest_uploads(session, inference, tenant, uploads, options)
     return _ingest_response(results)
 

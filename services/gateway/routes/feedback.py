@@ -6,10 +6,10 @@ from fastapi import APIRouter
 
 from shared.errors import NotFound
 
-from ..chat_schemas import FeedbackRequest
 from ..deps import SessionDep, TenantDep
 from ..repositories import analytics
 from ..repositories.events import insert_event
+from ..schemas import FeedbackRequest
 
 router = APIRouter()
 

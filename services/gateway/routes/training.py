@@ -14,6 +14,7 @@ from ..deps import SessionDep, StateDep, TenantDep
 from ..repositories import adapters as adapters_repo
 from ..repositories import jobs as jobs_repo
 from ..services import promotion
+from ..services.served_model import backend_health
 
 router = APIRouter()
 
@@ -109,16 +110,20 @@ async def deactivate_adapters(state: StateDep, tenant: TenantDep) -> dict:
 
 
 @router.get("/api/ai/llm/health")
-async def llm_health(state: StateDep) -> dict:
-    return await state.admin.health()
+async def llm_health(state: StateDep, tenant: TenantDep) -> dict:
+    return await backend_health(state.sessions, state.admin, tenant)
 
 
 @router.post("/api/ai/llm/adapter/reload")
 async def llm_adapter_reload(state: StateDep) -> dict:
     """The seed's panel button: reload AION_ADAPTER_DIR in the inference service."""
-    return await state.admin.reload_default()
+    result = await state.admin.reload_default()
+    await state.chat.cache.clear(state.settings.tenant_id)  # other weights answer from now on
+    return result
 
 
 @router.post("/api/ai/llm/adapter/merge")
 async def llm_adapter_merge(state: StateDep) -> dict:
-    return await state.admin.merge()
+    result = await state.admin.merge()
+    await state.chat.cache.clear(state.settings.tenant_id)
+    return result

@@ -16,12 +16,14 @@ from ..auth.middleware import GuardMiddleware
 from ..settings import GatewaySettings
 from .body_limit import BodyLimitMiddleware
 from .headers import SecurityHeadersMiddleware
+from .origin import LocalOnlyMiddleware
 
 logger = logging.getLogger(__name__)
 
 
 def install_security(app: FastAPI, settings: GatewaySettings) -> None:
-    """Add the middlewares, innermost first: body cap, guard, headers, then CORS outermost so that
+    """Add the middlewares, innermost first: body cap, guard, local-only checks (auth off), headers, then
+    CORS outermost so that
     preflights are answered and even 401/413/429 replies carry the CORS headers a browser needs."""
     register_secrets([settings.openai_api_key, settings.inference_token, _database_password(settings.database_url)])
     if not settings.auth_enabled:
@@ -30,6 +32,9 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> None:
                        settings.host, settings.tenant_id)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(GuardMiddleware, settings=settings)
+    if not settings.auth_enabled:
+        # Before the guard: a rebinding page or a cross-site form never reaches the open admin API.
+        app.add_middleware(LocalOnlyMiddleware, settings=settings)
     app.add_middleware(SecurityHeadersMiddleware)
     origins = settings.cors_origin_list()
     if origins:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .prompt import PROMPT_TEMPLATE_VERSION
+from .prompt import PROMPT_VERSION
 
 
 def model_input(messages: Sequence[dict[str, str]], max_chars: int) -> dict[str, Any]:
@@ -18,4 +18,4 @@ def model_input(messages: Sequence[dict[str, str]], max_chars: int) -> dict[str,
     chars = sum(len(m.get("content") or "") for m in messages)
     kept = chars <= max_chars
     return {"messages": [dict(m) for m in messages] if kept else None, "messages_chars": chars,
-            "messages_omitted": not kept, "prompt_version": PROMPT_TEMPLATE_VERSION}
+            "messages_omitted": not kept, "prompt_version": PROMPT_VERSION}

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..repositories import ledger
 from .pricing import Price
 
-DenialReason = Literal["budget_exhausted", "fallback_share_cap", "fallback_disabled"]
+DenialReason = Literal["budget_exhausted", "fallback_share_cap", "fallback_disabled", "key_budget_share"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class BudgetPolicy:
     max_fallback_share: float       # AION_TAU_FALLBACK
     share_min_answers: int          # the share cap applies once the period has this many answers
     stale_reservation_s: float
+    key_share: float = 1.0          # AION_BUDGET_KEY_SHARE: the most of the cap one caller may spend
 
 
 def period_start(period: str, now: datetime | None = None) -> datetime:
@@ -56,7 +57,7 @@ class BudgetGuard:
         self.policy = policy
 
     async def reserve(self, *, tenant_id: str, request_id: str, model: str, price: Price, prompt_tokens: int,
-                max_completion_tokens: int) -> Reservation | Denial:
+                max_completion_tokens: int, caller: str | None = None) -> Reservation | Denial:
         worst_case = price.cost(prompt_tokens, max_completion_tokens)
         start = period_start(self.policy.period)
         async with self.session_factory.begin() as session:
@@ -68,6 +69,15 @@ class BudgetGuard:
                 return Denial("budget_exhausted",
                               f"the fallback budget of ${self.policy.cap_usd:.2f} per {self.policy.period} is spent "
                               f"(${committed:.4f} used or reserved; this call could cost ${worst_case:.4f})")
+            if caller is not None and self.policy.key_share < 1.0:
+                # Under the same lock, from the same ledger: every replica sees every key's spending.
+                mine = await ledger.caller_committed(session, tenant_id, start, caller)
+                allowed = self.policy.key_share * self.policy.cap_usd
+                if mine + worst_case > allowed:
+                    return Denial("key_budget_share",
+                                  f"this key's share of the fallback budget is spent (${mine:.4f} of "
+                                  f"${allowed:.4f} this {self.policy.period}: {self.policy.key_share:.0%} of the cap, "
+                                  f"AION_BUDGET_KEY_SHARE); this call could cost ${worst_case:.4f}")
             answers = await ledger.answers_in_period(session, tenant_id, start)
             if answers >= self.policy.share_min_answers:
                 share = (totals.fallback_calls + 1) / (answers + 1)
@@ -76,7 +86,7 @@ class BudgetGuard:
                                   f"{totals.fallback_calls} of {answers} answers this {self.policy.period} used the "
                                   f"fallback; the cap is {self.policy.max_fallback_share:.0%} (AION_TAU_FALLBACK)")
             entry = await ledger.insert_reservation(session, tenant_id=tenant_id, request_id=request_id, model=model,
-                                              period_start=start, reserved_usd=worst_case)
+                                              period_start=start, reserved_usd=worst_case, caller=caller)
         return Reservation(entry_id=entry, model=model, reserved_usd=worst_case, price=price)
 
     async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int,
@@ -100,4 +110,4 @@ class BudgetGuard:
                 "period": self.policy.period, "period_start": start.isoformat(),
                 "fallback_calls": totals.fallback_calls, "answers": answers,
                 "fallback_share": round(totals.fallback_calls / answers, 4) if answers else 0.0,
-                "max_fallback_share": self.policy.max_fallback_share}
+                "max_fallback_share": self.policy.max_fallback_share, "key_share": self.policy.key_share}

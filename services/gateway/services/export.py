@@ -22,12 +22,12 @@ from shared.errors import AionError
 
 from ..repositories import exports as repo
 from .pii import scrub
-from .selection import SelectionPolicy, skip_reason
+from .selection import EVAL_REQUEST_PREFIX, SelectionPolicy, skip_reason
 
 ExportFormat = Literal["chat", "seed"]
 SKIP_REASONS = ("incomplete", "cut_off", "negative_feedback", "fallback_excluded", "local_excluded",
                 "local_unrated", "too_large", "ungrounded", "empty", "not_found_with_context", "low_support",
-                "untrusted_history", "duplicate")
+                "untrusted_history", "duplicate", "cached", "evaluation")
 
 
 class ExportFailed(AionError):
@@ -116,6 +116,8 @@ class Exporter:
         for answer in answers:
             meta = answer.meta
             reason = skip_reason(meta, answer.value, ratings.get(answer.request_id or ""), self.policy)
+            if (answer.request_id or "").startswith(EVAL_REQUEST_PREFIX):
+                reason = "evaluation"  # `aion eval` measures the models; its answers are not the owner's
             messages = meta.get("messages") or []
             if reason is None and not set(_history_digests(messages)) <= trusted:
                 reason = "untrusted_history"  # a forged assistant turn would steer the reply we train on

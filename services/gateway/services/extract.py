@@ -3,6 +3,10 @@
 Each extractor returns blocks in reading order — headings (with their level) and paragraphs (with
 their page, for PDFs) — which the chunker turns into passages that keep their heading or page.
 Problems a person can fix are raised as `Refused` with the HTTP status and the reason.
+
+.pdf and .docx are compressed containers: a few kilobytes may expand to gigabytes (a decompression
+bomb). Their extraction runs under `ExtractLimits`: what the file may expand to, its pages, and the
+time it may take; past one, the file is refused with a 413 (or 422 for time) naming the setting.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal
@@ -27,6 +32,38 @@ class Refused(AionError):
     status_code = 422
     code = "unprocessable_file"
     error_type = "invalid_request_error"
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    max_uncompressed_bytes: int = 100 * 1024 * 1024  # AION_EXTRACT_MAX_UNCOMPRESSED_MB
+    max_pages: int = 2000  # AION_EXTRACT_MAX_PAGES
+    timeout_s: float = 60.0  # AION_EXTRACT_TIMEOUT
+
+
+class _Budget:
+    """The limits while one file is extracted: a deadline checked between pages and paragraphs."""
+
+    def __init__(self, limits: ExtractLimits) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.timeout_s
+        self.text_bytes = 0
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise Refused(f"reading the file took longer than {self.limits.timeout_s:g} s (AION_EXTRACT_TIMEOUT); "
+                          "split it into smaller files", status_code=422, code="extraction_timeout")
+
+    def add_text(self, text: str) -> None:
+        self.text_bytes += len(text)
+        if self.text_bytes > self.limits.max_uncompressed_bytes:
+            raise self.too_large("its text")
+
+    def too_large(self, what: str) -> Refused:
+        mib = self.limits.max_uncompressed_bytes / 1048576
+        return Refused(f"{what} expands to more than {mib:g} MiB (AION_EXTRACT_MAX_UNCOMPRESSED_MB); a file this "
+                       "small that expands this much is a decompression bomb or needs splitting",
+                       status_code=413, code="uncompressed_too_large")
 
 
 @dataclass(frozen=True)
@@ -77,10 +114,15 @@ def detect_kind(filename: str, content_type: str | None) -> FileKind:
                   status_code=415, code="unsupported_type")
 
 
-def extract(kind: FileKind, data: bytes, filename: str) -> Extracted:
-    """Blocks of text from `data`; raises Refused for unreadable, encrypted or empty files."""
-    extractor = {"text": _text, "markdown": _markdown, "pdf": _pdf, "html": _html, "docx": _docx}[kind.name]
-    extracted = extractor(data)
+def extract(kind: FileKind, data: bytes, filename: str, limits: ExtractLimits | None = None) -> Extracted:
+    """Blocks of text from `data`; raises Refused for unreadable, encrypted, empty or over-limit files."""
+    budget = _Budget(limits or ExtractLimits())
+    if kind.name == "pdf":
+        extracted = _pdf(data, budget)
+    elif kind.name == "docx":
+        extracted = _docx(data, budget)
+    else:
+        extracted = {"text": _text, "markdown": _markdown, "html": _html}[kind.name](data)
     blocks = [b for b in extracted.blocks if b.text.strip()]
     if not blocks:
         scanned = " (a scanned PDF needs OCR first)" if kind.name == "pdf" else ""
@@ -204,12 +246,30 @@ def _normalize_newlines(text: str) -> str:
 
 # -- PDF ----------------------------------------------------------------------------------------------
 
-def _pdf(data: bytes) -> Extracted:
-    from pypdf import PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+def _pdf(data: bytes, budget: _Budget) -> Extracted:
+    from pypdf import apply_configuration
+    from pypdf.errors import LimitReachedError
 
     if not data.lstrip()[:5].startswith(b"%PDF"):
         raise Refused("the file is not a PDF (no %PDF header); check its type", code="unreadable")
+    cap = budget.limits.max_uncompressed_bytes
+    # pypdf (>= 7) bounds each stream's decoded size; the cap is ours (its defaults are 75 MB a stream).
+    with apply_configuration(maximum_declared_stream_length=cap, array_based_stream_maximum_output_length=cap,
+                             jbig2_maximum_output_length=cap, lzw_maximum_output_length=cap,
+                             run_length_maximum_output_length=cap, zlib_maximum_output_length=cap,
+                             brotli_maximum_output_length=cap, image_maximum_buffer_size=cap,
+                             stream_decoding_work_maximum_length=4 * cap,
+                             page_tree_maximum_entries=budget.limits.max_pages * 4):
+        try:
+            return _pdf_blocks(data, budget)
+        except LimitReachedError as exc:
+            raise budget.too_large(f"a part of the PDF ({str(exc)[:80]})") from exc
+
+
+def _pdf_blocks(data: bytes, budget: _Budget) -> Extracted:
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PdfReadError
+
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
@@ -221,9 +281,15 @@ def _pdf(data: bytes) -> Extracted:
             if not opened:
                 raise Refused("the PDF is encrypted (password-protected); save an unprotected copy and upload "
                               "that", code="encrypted_pdf")
+        pages = len(reader.pages)
+        if pages > budget.limits.max_pages:
+            raise Refused(f"the PDF has {pages} pages; the limit is {budget.limits.max_pages} (AION_EXTRACT_MAX_PAGES); "
+                          "split it into smaller files", status_code=413, code="too_many_pages")
         blocks: list[Block] = []
         for number, page in enumerate(reader.pages, start=1):
+            budget.check_time()
             text = page.extract_text() or ""
+            budget.add_text(text)
             blocks.extend(_paragraph_blocks(_normalize_newlines(text), page=number))
         title = None
         try:
@@ -231,7 +297,7 @@ def _pdf(data: bytes) -> Extracted:
         except Exception:  # noqa: BLE001 - broken metadata must not refuse a readable PDF
             title = None
         return Extracted(title=title, blocks=blocks, meta={"pages": len(reader.pages)})
-    except Refused:
+    except (Refused, LimitReachedError):
         raise
     except FileNotDecryptedError as exc:
         raise Refused("the PDF is encrypted (password-protected); save an unprotected copy and upload that",
@@ -311,13 +377,35 @@ def _html(data: bytes) -> Extracted:
 
 # -- DOCX ---------------------------------------------------------------------------------------------
 
-def _docx(data: bytes) -> Extracted:
+def _check_zip(data: bytes, budget: _Budget) -> None:
+    """Refuse a .docx whose parts would expand past the limit, before any part is decompressed.
+
+    The declared sizes are what counts: zipfile stops a member at its declared size (and fails its
+    CRC check if the data goes on), so a member that lies about its size cannot expand further.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise Refused("the file could not be read as a Word document (.docx); it may be damaged or of another "
+                      "type", code="unreadable") from exc
+    if len(members) > 10_000:
+        raise Refused(f"the document holds {len(members)} parts; a Word document has dozens", status_code=413,
+                      code="uncompressed_too_large")
+    if sum(m.file_size for m in members) > budget.limits.max_uncompressed_bytes:
+        raise budget.too_large("the document")
+
+
+def _docx(data: bytes, budget: _Budget) -> Extracted:
     import zipfile
 
     import docx
     from docx.opc.exceptions import PackageNotFoundError
     from docx.table import Table
 
+    _check_zip(data, budget)
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
@@ -325,6 +413,7 @@ def _docx(data: bytes) -> Extracted:
                       "another type", code="unreadable") from exc
     blocks: list[Block] = []
     for item in document.iter_inner_content():
+        budget.check_time()
         if isinstance(item, Table):
             rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in item.rows]
             text = "\n".join(r for r in rows if r.strip(" |"))

@@ -29,7 +29,7 @@ from ..clients.inference import InferenceClient
 from ..repositories import chunks as chunks_repo
 from ..repositories import documents as documents_repo
 from .chunking import ChunkDraft, chunk_blocks
-from .extract import Refused, detect_kind, extract
+from .extract import ExtractLimits, Refused, detect_kind, extract
 from .tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class Upload:
     content_type: str | None
     data: bytes
     size: int  # may exceed len(data) when the route stopped reading at the limit
+    # Stored as is instead of the cleaned file name (a web page's URL); the file name still gives the type.
+    source_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class IngestOptions:
     chunk_tokens: int = 200
     chunk_overlap: int = 40
     max_bytes: int = 20 * 1024 * 1024
+    limits: ExtractLimits = field(default_factory=ExtractLimits)
 
 
 @dataclass
@@ -114,7 +117,7 @@ async def ingest_uploads(session: AsyncSession, client: InferenceClient, tenant_
     results: list[FileResult | None] = [None] * len(uploads)
     pending: list[_Pending] = []
     for index, upload in enumerate(uploads):
-        name = clean_source_name(upload.filename)
+        name = upload.source_name or clean_source_name(upload.filename)
         started = time.perf_counter()
         outcome = await _guard(name, _prepare(session, tenant_id, name, upload, options))
         if isinstance(outcome, PreparedDocument):
@@ -137,12 +140,6 @@ async def ingest_uploads(session: AsyncSession, client: InferenceClient, tenant_
                         (time.perf_counter() - p.started) * 1000)
         offset += n
     return [r for r in results if r is not None]
-
-
-async def ingest_upload(session: AsyncSession, client: InferenceClient, tenant_id: str, upload: Upload,
-                        options: IngestOptions) -> FileResult:
-    """One file (see `ingest_uploads`)."""
-    return (await ingest_uploads(session, client, tenant_id, [upload], options))[0]
 
 
 async def _guard(name: str, step: Awaitable[Any]) -> Any:
@@ -181,7 +178,7 @@ async def _prepare(session: AsyncSession, tenant_id: str, name: str, upload: Upl
         raise Refused(f"the file is {upload.size / 1048576:.1f} MiB; the limit is "
                       f"{options.max_bytes / 1048576:.1f} MiB (AION_MAX_UPLOAD_MB)", status_code=413,
                       code="file_too_large")
-    kind = detect_kind(name, upload.content_type)
+    kind = detect_kind(clean_source_name(upload.filename) if upload.source_name else name, upload.content_type)
     if not upload.data.strip():
         raise Refused("the file is empty", status_code=400, code="empty_file")
     sha256 = hashlib.sha256(upload.data).hexdigest()
@@ -189,7 +186,7 @@ async def _prepare(session: AsyncSession, tenant_id: str, name: str, upload: Upl
     if existing is not None:
         return _duplicate(name, existing)
 
-    extracted = await anyio.to_thread.run_sync(extract, kind, upload.data, name)
+    extracted = await anyio.to_thread.run_sync(extract, kind, upload.data, name, options.limits)
     drafts = await anyio.to_thread.run_sync(
         lambda: chunk_blocks(extracted.blocks, options.counter, max_tokens=options.chunk_tokens,
                              overlap=options.chunk_overlap))

@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.errors import Conflict, NotFound
 
-from ..clients.inference_admin import InferenceAdmin, InferenceAdminError
+from ..clients.backends import InferenceBackend
+from ..clients.inference_admin import InferenceAdminError
 from ..repositories import adapters as repo
+from .response_cache import forget_answers
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ def point_active_link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-async def activate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceAdmin, *, tenant_id: str,
+async def activate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceBackend, *, tenant_id: str,
                    name: str, active_link: Path | None) -> dict:
     """Load (if needed), smoke-test, then make `name` the adapter served by default."""
     async with session_factory() as session:
@@ -45,24 +47,26 @@ async def activate(session_factory: async_sessionmaker[AsyncSession], admin: Inf
     await admin.activate(name)
     async with session_factory.begin() as session:
         await repo.make_active(session, tenant_id, name)
+        await forget_answers(session, tenant_id)  # after the switch: see forget_answers
     if active_link is not None:
         point_active_link(active_link, Path(adapter["path"]))
     logger.info("adapter %s is now active", name)
     return {"ok": True, "active": name}
 
 
-async def deactivate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceAdmin, *,
+async def deactivate(session_factory: async_sessionmaker[AsyncSession], admin: InferenceBackend, *,
                      tenant_id: str, active_link: Path | None) -> dict:
     """Serve the base weights again."""
     await admin.activate(None)
     async with session_factory.begin() as session:
         await repo.deactivate_all(session, tenant_id)
+        await forget_answers(session, tenant_id)
     if active_link is not None and active_link.is_symlink():
         active_link.unlink()
     return {"ok": True, "active": None}
 
 
-async def release_old_adapters(session_factory: async_sessionmaker[AsyncSession], admin: InferenceAdmin, *,
+async def release_old_adapters(session_factory: async_sessionmaker[AsyncSession], admin: InferenceBackend, *,
                                tenant_id: str, keep_on_disk: int | None = None,
                                adapters_root: Path | None = None) -> dict[str, list[str]]:
     """After a promotion or rollback: unload from the inference service every adapter that is neither

@@ -9,20 +9,14 @@ left out, and so is any conversation whose history holds an assistant turn AION 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-LocalPolicy = Literal["thumbs_up", "all", "never"]
+from .not_found import is_not_found
 
-# How the RAG prompt's instruction ("diga que não encontrou nos documentos") is answered, in the
-# languages the default models answer in.
-_NOT_FOUND = re.compile(
-    r"n[ãa]o (encontrei|encontramos|foi encontrad|h[áa] (informa|men[çc])|est[áa] (no|nos|presente))"
-    r"|n[ãa]o (consta|aparece)|sem informa[çc][õo]es"
-    r"|not (found|mentioned|in the (context|documents|passages))|(could not|couldn't|cannot|can't) find"
-    r"|(no|(do|does) not contain|(don't|doesn't) contain) (the |this |that |any )?(information|answer)",
-    re.IGNORECASE)
+LocalPolicy = Literal["thumbs_up", "all", "never"]
+# Answers `aion eval` asks for carry request ids with this prefix: they measure the models, and never train them.
+EVAL_REQUEST_PREFIX = "eval-"
 
 
 @dataclass(frozen=True)
@@ -30,10 +24,6 @@ class SelectionPolicy:
     fallback: bool = True  # AION_EXPORT_FALLBACK
     local: LocalPolicy = "thumbs_up"  # AION_EXPORT_LOCAL
     min_support: float = 0.5  # AION_EXPORT_MIN_SUPPORT; answers that record no support are not judged by it
-
-
-def says_not_found(reply: str) -> bool:
-    return bool(_NOT_FOUND.search(reply))
 
 
 def skip_reason(meta: dict[str, Any], value: float | None, rating: float | None,
@@ -44,6 +34,8 @@ def skip_reason(meta: dict[str, Any], value: float | None, rating: float | None,
     database and is decided by the exporter.
     """
     reply = (meta.get("reply") or "").strip()
+    if meta.get("cached"):
+        return "cached"  # a replay of an answer logged (and judged) when it was first given
     if meta.get("complete") is False or meta.get("error") or (value is not None and value <= 0):
         return "incomplete"
     if meta.get("finish_reason") == "length":
@@ -66,7 +58,7 @@ def skip_reason(meta: dict[str, Any], value: float | None, rating: float | None,
         return "ungrounded"  # logged before answers recorded their model input: no true context
     if not reply:
         return "empty"
-    if says_not_found(reply):
+    if is_not_found(reply):
         # Retrieval was confident (C >= the answer's tau), so a passage most likely held the answer.
         confidence, tau = meta.get("C"), meta.get("tau")
         if meta.get("sources") and confidence is not None and tau is not None and confidence >= tau:

@@ -1,149 +1,24 @@
-"""CPU kernels for decode steps: block-quantized matrix products and slot-cache attention.
+"""CPU kernels for decode steps and prompts: block-quantized matrix products, attention over the slot
+cache and over a prompt, and the element-wise ops, called through the compiled library (kernel_library.py).
 
 Weights: a weight matrix is packed only when every block of 32 values is *exactly* d*q + m (4-bit q) or
 d*q (8-bit q), as the fp32 weights converted from the GGUF checkpoint are; anything else (a merged
 LoRA, a model that never was quantized) keeps its fp32 matrix. So packing never changes a weight,
 only how many bytes a decode step reads. Attention: each row reads exactly its own cached positions,
 so a row's result does not depend on what else is in the batch.
-
-The kernels (cpu_kernels.c) are compiled once with the system C compiler and reused from a cache
-folder; without a compiler or AVX-512 the decoder uses fp32 weights and torch's SDPA instead.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import subprocess
-import tempfile
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-logger = logging.getLogger(__name__)
+from .kernel_library import kernel, loaded
 
 BLOCK = 32
 PANEL = 16  # outputs per vector of the matrix kernels
-_SOURCE = Path(__file__).with_name("cpu_kernels.c")
-_CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "fma", "f16c")  # as /proc/cpuinfo names them
-_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "fma", "f16c")      # as gcc names them
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_load_error: str | None = None
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_config = {"cache_dir": None, "enabled": True}
-
-
-def configure(*, cache_dir: Path | None = None, enabled: bool = True) -> None:
-    """Where the compiled library lives and whether to use it (the service's settings); call before the
-    first model is loaded. A cache dir that already holds the library (an image built with
-    `python -m services.inference.engine.kernels DIR`) needs no compiler at run time."""
-    global _library, _load_error
-    with _lock:
-        _config.update(cache_dir=cache_dir, enabled=enabled)
-        _library = _load_error = None
-
-
-def _cache_dir() -> Path:
-    if _config["cache_dir"] is not None:
-        return Path(_config["cache_dir"])
-    root = os.environ.get("XDG_CACHE_HOME")
-    return (Path(root) if root else Path.home() / ".cache") / "aion" / "kernels"
-
-
-def library_path(cache_dir: Path | None = None) -> Path:
-    """The compiled library's path for this source and this torch build."""
-    digest = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
-    return (cache_dir or _cache_dir()) / f"cpu-kernels-{digest}.so"
-
-
-def build(cache_dir: Path | None = None) -> Path:
-    """Compile the library into the cache dir (whatever CPU this runs on) unless it is there."""
-    target = library_path(cache_dir)
-    if not target.exists():
-        _compile(target)
-    return target
-
-
-def _compile(target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cpu-kernels-", suffix=".so", dir=target.parent)
-    os.close(fd)
-    cc = os.environ.get("CC", "cc")
-    # -fopenmp links libgomp.so.1, the same soname torch loads: one thread pool for both.
-    cmd = [cc, "-O3", *(f"-m{flag}" for flag in _FLAGS), "-fopenmp", "-shared", "-fPIC",
-           str(_SOURCE), "-o", tmp, "-lm"]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        os.chmod(tmp, 0o755)  # mkstemp made it private; an image's non-root user must be able to load it
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def kernel() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None (with the reason logged once) when it cannot be had."""
-    global _library, _load_error
-    with _lock:
-        if _library is not None or _load_error is not None:
-            return _library
-        try:
-            if not _config["enabled"]:
-                raise RuntimeError("disabled by AION_QUANTIZED_DECODE=false")
-            if not set(_CPU_FLAGS) <= _cpu_flags():
-                raise RuntimeError("the CPU lacks AVX-512")
-            lib = ctypes.CDLL(str(build()))
-            i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            lib.q4_matmul.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
-            lib.q8_matmul.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
-            lib.q4_matmul.restype = lib.q8_matmul.restype = None
-            lib.lora_rows.argtypes = [ptr, ptr, i64, i64, ptr, i64, ctypes.c_int]
-            lib.lora_rows.restype = None
-            for name in ("q4_rows", "q8_rows"):
-                getattr(lib, name).argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, ctypes.c_int]
-                getattr(lib, name).restype = None
-            lib.q4_pack.argtypes = [ptr, i64, ptr, ptr, ptr, ctypes.c_int]
-            lib.q8_pack.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int]
-            lib.q4_pack.restype = lib.q8_pack.restype = i64
-            lib.attend.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, i64,
-                                   ctypes.c_int]
-            lib.attend.restype = ctypes.c_int
-            lib.attend_causal.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr,
-                                          ctypes.c_int]
-            lib.attend_causal.restype = ctypes.c_int
-            lib.rms_norm.argtypes = [ptr, ptr, i64, i64, ctypes.c_float, ptr, ctypes.c_int]
-            lib.rms_norm.restype = None
-            lib.silu_mul.argtypes = [ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
-            lib.silu_mul.restype = None
-            lib.rope.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
-            lib.rope.restype = None
-            lib.decode_work_floats.argtypes = [i64] * 7
-            lib.decode_work_floats.restype = i64
-            lib.decode_layers.argtypes = [i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float,
-                                          ctypes.c_float, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr,
-                                          ptr, ctypes.c_int]
-            lib.decode_layers.restype = ctypes.c_int
-            _library = lib
-        except Exception as exc:  # no compiler, no AVX-512, read-only home...: decode in fp32
-            _load_error = f"{type(exc).__name__}: {exc}"
-            logger.info("block-quantized decode kernel unavailable (%s); decoding with fp32 weights", _load_error)
-        return _library
 
 
 @dataclass
@@ -161,7 +36,7 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (rows, in) fp32 contiguous -> (rows, out)."""
-        lib = _library
+        lib = loaded()
         assert lib is not None
         rows = x.shape[0]
         if not x.is_contiguous():
@@ -183,7 +58,7 @@ class PackedLinear:
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """For prompts: x (rows, in) fp32 -> (rows, out), each row's bits independent of the other rows
         (and of how many there are), with the weights' exact values. Not the decode path's arithmetic."""
-        lib = _library
+        lib = loaded()
         assert lib is not None
         if not x.is_contiguous():
             x = x.contiguous()
@@ -201,7 +76,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: t
            scale: float) -> torch.Tensor:
     """Decode attention over a SlotCache layer: q (rows, heads, dim) fp32; keys/values (row capacity,
     capacity, kv heads, dim); lengths (rows,) int64 positions each row attends to. -> (rows, heads, dim)."""
-    lib = _library
+    lib = loaded()
     assert lib is not None
     rows, heads, dim = q.shape
     kv_heads, capacity = keys.shape[2], keys.shape[1]
@@ -221,7 +96,7 @@ def attend_causal(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, sta
     """Prompt attention: q (rows, heads, dim) for positions start..start+rows-1; keys/values (positions,
     kv heads, dim) contiguous, holding at least start+rows positions. Each row attends to its own positions
     only, in a fixed order: its bits depend neither on the other rows nor on their number. -> (rows, heads, dim)."""
-    lib = _library
+    lib = loaded()
     assert lib is not None and keys.is_contiguous() and values.is_contiguous()
     rows, heads, dim = q.shape
     kv_heads = keys.shape[1]
@@ -309,7 +184,7 @@ class LoraTable:
     def add_rows(self, adapter: str, layer: int, matrix: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """y (rows, out) += the adapter's delta for one fused matrix of one layer on x (rows, in), each row
         as a decode step computes it (bits independent of the other rows)."""
-        lib = _library
+        lib = loaded()
         assert lib is not None and x.is_contiguous() and y.is_contiguous()
         entry = self.array[self.slots[adapter] * self.layers_per_slot + layer]
         mat = getattr(entry, matrix)
@@ -360,7 +235,7 @@ class NativeLayers:
         """x (rows, hidden) fp32 contiguous, updated in place; cos/sin (rows, head dim) contiguous; sharing:
         SlotCache.sharing's (task order, leader, shared positions), int64, or None; lora: the adapters'
         table and each row's slot in it (int64, -1 for the base weights), or None."""
-        lib = _library
+        lib = loaded()
         assert lib is not None
         rows = x.shape[0]
         need = lib.decode_work_floats(rows, self.heads, self.kv_heads, self.head_dim, self.hidden, self.inter,
@@ -380,7 +255,7 @@ class NativeLayers:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of each row of a contiguous fp32 (rows, n) tensor, as the native decode step computes it."""
-    lib = _library
+    lib = loaded()
     assert lib is not None and x.is_contiguous()
     out = torch.empty_like(x)
     lib.rms_norm(x.data_ptr(), weight.data_ptr(), x.shape[0], x.shape[1], eps, out.data_ptr(), torch.get_num_threads())
@@ -390,7 +265,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding (rotate-half), in place, on a contiguous fp32 (rows, heads, dim) tensor; cos/sin
     (rows, dim) contiguous, one row per position."""
-    lib = _library
+    lib = loaded()
     assert lib is not None and x.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
     rows, heads, dim = x.shape
     lib.rope(x.data_ptr(), rows, heads, dim, heads * dim, cos.data_ptr(), sin.data_ptr(), torch.get_num_threads())
@@ -399,7 +274,7 @@ def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for contiguous fp32 (rows, n) tensors, as the native decode step computes it."""
-    lib = _library
+    lib = loaded()
     assert lib is not None and gate.is_contiguous() and up.is_contiguous() and gate.shape == up.shape
     out = torch.empty_like(gate)
     lib.silu_mul(gate.data_ptr(), up.data_ptr(), gate.shape[0], gate.shape[1], gate.shape[1], out.data_ptr(),
@@ -444,10 +319,3 @@ def _panels(t: torch.Tensor) -> torch.Tensor:
     if pad:
         t = torch.cat([t, t.new_zeros(pad, t.shape[1])])
     return t.view(-1, PANEL, t.shape[1]).transpose(1, 2).contiguous()
-
-if __name__ == "__main__":
-    # Image builds: `python -m services.inference.engine.kernels DIR` compiles the library into DIR,
-    # so that the final image (AION_KERNEL_CACHE_DIR=DIR) needs no compiler.
-    import sys
-
-    sys.stdout.write(f"{build(Path(sys.argv[1]) if len(sys.argv) > 1 else None)}\n")

@@ -2,10 +2,17 @@
 
 The transformers `DynamicCache` grows by `torch.cat` on every decode step, which copies the whole
 cache of every layer once per generated token (and a left-padded batch copies it again whenever a
-row joins or leaves). Here each row owns a slot; a decode step writes one position per row with
-`index_copy_`, attention reads a view of the first `max(length) + 1` positions, a joining row is
-copied in once, and a leaving row is replaced by the last row (one row copied, not the batch).
-Rows are right-padded: row i holds `lengths[i]` real positions, the rest is masked out.
+row joins or leaves). Here each row owns a slot; a decode step writes one position per row in place,
+attention reads a view of the first `max(length) + 1` positions, a joining row is copied in once, and a
+leaving row is replaced by the last row (one row copied, not the batch). Rows are right-padded: row i
+holds `lengths[i]` real positions, the rest is masked out.
+
+Two layouts: position-major (rows, positions, kv heads, head dim) for the native kernels, whose decode
+writes one flat row per position; head-major (rows, kv heads, positions, head dim) for the model's own
+attention, which reads (rows, kv heads, positions, dim) views without copying them.
+
+A byte budget (`max_bytes`) bounds what the cache may ever allocate: the engine admits a request only
+when the rows and positions it would need fit (`fits`), and growth never goes past the budget.
 """
 
 from __future__ import annotations
@@ -36,9 +43,13 @@ class SlotCache:
     next is one row of a flat (rows * positions, kv heads * head dim) view.
     """
 
-    def __init__(self, max_rows: int, max_length: int) -> None:
+    def __init__(self, max_rows: int, max_length: int, *, position_bytes: int = 0, max_bytes: int | None = None,
+                 heads_first: bool = False) -> None:
         self.max_rows = max_rows
         self.max_length = max_length
+        self.position_bytes = position_bytes  # keys + values of one position of one row, all layers
+        self.max_bytes = max_bytes
+        self.heads_first = heads_first
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.lengths: list[int] = []
@@ -57,7 +68,19 @@ class SlotCache:
     @property
     def capacity(self) -> int:
         """Positions each row has room for."""
-        return self.keys[0].shape[1] if self.keys else 0
+        return self.keys[0].shape[2 if self.heads_first else 1] if self.keys else 0
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def fits(self, rows: int, positions: int) -> bool:
+        """Whether `rows` rows of `positions` positions stay within the byte budget."""
+        return self.max_bytes is None or rows * positions * self.position_bytes <= self.max_bytes
+
+    def _span(self, cache: torch.Tensor, row: int, n: int) -> torch.Tensor:
+        """Row `row`'s first n positions, in this layout."""
+        return cache[row, :, :n] if self.heads_first else cache[row, :n]
 
     @torch.inference_mode()
     def _reserve(self, rows: int, length: int) -> None:
@@ -66,17 +89,28 @@ class SlotCache:
             raise ValueError(f"a sequence of {length} positions exceeds the context of {self.max_length}")
         if self.keys and rows <= self.row_capacity and length <= self.capacity:
             return
+        if not self.fits(rows, length):
+            raise MemoryError(f"{rows} rows of {length} positions need {rows * length * self.position_bytes >> 20} MB "
+                              f"of KV cache; the budget is {(self.max_bytes or 0) >> 20} MB (AION_KV_CACHE_MB)")
         assert self._spec is not None
         layers, heads, dim, dtype, device = self._spec
-        shape = (_grow(self.row_capacity, rows, _MIN_ROWS, self.max_rows),
-                 _grow(self.capacity, length, _MIN_LENGTH, self.max_length), heads, dim)
+        row_count = _grow(self.row_capacity, rows, _MIN_ROWS, self.max_rows)
+        positions = _grow(self.capacity, length, _MIN_LENGTH, self.max_length)
+        if not self.fits(row_count, positions):  # geometric growth past the budget: only what is needed
+            row_count = max(rows, min(row_count, (self.max_bytes or 0) // max(positions * self.position_bytes, 1)))
+            if not self.fits(row_count, positions):
+                positions = max(length, (self.max_bytes or 0) // (row_count * self.position_bytes))
+        shape = (row_count, heads, positions, dim) if self.heads_first else (row_count, positions, heads, dim)
         # zeros, not empty: masked positions still meet the attention kernels, so they must be finite
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         if self.keys and self.lengths:
             n, t = self.rows, max(self.lengths)
             for new, old in zip(keys + values, self.keys + self.values, strict=True):
-                new[:n, :t].copy_(old[:n, :t])
+                if self.heads_first:
+                    new[:n, :, :t].copy_(old[:n, :, :t])
+                else:
+                    new[:n, :t].copy_(old[:n, :t])
         self.keys, self.values = keys, values
 
     @torch.inference_mode()
@@ -90,8 +124,8 @@ class SlotCache:
         self._reserve(self.rows + 1, length + 1)  # + the position the next decode step writes
         row = self.rows
         for (k, v), ck, cv in zip(layers, self.keys, self.values, strict=True):
-            ck[row, :length].copy_(k[0].transpose(0, 1))
-            cv[row, :length].copy_(v[0].transpose(0, 1))
+            self._span(ck, row, length).copy_(k[0] if self.heads_first else k[0].transpose(0, 1))
+            self._span(cv, row, length).copy_(v[0] if self.heads_first else v[0].transpose(0, 1))
         self.lengths.append(length)
         self.blocks.append(tuple(blocks))
         self._sharing = False
@@ -105,7 +139,7 @@ class SlotCache:
             if row != last:
                 n = self.lengths[last]
                 for cache in self.keys + self.values:
-                    cache[row, :n].copy_(cache[last, :n])
+                    self._span(cache, row, n).copy_(self._span(cache, last, n))
                 self.lengths[row] = n
                 self.blocks[row] = self.blocks[last]
                 order[row] = order[last]

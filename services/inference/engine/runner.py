@@ -1,45 +1,48 @@
-"""Forward passes on the shared model: prefill of one prompt, and one decode step for the batch."""
+"""What the engine asks of the model, and which path runs it: one runner per path, chosen once at load.
+
+- `NativeRunner` (native_runner.py): Llama-architecture models on the CPU through the engine's own
+  decoder (LlamaDecoder: the packed-weight kernels where the CPU has AVX-512, fp32 weights and SDPA
+  otherwise) over a position-major slot cache, with the exact prefix cache.
+- `TransformersRunner` (hf_runner.py): any causal LM transformers loads, on CUDA or the CPU, 4-bit
+  included, through the model's own forward over a head-major slot cache.
+
+Only the engine thread calls a runner. Whoever changes the weights must assign `runner.model` (even the
+same object): runners keep derived copies (fused weights, the prefix cache) and rebuild them then.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Any
+from abc import ABC, abstractmethod
+from typing import Any, Literal
 
 import torch
-from transformers import DynamicCache
 
-from .batch import BatchCache
-from .decoder import BASE_ADAPTER, FusedWeights, LlamaDecoder, unsupported_reason
+from .decoder import BASE_ADAPTER, unsupported_reason
 from .kvcache import SlotCache
-from .prefix_cache import BLOCK as PREFIX_BLOCK
-from .prefix_cache import PrefixCache, block_keys
+from .prefix_cache import Layers, PrefixCache
 
 logger = logging.getLogger(__name__)
 
-Batch = BatchCache | SlotCache
+RunnerChoice = Literal["auto", "native", "transformers"]
 
 
-class ModelRunner:
-    """Owns the model object. Only the engine thread calls it.
+class ModelRunner(ABC):
+    kind: str  # "native" | "transformers", for /health and the logs
+    heads_first: bool  # the slot cache layout this runner's attention reads
 
-    Whoever changes the weights must assign `runner.model` (even the same object): the fast
-    decoder keeps fused copies of some weights and rebuilds them on that assignment.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, device: str, *, fast_decode: bool = True,
-                 packed_weights: bool = True, prefix_cache_bytes: int = 0) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str, *, prefix_cache_bytes: int = 0,
+                 kv_budget_bytes: int | None = None) -> None:
         self.tokenizer = tokenizer
-        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.device = device
         self.peft_wrapped = False
-        self._fast_decode = fast_decode
-        self._packed_weights = packed_weights
-        self._decoder: LlamaDecoder | None = None
-        self._decoder_key: tuple[Any, ...] | None = None
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.kv_budget_bytes = kv_budget_bytes
         self.model = model
-        config = model.config
+        config = self.config
         self.max_context = int(getattr(config, "max_position_embeddings", 2048))
-        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
             eos_ids.add(tokenizer.eos_token_id)
@@ -52,30 +55,47 @@ class ModelRunner:
     @model.setter
     def model(self, model: Any) -> None:
         self._model = model
-        reason = unsupported_reason(model) if self._fast_decode else "disabled"
-        if reason and self._fast_decode:
-            logger.info("fast decode path not used: %s; decoding through the model's forward", reason)
-        self.fast = reason is None
-        # The weights may have changed (a merge edits them in place): forget every fused copy, and
-        # build the decoder now rather than in the first request's decode step.
-        self._weights = FusedWeights(self._packed_weights)
-        self._decoder, self._decoder_key = None, None
         self.prefix_cache.clear()  # computed with the weights that were
-        if self.fast:
-            self._fast_decoder()
+        # transformers renamed the forward's `past_key_values` to `cache` (5.2x); take whichever it has.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._cache_kw = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+        self._weights_changed()
+
+    @abstractmethod
+    def _weights_changed(self) -> None:
+        """The model object or its weights changed: drop whatever was derived from them."""
 
     @property
     def config(self) -> Any:
         return self.model.config
 
-    def new_batch(self, max_rows: int) -> Batch:
-        """An empty running batch of the kind this runner decodes."""
-        if self.fast:
-            return SlotCache(max_rows, self.max_context)
-        return BatchCache(self.config)
+    def kv_position_bytes(self) -> int:
+        """Keys and values of one position of one row, over every layer, as the slot cache holds them."""
+        config = self.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return config.num_hidden_layers * 2 * kv_heads * head_dim * self.kv_dtype().itemsize
 
-    def fits(self, batch: Batch) -> bool:
-        return isinstance(batch, SlotCache) == self.fast
+    def kv_dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def new_batch(self, max_rows: int) -> SlotCache:
+        """An empty running batch of this runner's layout, bounded by the KV budget."""
+        return SlotCache(max_rows, self.max_context, position_bytes=self.kv_position_bytes(),
+                         max_bytes=self.kv_budget_bytes, heads_first=self.heads_first)
+
+    @abstractmethod
+    def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[torch.Tensor, Layers]:
+        """Run one prompt; return its last-position logits and its keys/values per layer (1, kv heads, n, dim)."""
+
+    def admit(self, batch: SlotCache, layers: Layers, prompt_ids: list[int], adapter: str | None) -> None:
+        """Take a prefilled prompt into the running batch."""
+        batch.append_row(layers, len(prompt_ids))
+
+    @abstractmethod
+    def decode(self, batch: SlotCache, tokens: list[int], adapters: list[str | None]) -> torch.Tensor:
+        """Feed each row its last token; return next-token logits (rows, vocab)."""
 
     def _adapter_names(self, adapters: list[str | None]) -> list[str] | None:
         if not self.peft_wrapped:
@@ -86,60 +106,21 @@ class ModelRunner:
         names = self._adapter_names(adapters)
         return {} if names is None else {"adapter_names": names}
 
-    def _fast_decoder(self) -> LlamaDecoder:
-        # Loading or deleting an adapter on a PEFT model adds or removes LoRA layers in place:
-        # rebuild when the set of adapters changes too.
-        key = (id(self._model), tuple(sorted(getattr(self._model, "peft_config", {}) or {})))
-        if self._decoder is None or key != self._decoder_key:
-            self._decoder = LlamaDecoder(self._model, self._weights)
-            self._decoder_key = key
-        return self._decoder
 
-    @torch.inference_mode()
-    def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Run one prompt; return its last-position logits and its KV cache layers."""
-        decoder = self._fast_decoder() if self.fast else None
-        if decoder is not None and (decoder.prefill_layers is not None if adapter is None
-                                    else decoder.prefills_adapter(adapter)):
-            if self._exact_prompts(decoder):
-                # Reuse only where it gives the same bits (batched = solo must hold, hit or not): the
-                # packed kernels' rows, and the LoRA deltas', do not depend on each other. Without a
-                # cache, MKL.
-                _, past = self.prefix_cache.lookup(adapter, prompt_ids)
-                logits, layers = decoder.prefill(prompt_ids, past, exact=True, adapter=adapter)
-                self.prefix_cache.store(adapter, prompt_ids, layers)
-                return logits, layers
-            return decoder.prefill(prompt_ids, adapter=adapter)
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        cache = DynamicCache(config=self.config)
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                         **self._adapter_kwargs([adapter]))
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        return out.logits[0, -1], layers
+def choose_runner(model: Any, tokenizer: Any, device: str, *, choice: RunnerChoice = "auto",
+                  prefix_cache_bytes: int = 0, kv_budget_bytes: int | None = None) -> ModelRunner:
+    """The runner for this model and device: native for Llama models on the CPU, else the model's forward."""
+    from .hf_runner import TransformersRunner
+    from .native_runner import NativeRunner
 
-    def shared_blocks(self, prompt_ids: list[int], adapter: str | None) -> tuple[bytes, ...]:
-        """The prefix-cache keys of a prompt's full blocks when its prefill gives the cache's bits there (then
-        rows with the same leading blocks hold identical keys and values, and decode reads them once)."""
-        if not self.fast:
-            return ()
-        decoder = self._fast_decoder()
-        if not self._exact_prompts(decoder) or (adapter is not None and not decoder.prefills_adapter(adapter)):
-            return ()
-        return tuple(block_keys(adapter, prompt_ids, len(prompt_ids) // PREFIX_BLOCK))
-
-    def _exact_prompts(self, decoder: LlamaDecoder) -> bool:
-        return decoder.exact_prefill and self.prefix_cache.enabled
-
-    @torch.inference_mode()
-    def decode(self, batch: Batch, tokens: list[int], adapters: list[str | None]) -> torch.Tensor:
-        """Feed each row its last token; return next-token logits (rows, vocab)."""
-        if isinstance(batch, SlotCache):
-            return self._fast_decoder().step(batch, tokens, self._adapter_names(adapters))
-        positions = batch.positions()
-        mask = batch.extend_mask()
-        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
-        cache = batch.as_cache()
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, **self._adapter_kwargs(adapters))
-        batch.absorb(out.past_key_values)
-        return out.logits[:, -1]
+    reason = unsupported_reason(model)
+    if device != "cpu":
+        reason = reason or f"the native decoder runs on the CPU, not {device}"
+    if choice == "native" and reason:
+        raise ValueError(f"AION_RUNNER=native cannot serve this model: {reason}")
+    if choice == "native" or (choice == "auto" and reason is None):
+        return NativeRunner(model, tokenizer, device, prefix_cache_bytes=prefix_cache_bytes,
+                            kv_budget_bytes=kv_budget_bytes)
+    if choice == "auto":
+        logger.info("native decoder not used (%s): decoding through the model's forward", reason)
+    return TransformersRunner(model, tokenizer, device, kv_budget_bytes=kv_budget_bytes)

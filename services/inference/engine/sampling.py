@@ -1,15 +1,23 @@
-"""Next-token choice for a batch where every row has its own temperature, top-p and generator."""
+"""Next-token choice for a batch where every row has its own temperature, top-p and generator.
+
+Everything runs on the logits' device (a GPU's vocabulary of ~152k entries a row is not copied to the
+host to be sorted there); the chosen ids cross to the host once per step, for the whole batch.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from .types import SamplingParams
 
 # Temperatures this close to 0 pick the most likely token anyway; treated as greedy (0).
 MIN_TEMPERATURE = 1e-4
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    gen = torch.Generator(device="cpu")
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()
     else:
@@ -28,11 +36,11 @@ def penalize(logits: torch.Tensor, counts: dict[int, int], frequency: float, pre
     return out
 
 
-def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """One row of last-position logits → a token id. Temperature 0 is greedy."""
+def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One row of last-position logits -> a 0-dim token id tensor on the same device."""
     if temperature < MIN_TEMPERATURE:  # below it, logits / temperature overflow to inf and NaN probabilities
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+        return torch.argmax(logits)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, sorted_idx = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
@@ -41,5 +49,17 @@ def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator
         keep[0] = True  # a top_p too small for float32 (it rounds to 0) would otherwise keep nothing
         sorted_probs = sorted_probs * keep
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(sorted_idx[choice].item())
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+        return sorted_idx[choice[0]]
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def choose_tokens(logits: Sequence[torch.Tensor], params: Sequence[SamplingParams],
+                  generators: Sequence[torch.Generator]) -> list[int]:
+    """Each row's next token; rows are independent (a row's choice never depends on the batch)."""
+    chosen = [_choose(row, p.temperature, p.top_p, g) for row, p, g in zip(logits, params, generators, strict=True)]
+    return torch.stack(chosen).tolist()
+
+
+def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One row of last-position logits -> a token id. Temperature 0 is greedy."""
+    return int(_choose(logits, temperature, top_p, generator))

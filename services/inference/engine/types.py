@@ -5,6 +5,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 _ids = itertools.count(1)
 
@@ -27,6 +31,15 @@ class SamplingParams:
     # answer should quote its context freely). They break the loops small models fall into.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    ignore_eos: bool = False  # go on past end-of-sequence tokens (benchmarks, as vLLM's ignore_eos)
+
+
+class TokenConstraint(Protocol):
+    """Limits which tokens one row may take next (engine/constraints.py: a grammar)."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def advance(self, token: int) -> bool: ...  # True once the output is complete
 
 
 @dataclass
@@ -34,6 +47,8 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None   # a loaded adapter's versioned name, or None for the base weights
+    constraint: TokenConstraint | None = None   # this row's grammar (tools, response_format); None: free text
+    weights_version: int = 0     # the engine's weights version the adapter was resolved against
     request_id: int = field(default_factory=lambda: next(_ids))
 
 
@@ -46,4 +61,5 @@ class StreamEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    error_status: int | None = None  # the HTTP status the error deserves (500 unless the engine knows better)
     first_token_s: float | None = None

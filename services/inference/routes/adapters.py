@@ -71,7 +71,6 @@ async def unload_adapter(name: str, state: ReadyDep) -> dict:
 async def merge_adapter(state: ReadyDep) -> dict:
     """Fold the active adapter into the base; waits for running requests to finish first."""
     assert state.adapters is not None and state.engine is not None
-    adapters = state.adapters
-    info = await asyncio.wrap_future(state.engine.run_op(adapters.merge, barrier=True))
+    info = await asyncio.wrap_future(state.engine.run_op(state.merge_active, barrier=True))
     _sync_metrics(state)
-    return {"ok": True, "merged": info.name}
+    return {"ok": True, "merged": info.name, "quantization": state.quantization}

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
+
+from shared.host_stats import aion_version, host_stats
 
 from ..deps import StateDep, require_token
 
@@ -12,6 +15,13 @@ router = APIRouter()
 async def health(state: StateDep) -> dict:
     """Answers while loading too (`status: loading`); generation routes answer 503 until `ready`."""
     return state.health()
+
+
+@router.get("/status", dependencies=[Depends(require_token)])
+async def status(state: StateDep) -> dict:
+    """/health plus this host's CPU, memory, disk of the data dir and GPUs (for the gateway's /api/status)."""
+    host = await anyio.to_thread.run_sync(host_stats, state.settings.data_dir)
+    return {"version": aion_version(), "health": state.health(), "host": host}
 
 
 @router.get("/metrics", dependencies=[Depends(require_token)])

@@ -6,9 +6,10 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
+from ..cancellation import unless_disconnected
 from ..deps import ReadyDep, require_token
 from ..engine import FinishReason
 from ..protocol import GenerateRequest, GenerateResponse, Usage
@@ -22,13 +23,14 @@ def _build(state: ReadyDep, body: GenerateRequest):
     messages = gen.native_messages(body.prompt, body.system, body.context)
     return gen, gen.build(messages, model=body.adapter, max_new_tokens=body.max_new_tokens,
                           temperature=body.temperature, top_p=body.top_p, stop=body.stop, seed=body.seed,
-                          frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty)
+                          frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                          ignore_eos=body.ignore_eos)
 
 
 @router.post("/generate", response_model=GenerateResponse)
-async def generate(body: GenerateRequest, state: ReadyDep) -> GenerateResponse:
+async def generate(body: GenerateRequest, state: ReadyDep, http: Request) -> GenerateResponse:
     gen, request = _build(state, body)
-    done = await gen.complete(request)
+    done = await unless_disconnected(http, gen.complete(request))
     return GenerateResponse(ms=done.ms, text=done.text.strip(), finish_reason=done.finish_reason,
                             adapter=done.adapter,
                             usage=Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
@@ -39,9 +41,10 @@ async def generate(body: GenerateRequest, state: ReadyDep) -> GenerateResponse:
 async def generate_stream(body: GenerateRequest, state: ReadyDep) -> EventSourceResponse:
     gen, request = _build(state, body)  # validation errors surface as 4xx before the stream opens
     started = time.perf_counter()
+    handle = gen.submit(request)  # a full queue too: a 503 with Retry-After, not a 200 that breaks off
 
     async def events() -> AsyncIterator[dict]:
-        async for event in gen.stream(request):
+        async for event in gen.events(handle):
             if event.text:
                 yield {"event": "token", "data": json.dumps({"text": event.text}, ensure_ascii=False)}
             if event.finished is FinishReason.ERROR:

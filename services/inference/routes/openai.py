@@ -8,10 +8,10 @@ import struct
 from collections.abc import AsyncIterator
 
 import anyio
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
-from shared.errors import BadRequest, error_body
+from shared.errors import BadRequest, ServiceUnavailable, error_body
 from shared.protocol.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -23,50 +23,57 @@ from shared.protocol.openai import (
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
+    FunctionCallDelta,
     ModelCard,
     ModelList,
+    ToolCallDelta,
     Usage,
     completion_id,
 )
 
+from ..cancellation import unless_disconnected
 from ..deps import ReadyDep, require_token
 from ..engine import FinishReason
+from ..tools import ToolCallReader
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 
-_ROLE_MAP = {"developer": "system", "tool": "user"}
+def _finish(reason: FinishReason | str, called: bool) -> str:
+    if reason == FinishReason.LENGTH:
+        return "length"
+    return "tool_calls" if called else "stop"
 
 
-def _messages(body: ChatCompletionRequest, default_system: str) -> list[dict[str, str]]:
-    messages = [{"role": _ROLE_MAP.get(m.role, m.role), "content": m.text()} for m in body.messages]
-    if not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": default_system})
-    return messages
-
-
-def _finish(reason: FinishReason) -> str:
-    return "length" if reason is FinishReason.LENGTH else "stop"
+def _delta(reader: ToolCallReader | None, kind: str, text: str) -> ChoiceDelta:
+    """One reader event as OpenAI's delta: content, or a tool call's id and name, or its arguments."""
+    if kind == "content":
+        return ChoiceDelta(content=text)
+    assert reader is not None
+    if kind == "call":
+        return ChoiceDelta(tool_calls=[ToolCallDelta(index=0, id=reader.call_id, type="function",
+                                                     function=FunctionCallDelta(name=text, arguments=""))])
+    return ChoiceDelta(tool_calls=[ToolCallDelta(index=0, function=FunctionCallDelta(arguments=text))])
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
+async def chat_completions(body: ChatCompletionRequest, state: ReadyDep, http: Request):
     gen = state.generation
     assert gen is not None
-    request = gen.build(_messages(body, state.settings.system_prompt), model=body.model,
-                        max_new_tokens=body.requested_max_tokens(), temperature=body.temperature,
-                        top_p=body.top_p, stop=body.stop, seed=body.seed,  # type: ignore[arg-type]
-                        frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty)
+    job = gen.build_chat(body)
+    request, reader = job.request, job.reader
     # Report what really served the request (the adapter's versioned name), as OpenAI reports snapshots.
     served = state.served_model_name(request.adapter)
     if not body.stream:
-        done = await gen.complete(request)
+        done = await unless_disconnected(http, gen.complete(request))
+        content, calls = reader.read(done.text) if reader else (done.text, [])
         return ChatCompletionResponse(
-            model=served, choices=[Choice(message=ChoiceMessage(content=done.text),
-                                              finish_reason="length" if done.finish_reason == "length" else "stop")],
+            model=served, choices=[Choice(message=ChoiceMessage(content=content, tool_calls=calls or None),
+                                          finish_reason=_finish(done.finish_reason, bool(calls)))],
             usage=Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                         total_tokens=done.prompt_tokens + done.completion_tokens))
 
     cid = completion_id()
+    handle = gen.submit(request)  # a full queue too: a 503 with Retry-After, not a 200 that breaks off
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: ChoiceDelta, finish: str | None = None) -> dict:
@@ -75,14 +82,19 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
 
     async def events() -> AsyncIterator[dict]:
         yield chunk(ChoiceDelta(role="assistant", content=""))
-        async for event in gen.stream(request):
+        async for event in gen.events(handle):
             if event.text:
-                yield chunk(ChoiceDelta(content=event.text))
+                pieces = reader.feed(event.text) if reader else [("content", event.text)]
+                for kind, text in pieces:
+                    yield chunk(_delta(reader, kind, text))
             if event.finished is FinishReason.ERROR:
                 yield {"data": json.dumps(error_body(event.error or "generation failed", "generation_failed",
                                                      "server_error"))}
             elif event.finished is not None:
-                yield chunk(ChoiceDelta(), _finish(event.finished))
+                for kind, text in reader.finish() if reader else []:
+                    yield chunk(_delta(reader, kind, text))
+                called = reader is not None and reader.mode == "call"
+                yield chunk(ChoiceDelta(), _finish(event.finished, called))
                 if include_usage:
                     usage = Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
                                   total_tokens=event.prompt_tokens + event.completion_tokens)
@@ -95,8 +107,9 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyDep):
 
 @router.get("/models", response_model=ModelList)
 async def list_models(state: ReadyDep) -> ModelList:
-    assert state.adapters is not None
-    cards = [ModelCard(id=name, parent=None if i == 0 else state.base_name)
+    assert state.adapters is not None and state.generation is not None
+    window = state.generation.max_context
+    cards = [ModelCard(id=name, parent=None if i == 0 else state.base_name, max_model_len=window)
              for i, name in enumerate(state.adapters.model_names())]
     if state.embedder:
         cards.append(ModelCard(id=state.embedder.name))
@@ -106,7 +119,9 @@ async def list_models(state: ReadyDep) -> ModelList:
 @router.post("/embeddings", response_model=EmbeddingResponse)
 async def embeddings(body: EmbeddingRequest, state: ReadyDep) -> EmbeddingResponse:
     embedder = state.embedder
-    assert embedder is not None
+    if embedder is None:
+        raise ServiceUnavailable("this inference service serves no embeddings (AION_EMBED_MODEL=none); ask the "
+                                 "service named by AION_EMBEDDINGS_URL", code="embeddings_off")
     texts = body.texts()
     if not texts:
         raise BadRequest("input must hold at least one text")

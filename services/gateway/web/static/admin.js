@@ -62,8 +62,13 @@ async function loadHealth() {
   try {
     const i = await api("/api/ai/llm/health");
     const level = i.status === "ready" ? "ok" : i.status === "loading" ? "warn" : "bad";
+    const vllm = i.backend === "vllm";
+    // vLLM serves adapters by version only: no adapter dir to reload, no merge.
+    for (const id of ["adapter-reload", "adapter-merge"]) $(id).hidden = vllm;
     setHealth("h-inference", level, i.status, [
-      ["model", i.base_model], ["device", i.device], ["quantization", i.quantization || "none (full precision)"],
+      ["engine", vllm ? `vLLM ${i.version || ""}`.trim() : "AION"],
+      ["model", i.base_model], ["device", vllm ? undefined : i.device],
+      ["quantization", vllm ? undefined : i.quantization || "none (full precision)"],
       ["adapter", i.adapter ? `${i.adapter}${i.merged ? " (merged)" : ""}` : "none (base weights)"],
       ["embeddings", i.embedding_model],
       ["queue", i.queue ? `${i.queue.running} running, ${i.queue.waiting} waiting` : null],
@@ -141,6 +146,50 @@ async function loadEvents() {
     });
   } catch (err) {
     stats($("events-stats"), [["Error", err.message]]);
+  }
+}
+
+// ---- evaluation runs ---------------------------------------------------------------------------
+
+function share(x) {
+  return x && typeof x === "object" ? pct(x.rate) : "—";
+}
+
+async function loadEvals() {
+  try {
+    const { runs } = await api("/api/ai/eval/runs?limit=20");
+    $("evals-body").replaceChildren(...runs.map((r) => {
+      const m = r.metrics || {};
+      const ret = m.retrieval || {};
+      const ans = m.answers || {};
+      const arms = (r.settings && r.settings.arms) || {};
+      return el("tr", { "data-run": r.id },
+        el("td", { text: fmtTime(r.created_at) }),
+        el("td", { text: `${r.label} (${r.questions})` }),
+        el("td", { text: r.mode }),
+        el("td", { text: r.model || "—" }),
+        el("td", { text: `vector ${arms.vector ?? "—"} · text ${arms.text ?? "—"}` }),
+        el("td", { text: `${pct(ret["hit@1"])} / ${pct(ret["hit@5"])} / ${ret.mrr ?? "—"}` }),
+        el("td", { text: share(ans.containment) }),
+        el("td", { text: share(ans.not_found_correct) }),
+        el("td", { text: share(ans.fallback_rate) }),
+        el("td", { text: ans.instruction_echo ?? "—" }),
+        el("td", { text: ms(m.latency_ms && m.latency_ms.p95) }));
+    }));
+    if (!runs.length) {
+      $("evals-body").append(el("tr", {}, el("td", { colspan: "11", class: "empty", text: "No evaluation yet: run `aion eval QUESTIONS.jsonl`." })));
+    }
+    const oldestFirst = [...runs].reverse();
+    lineChart($("chart-evals"), {
+      labels: oldestFirst.map((r) => fmtTime(r.created_at)), title: "Evaluation runs", yMax: 1,
+      yFormat: (v) => pct(v), emptyText: "no evaluation yet",
+      series: [
+        { name: "hit@1", cls: "s-a", values: oldestFirst.map((r) => (r.metrics.retrieval || {})["hit@1"] ?? null) },
+        { name: "containment", cls: "s-b", values: oldestFirst.map((r) => ((r.metrics.answers || {}).containment || {}).rate ?? null) },
+      ],
+    });
+  } catch (err) {
+    $("evals-body").replaceChildren(el("tr", {}, el("td", { colspan: "11", class: "empty", text: `Could not list evaluation runs: ${err.message}` })));
   }
 }
 
@@ -385,7 +434,7 @@ function initDevToggles() {
 // ---- wiring ------------------------------------------------------------------------------------
 
 function loadAll() {
-  return Promise.all([loadHealth(), loadBudget(), loadEvents(), loadAdapters(), loadTraining(), loadExports()]);
+  return Promise.all([loadHealth(), loadBudget(), loadEvents(), loadEvals(), loadAdapters(), loadTraining(), loadExports()]);
 }
 
 function init() {
@@ -394,6 +443,7 @@ function init() {
   initDevToggles();
   $("health-refresh").addEventListener("click", () => Promise.all([loadHealth(), loadBudget()]));
   $("events-days").addEventListener("change", loadEvents);
+  $("evals-refresh").addEventListener("click", loadEvals);
   $("adapter-reload").addEventListener("click", (e) => runAdapterAction("Reloading AION_ADAPTER_DIR",
     () => api("/api/ai/llm/adapter/reload", { method: "POST" }), e.currentTarget));
   $("adapter-merge").addEventListener("click", (e) => {

@@ -5,10 +5,10 @@ import {
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
-const MAX_TURNS = 20; // ChatRequest.history max_length
-const MAX_TURN_CHARS = 8000; // HistoryTurn.content max_length
+// The server keeps the conversation; this browser remembers only which one is open (across reloads).
+const CONVERSATION_STORE = "aion.conversation";
 
-const history = []; // completed exchanges only, as the API's history turns
+let conversationId = localStorage.getItem(CONVERSATION_STORE);
 let controller = null; // the running stream's AbortController
 let seq = 0; // message numbering, for unique ids of sources
 
@@ -27,6 +27,14 @@ function warningText(d) {
       return `The fallback model failed${d.message ? ` (${d.message})` : ""}; the local model answers instead.`;
     case "local_unavailable":
       return `The local model is unavailable${d.message ? ` (${d.message})` : ""}.`;
+    case "unsupported_answer":
+      return d.next === "fallback"
+        ? `The documents do not back the local answer (answer support ${Number(d.support).toFixed(2)}); the fallback model answers instead.`
+        : `The documents do not back the local answer (answer support ${Number(d.support).toFixed(2)}); their own sentences are quoted instead.`;
+    case "history_trimmed":
+      return `The ${d.dropped_turns} oldest messages of this conversation no longer fit the model's context and were left out.`;
+    case "admin_only_option":
+      return d.message || "An option for admin keys only was ignored.";
     default:
       return d.message || d.reason || "warning";
   }
@@ -90,7 +98,8 @@ function renderSources(msg, sources) {
   list.replaceChildren(...sources.map((s) => el("li", { id: `${msg.id}-src-${s.n}`, tabindex: "-1", class: "source" },
     el("div", { class: "source-head" },
       el("span", { class: "source-n", text: `[${s.n}]` }),
-      el("strong", { text: s.title || "untitled" }),
+      s.url ? el("a", { href: s.url, rel: "noopener noreferrer", target: "_blank" }, el("strong", { text: s.title || s.url }))
+        : el("strong", { text: s.title || "untitled" }),
       whereIn(s) ? el("span", { class: "where", text: ` — ${whereIn(s)}` }) : null,
       el("span", { class: "score", title: "cosine similarity", text: ` · ${Number(s.score).toFixed(2)}` })),
     el("blockquote", { class: "passage", text: s.text }))));
@@ -126,9 +135,12 @@ function addWarning(msg, text, cls = "") {
   msg.warnings.append(el("li", { class: cls, text }));
 }
 
-function setBadge(msg, used, model) {
+const BADGE_TEXT = { local: "local", fallback: "fallback", quoted: "quoted", not_found: "not found" };
+
+function setBadge(msg, used, model, answer) {
+  const kind = used === "documents" ? answer : used;
   msg.badge.className = `badge ${used}`;
-  msg.badge.textContent = used === "local" ? "local" : "fallback";
+  msg.badge.textContent = BADGE_TEXT[kind] || used;
   msg.badge.title = model ? `answered by ${model}` : "";
   if (model) msg.badge.append(el("span", { class: "model", text: ` · ${model}` }));
 }
@@ -161,12 +173,24 @@ function setStreaming(on) {
   $("chat-status").textContent = on ? "Answering…" : "";
 }
 
+/** The two numbers, named for what they are: how well the passages match, how far they back the answer. */
+function showScores(msg, C, support) {
+  const parts = [];
+  if (C !== null && C !== undefined) parts.push(`retrieval match ${Number(C).toFixed(2)}`);
+  if (support !== null && support !== undefined) parts.push(`answer support ${Number(support).toFixed(2)}`);
+  msg.conf.textContent = parts.join(" · ");
+}
+
+function setConversation(id) {
+  conversationId = id || null;
+  if (conversationId) localStorage.setItem(CONVERSATION_STORE, conversationId);
+  else localStorage.removeItem(CONVERSATION_STORE);
+}
+
 function requestBody(question) {
   const dev = devToggles();
-  const body = {
-    message: question,
-    history: history.slice(-MAX_TURNS).map((t) => ({ role: t.role, content: t.content.slice(0, MAX_TURN_CHARS) })),
-  };
+  const body = { message: question };
+  if (conversationId) body.conversation_id = conversationId;
   if (dev.tau !== null) body.tau = dev.tau;
   if (dev.forceFallback) body.forceFallback = true;
   return body;
@@ -195,7 +219,7 @@ async function ask(question) {
       const d = JSON.parse(data);
       if (event === "sources") {
         renderSources(msg, d.sources);
-        msg.conf.textContent = `confidence ${Number(d.C).toFixed(2)}`;
+        showScores(msg, d.C, null);
       } else if (event === "token") {
         msg.text += d.text;
         renderAnswer(msg.body, msg.text, msg);
@@ -216,12 +240,12 @@ async function ask(question) {
     if (!done) throw new Error("the stream ended without an answer; retry");
     msg.requestId = done.request_id;
     msg.li.dataset.requestId = done.request_id;
-    setBadge(msg, done.used, done.model);
-    if (done.C !== null && done.C !== undefined) msg.conf.textContent = `confidence ${Number(done.C).toFixed(2)}`;
+    setBadge(msg, done.used, done.model, done.answer);
+    showScores(msg, done.C, done.support);
     msg.state.textContent = "";
     renderAnswer(msg.body, msg.text, msg);
     renderFeedback(msg);
-    history.push({ role: "user", content: question }, { role: "assistant", content: msg.text });
+    if (done.conversation_id) setConversation(done.conversation_id);
   } catch (err) {
     msg.badge.className = "badge failed";
     if (err.name === "AbortError") {
@@ -243,6 +267,35 @@ async function ask(question) {
 
 function stop() {
   if (controller) controller.abort();
+}
+
+/** After a reload: the open conversation, read back from the server. */
+async function restoreConversation() {
+  if (!conversationId) return;
+  let detail;
+  try {
+    detail = await api(`/api/ai/conversations/${conversationId}`);
+  } catch (err) {
+    if (err.status === 404) setConversation(null); // deleted, or another key's
+    return;
+  }
+  for (const turn of detail.turns) {
+    if (turn.role === "user") {
+      addUserMessage(turn.content);
+      continue;
+    }
+    const msg = addAssistantMessage();
+    const meta = turn.meta || {};
+    msg.text = turn.content;
+    msg.requestId = turn.request_id;
+    if (turn.request_id) msg.li.dataset.requestId = turn.request_id;
+    renderSources(msg, meta.sources || []);
+    setBadge(msg, meta.used, meta.model, meta.answer);
+    showScores(msg, meta.C, meta.support);
+    renderAnswer(msg.body, msg.text, msg);
+    if (turn.request_id) renderFeedback(msg);
+    msg.li.removeAttribute("aria-busy");
+  }
 }
 
 function showDevNote() {
@@ -381,7 +434,7 @@ function init() {
   $("stop").addEventListener("click", stop);
   $("new-chat").addEventListener("click", () => {
     stop();
-    history.length = 0;
+    setConversation(null);
     $("messages").replaceChildren();
     q.focus();
   });
@@ -404,6 +457,7 @@ function init() {
   });
   $("refresh-docs").addEventListener("click", loadDocuments);
   loadDocuments();
+  restoreConversation();
 }
 
 init();

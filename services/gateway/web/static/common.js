@@ -1,10 +1,99 @@
-// Shared by both pages: API calls with an optional API key, the SSE reader, small DOM helpers.
+// Shared by both pages: API calls with an optional credential, the SSE reader, small DOM helpers.
+//
+// The API key a person pastes is exchanged at once for a short-lived signed token (POST /api/auth/token);
+// only the token is kept in this browser, renewed before it expires, and the key itself is never stored.
 
-const KEY_STORE = "aion.apiKey";
+const TOKEN_STORE = "aion.token"; // {token, expiresAt, lifetimeMs}
+const LEGACY_KEY_STORE = "aion.apiKey"; // where earlier versions kept the raw key
 const DEV_STORE = "aion.dev";
 
+function storedToken() {
+  try {
+    const t = JSON.parse(localStorage.getItem(TOKEN_STORE) || "null");
+    return t && typeof t.token === "string" ? t : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The credential sent as the Bearer: the stored token ("" when there is none). */
 export function apiKey() {
-  return localStorage.getItem(KEY_STORE) || "";
+  return storedToken()?.token || "";
+}
+
+function keepToken(issued) {
+  const lifetimeMs = issued.expires_in * 1000;
+  localStorage.setItem(TOKEN_STORE, JSON.stringify({
+    token: issued.access_token, expiresAt: Date.now() + lifetimeMs, lifetimeMs,
+  }));
+  scheduleRenewal();
+}
+
+export function forgetToken() {
+  localStorage.removeItem(TOKEN_STORE);
+  localStorage.removeItem(LEGACY_KEY_STORE);
+}
+
+/** Exchange `credential` (an API key, or a token to renew) for a new token; throws ApiError when refused. */
+async function exchange(credential) {
+  let res;
+  try {
+    res = await fetch("/api/auth/token", { method: "POST", headers: { Authorization: `Bearer ${credential}` } });
+  } catch {
+    throw new ApiError(0, "the gateway did not answer; is it running?");
+  }
+  if (!res.ok) {
+    let message = `${res.status} ${res.statusText}`;
+    try {
+      message = (await res.json())?.error?.message || message;
+    } catch {
+      /* keep the status line */
+    }
+    throw new ApiError(res.status, message);
+  }
+  keepToken(await res.json());
+}
+
+let renewal = null;
+
+/** Renew the token once two thirds of its life are gone (a tab that slept past its expiry asks for the key). */
+function scheduleRenewal() {
+  clearTimeout(renewal);
+  const t = storedToken();
+  if (!t) return;
+  const at = t.expiresAt - t.lifetimeMs / 3;
+  renewal = setTimeout(async () => {
+    const current = storedToken();
+    if (!current || current.token !== t.token) return;
+    try {
+      await exchange(current.token);
+    } catch (err) {
+      if (err.status === 401 || err.status === 403) forgetToken(); // revoked, or the session is too old
+    }
+  }, Math.max(0, at - Date.now()));
+}
+
+/** On page load: renew a kept token, or turn a raw key an older version kept into a token. */
+async function restoreCredential() {
+  const legacy = localStorage.getItem(LEGACY_KEY_STORE);
+  if (legacy) {
+    localStorage.removeItem(LEGACY_KEY_STORE);
+    try {
+      await exchange(legacy);
+    } catch {
+      /* the page will ask for a key */
+    }
+  }
+  const t = storedToken();
+  if (t && t.expiresAt <= Date.now()) forgetToken();
+  else scheduleRenewal();
+}
+
+const restored = typeof localStorage === "undefined" ? Promise.resolve() : restoreCredential();
+
+/** Resolves once a kept credential was restored: pages await it before their first call. */
+export function credentialReady() {
+  return restored;
 }
 
 export function authHeaders(extra = {}) {
@@ -36,6 +125,7 @@ export async function errorFrom(res, sentKey = apiKey()) {
 
 /** fetch() with the API key; JSON in and out; throws ApiError with the server's message. */
 export async function api(path, { method = "GET", json, body, signal, headers = {} } = {}) {
+  await restored;
   const sentKey = apiKey();
   const init = { method, signal, headers: authHeaders(headers) };
   if (json !== undefined) {
@@ -114,17 +204,27 @@ export function initKeyBox() {
   const form = document.getElementById("key-form");
   if (!form) return;
   const input = document.getElementById("key-input");
-  input.value = apiKey();
-  form.addEventListener("submit", (e) => {
+  input.value = "";
+  form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const key = input.value.trim();
-    if (key) localStorage.setItem(KEY_STORE, key);
-    else localStorage.removeItem(KEY_STORE);
+    input.value = ""; // the key leaves the page as soon as it was exchanged
+    if (!key) {
+      forgetToken();
+      return;
+    }
+    try {
+      await exchange(key);
+    } catch (err) {
+      needKey(err.status, err.message);
+      return;
+    }
     document.getElementById("key-box").hidden = true;
     onKeySaved();
+    window.dispatchEvent(new Event("aion:credential")); // other panels of the page load again too
   });
   document.getElementById("key-forget").addEventListener("click", () => {
-    localStorage.removeItem(KEY_STORE);
+    forgetToken();
     input.value = "";
   });
 }

@@ -1,7 +1,7 @@
 """Grounded learning loop: a training job's data window, and when an adapter stopped serving or lost its files.
 
-Revision ID: 0005_grounded_loop
-Revises: 0003_api_keys
+Revision ID: 0009_grounded_loop
+Revises: 0008_cache_jwt
 Create Date: 2026-12-05
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_grounded_loop"
-down_revision: str | Sequence[str] | None = "0003_api_keys"
+revision: str = "0009_grounded_loop"
+down_revision: str | Sequence[str] | None = "0008_cache_jwt"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
