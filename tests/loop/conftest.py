@@ -10,7 +10,13 @@ from typing import Any
 import psycopg
 
 from services.gateway.services.answer_record import model_input
-from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT_EN, PromptPassage, build_rag_messages
+from services.gateway.services.language import choose_language
+from services.gateway.services.prompt import (
+    DEFAULT_RAG_SYSTEM_PROMPT,
+    DEFAULT_RAG_SYSTEM_PROMPT_EN,
+    PromptPassage,
+    build_rag_messages,
+)
 
 TENANT = "test-tenant"
 PASSAGE = PromptPassage(n=1, text="The lighthouse flashes every seven seconds.", source="Lighthouse — Lamp")
@@ -19,8 +25,10 @@ PASSAGE = PromptPassage(n=1, text="The lighthouse flashes every seven seconds.",
 def rag_messages(question: str, history: list[dict[str, str]] | None = None,
                  passages: list[PromptPassage] | None = None) -> list[dict[str, str]]:
     """The messages the gateway sends the model for `question` (one passage unless given)."""
+    language = choose_language(question)
+    persona = DEFAULT_RAG_SYSTEM_PROMPT if language == "pt" else DEFAULT_RAG_SYSTEM_PROMPT_EN
     return build_rag_messages(question, [PASSAGE] if passages is None else passages,
-                              language="en", persona=DEFAULT_RAG_SYSTEM_PROMPT_EN, history=history or [])
+                              language=language, persona=persona, history=history or [])
 
 
 def add_answer(db: str, question: str, reply: str, *, when: datetime | None = None, complete: bool = True,

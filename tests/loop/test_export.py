@@ -24,7 +24,7 @@ async def test_rows_are_the_exact_model_input_then_the_reply(sessions, clean_db,
     # What the model was given (system, the RAG message with its numbered passage), then its reply.
     assert row["messages"] == [*rag_messages("Quantos segundos entre flashes?"),
                                {"role": "assistant", "content": "Sete segundos [1].\n\nFontes: [1] Lighthouse — Lamp"}]
-    assert "[1] (Lighthouse — Lamp) The lighthouse flashes" in row["messages"][1]["content"]
+    assert "[1] The lighthouse flashes" in row["messages"][0]["content"]
     assert row["meta"]["request_id"] == kept and row["meta"]["prompt_version"] and row["meta"]["chunk_ids"] == ["1"]
 
 
@@ -94,7 +94,7 @@ async def test_pii_is_scrubbed_in_the_context_as_well_as_the_reply(sessions, cle
         assert secret not in text
     for placeholder in ("[EMAIL]", "[CARTAO]", "[CPF]", "[TELEFONE]"):
         assert placeholder in text
-    assert "Pergunta: Meu e-mail é [EMAIL]" in read_jsonl(out)[0]["messages"][-2]["content"]
+    assert read_jsonl(out)[0]["messages"][-2]["content"] == "Meu e-mail é [EMAIL], e o cartão [CARTAO]?"
 
 
 async def test_seed_format_and_duplicates(sessions, clean_db, tmp_path) -> None:

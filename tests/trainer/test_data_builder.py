@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, PromptPassage, build_rag_messages
+from services.gateway.services.language import choose_language, detect_language
+from services.gateway.services.not_found import is_not_found
+from services.gateway.services.prompt import (
+    DEFAULT_RAG_SYSTEM_PROMPT_EN,
+    INSTRUCTIONS,
+    PromptPassage,
+    build_rag_messages,
+)
 from services.inference.loader import resolve_base_model
 from services.inference.settings import DEFAULT_SYSTEM_PROMPT
 from tests.fixtures.servers import MODEL_CACHE, REPO
@@ -111,12 +118,16 @@ def test_the_shipped_replay_is_grounded_in_the_shipped_documents(tokenizer, tmp_
         for passage in row["passages"]:
             assert plain(passage["text"]) in docs, passage
         cited = {int(n) for n in re.findall(r"\[(\d+)\]", row["answer"])}
-        assert cited <= set(range(1, len(row["passages"]) + 1)) and (cited or "Não encontrei" in row["answer"])
-    assert sum("Não encontrei" in r["answer"] for r in rows) >= 5  # it also teaches saying "not found"
+        assert cited <= set(range(1, len(row["passages"]) + 1)) and (cited or is_not_found(row["answer"]))
+        # It answers in the question's language, as the live prompt asks (no closing sources line).
+        assert detect_language(row["answer"]) in (None, choose_language(row["question"])), row
+        assert "Fontes:" not in row["answer"]
+    assert sum(is_not_found(r["answer"]) for r in rows) >= 5  # it also teaches saying "not found"
     examples, read, _ = load_examples([DEFAULT_REPLAY_FILE], tokenizer, trainer_settings(tmp_path), "replay")
     assert len(examples) == read == len(rows)
     first = tokenizer.decode(examples[0].input_ids)
-    assert DEFAULT_RAG_SYSTEM_PROMPT in first and "CONTEXTO:" in first and "Fontes:" in first
+    assert rows[0]["question"].startswith("How") and DEFAULT_RAG_SYSTEM_PROMPT_EN in first
+    assert INSTRUCTIONS["en"] in first and "[1] One charge lasts nine hours" in first
 
 
 def test_malformed_rows_are_counted_by_reason_and_skipped(tmp_path: Path, tokenizer) -> None:
@@ -178,7 +189,7 @@ def test_split_is_deterministic_stable_and_disjoint(tmp_path: Path, tokenizer) -
     assert len(data_train) + len(heldout) == 30
     # Both replay pools, each at its ratio: grounded rows (the RAG prompt) and general ones (the base's words).
     replay = [tokenizer.decode(e.input_ids) for e in first.train if e.source == "replay"]
-    grounded = [text for text in replay if "CONTEXTO:" in text]
+    grounded = [text for text in replay if any(instruction in text for instruction in INSTRUCTIONS.values())]
     assert first.replay_rows == len(replay) == math.ceil(0.5 * len(data_train)) + math.ceil(0.25 * len(data_train))
     assert len(grounded) == math.ceil(0.5 * len(data_train))
     assert all(e.source == "data" for e in first.heldout)
