@@ -46,7 +46,6 @@ from bench.kb_common import RESULTS, CpuMeter, machine, readme_corpus, say
 
 TOKEN = "loop-bench-token"
 TEACHER_MODEL = "teacher"
-NOT_FOUND_REPLY = "Não encontrei essa informação nos documentos."
 COMMON = {"The", "This", "These", "That", "There", "When", "With", "Then", "Note", "Also", "Each",
           "Some", "Many", "Most", "Your", "They", "What", "Which", "While", "Here", "From", "Once", "After"}
 
@@ -146,34 +145,32 @@ def absent_questions(docs: list[tuple[str, str]], count: int, rng: random.Random
 
 # ---------------------------------------------------------------- the teacher (fallback stand-in)
 
-def passages_in(user_message: str) -> list[tuple[int, str, str]]:
-    """(n, source, text) of the numbered passages of a RAG message (a passage's text may span lines)."""
-    if "CONTEXTO:\n" not in user_message:
-        return []
-    context = user_message.split("CONTEXTO:\n", 1)[1].rsplit("\n\nFontes: ", 1)[0]
-    starts, n, pos = [], 1, 0  # (n, where its marker begins, where its source begins)
-    while (match := re.compile(rf"(?:^|\n\n)\[{n}\] \(").search(context, pos)) is not None:
+def passages_in(system_message: str) -> list[tuple[int, str]]:
+    """(n, text) of the numbered passages of the RAG system message (a passage's text may span lines)."""
+    starts, n, pos = [], 1, 0  # (n, where its marker begins, where its text begins)
+    while (match := re.compile(rf"(?:^|\n\n)\[{n}\] ").search(system_message, pos)) is not None:
         starts.append((n, match.start(), match.end()))
         pos, n = match.end(), n + 1
-    out = []
-    for i, (number, _, start) in enumerate(starts):
-        end = starts[i + 1][1] if i + 1 < len(starts) else len(context)
-        body = context[start:end]
-        source, _, text = body.partition(") ")
-        out.append((number, source, text))
-    return out
+    return [(number, system_message[start:starts[i + 1][1] if i + 1 < len(starts) else len(system_message)])
+            for i, (number, _, start) in enumerate(starts)]
 
 
-def teacher_reply(user_message: str, key: dict[str, Question]) -> str:
-    """What a strong model answers from the passages: the answer with the passage that holds it cited."""
-    question_text = user_message.rsplit("Pergunta:", 1)[-1].strip()
+def teacher_reply(messages: list[dict[str, str]], key: dict[str, Question]) -> str:
+    """What a strong model answers from the passages: the answer with the passage that holds it cited, in
+    the question's language, as the RAG prompt asks."""
+    from services.gateway.services.language import choose_language
+    from services.gateway.services.not_found import NOT_FOUND_EN, NOT_FOUND_PT
+
+    question_text = next(m["content"] for m in reversed(messages) if m["role"] == "user").strip()
+    not_found = NOT_FOUND_PT if choose_language(question_text) == "pt" else NOT_FOUND_EN
     question = key.get(question_text)
     if question is None or question.answer is None:
-        return NOT_FOUND_REPLY
-    for n, source, text in passages_in(user_message):
+        return not_found
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    for n, text in passages_in(system):
         if question.sentence in _clean(text):
-            return f"{question.answer} [{n}].\n\nFontes: [{n}] {source}"
-    return NOT_FOUND_REPLY  # retrieval did not bring the passage: the teacher cannot know
+            return f"{question.answer} [{n}]."
+    return not_found  # retrieval did not bring the passage: the teacher cannot know
 
 
 @contextmanager
@@ -185,8 +182,7 @@ def run_teacher(key: dict[str, Question]) -> Iterator[str]:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
-        user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
-        text = teacher_reply(user, key)
+        text = teacher_reply(body["messages"], key)
         usage = {"prompt_tokens": 1000, "completion_tokens": len(text.split()), "total_tokens": 1000}
 
         async def events():
@@ -217,7 +213,7 @@ def judge(question: Question, out: dict[str, Any]) -> dict[str, Any]:
     from services.gateway.services.not_found import is_not_found
 
     reply = out["text"]
-    head = reply.split("Fontes:")[0]
+    head = reply.split("Fontes:")[0].split("Sources:")[0]
     right = next((s["n"] for s in out["sources"] if question.sentence in _clean(s["text"])), None)
     cited = {int(n) for n in re.findall(r"\[(\d+)\]", reply)}
     if question.answer is None:

@@ -52,13 +52,15 @@ class ChatParts:
 
 def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSession],
                inference: InferenceClient, counter: TokenCounter, metrics: GatewayMetrics | None = None) -> ChatParts:
-    async def retrieve_context(tenant_id: str, question: str, *, original: str | None = None) -> RetrievedContext:
+    async def retrieve_context(tenant_id: str, question: str, *, original: str | None = None,
+                               request_id: str | None = None) -> RetrievedContext:
         try:
             async with sessions.begin() as session:
                 found = await retrieve(session, inference, tenant_id, question, k=settings.top_k,
                                        top_n=settings.top_n, lam=settings.mmr_lambda, arms=settings.retrieval_arms(),
                                        duplicate_similarity=settings.mmr_duplicate_similarity,
-                                       request_id=request_id_var.get(), max_query_chars=settings.max_query_chars,
+                                       request_id=request_id or request_id_var.get(),
+                                       max_query_chars=settings.max_query_chars,
                                        original_query=original)
         except DBAPIError as exc:
             if not (isinstance(exc, OperationalError) or exc.connection_invalidated):

@@ -99,7 +99,8 @@ class AnswerPolicy:
     log_max_chars: int = 64_000  # AION_ANSWER_LOG_MAX_CHARS: the messages an answer event may hold
 
 
-RetrieveFn = Callable[..., Awaitable[RetrievedContext]]  # (tenant_id, query, *, original=None)
+# (tenant_id, query, *, original=None, request_id=None): the retrieval event is logged under the answer's id.
+RetrieveFn = Callable[..., Awaitable[RetrievedContext]]
 LogEventFn = Callable[[str, str, float, dict[str, Any], str], Awaitable[None]]  # (tenant, kind, value, meta, rid)
 ObserveFn = Callable[[dict[str, Any]], None]  # the answer event's meta, for in-memory metrics
 
@@ -187,9 +188,9 @@ class AnswerService:
             if req.history and self.rewriter:
                 language = self._language(req.question, *(t["content"] for t in req.history if t["role"] == "user"))
                 out.rewrite = await self.rewriter.rewrite(req.question, req.history, language,
-                                                          request_id=req.request_id)
+                                                          request_id=req.correlation_id or req.request_id)
                 query = out.rewrite.question
-            context = await self.retrieve(req.tenant_id, query,
+            context = await self.retrieve(req.tenant_id, query, request_id=req.request_id,
                                           original=req.question if query != req.question else None)
             budget = await self._prompt_budget()
             texts = fit_passages([p.text for p in context.passages], budget, self.tokens)
