@@ -86,8 +86,10 @@ def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | No
 def trained(base: LoadedModel, workdir: Path) -> Trained:
     # A few grounded replay rows (they are long: a RAG prompt each) keep the adapter answering from context;
     # general replay (the default ratio, short rows) keeps it answering what the base knew.
+    # The RAG subset has 8 answer measures (4 items x answer, cited): one flip moves its score by 0.125, so the
+    # margin is one flip here, as the default 0.05 is on the whole shipped set.
     settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15,
-                                AION_TRAIN_REPLAY_RATIO=0.3)
+                                AION_TRAIN_REPLAY_RATIO=0.3, AION_TRAIN_RAG_REGRESSION_MARGIN=0.13)
     data = write_jsonl(workdir / "export.jsonl", fact_rows(), ["{broken", json.dumps({"kind": "answer"})])
     dataset = build_dataset([data], base.tokenizer, settings)
     heldout_questions = [row_to_messages(r, DEFAULT_SYSTEM_PROMPT)[1]["content"] for r in fact_rows()
