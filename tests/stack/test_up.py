@@ -160,7 +160,9 @@ def test_up_runs_the_whole_stack_answers_with_citations_and_sigint_leaves_nothin
 
         answer = httpx.post(f"{gateway}/api/ai/chat", json={"message": "How long does a Pomelo battery charge last?"},
                             timeout=300).json()
-        assert answer["text"].strip() and answer["used"] == "local"
+        # The local model answered; where its words were not backed by the passages (which depends on the
+        # CPU's arithmetic for a 135M model), the answer path quotes the passages instead.
+        assert answer["text"].strip() and (answer["used"] == "local" or answer["answer"] == "quoted"), answer
         assert answer["sources"], answer
         assert answer["sources"][0]["title"] == "The Pomelo robot"
         assert "nine hours" in answer["sources"][0]["text"]
