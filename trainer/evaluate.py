@@ -1,9 +1,16 @@
-"""Evaluation gate: promote a candidate adapter only if it learned without forgetting.
+"""Evaluation gate: promote a candidate adapter only if it learned without getting worse at what users get.
 
-Two measures, candidate vs current (the active adapter, or the base when none is active):
-- loss on the held-out split (answer tokens only): did it learn the owner's answers?
-- a fixed regression set of general questions answered greedily: did it forget what the base knew?
-  (Measured: a fact-learning run began answering "The capital of France is New York City".)
+Three measures, candidate vs current (the active adapter, or the base when none is active) and vs
+the base, all on what users get:
+- loss on the held-out grounded rows (the exact RAG prompts, answer tokens only): did it learn the
+  owner's answers?
+- a fixed RAG regression set, answered greedily in the gateway's RAG prompt: is the answer in the
+  reply and the right passage cited, and does it say "not found" when the context lacks the
+  answer? (Held-out loss on rows like the training rows cannot see an adapter that learned to
+  answer without reading the context.)
+- a fixed regression set of general questions: did it forget what the base knew? (Measured: a
+  fact-learning run began answering "The capital of France is New York City".)
+The figures of every set are kept in the gate report, stored on the job.
 """
 
 from __future__ import annotations
@@ -13,25 +20,30 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.gateway.services.not_found import is_not_found
 from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
 
-from .data_builder import Example
+from .data_builder import Example, rag_messages
+from .loss import answer_loss
+from .precision import autocast, autocast_dtype
 from .run_lora import collate
 from .settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REGRESSION_FILE = Path(__file__).with_name("regression_set.jsonl")
+DEFAULT_RAG_REGRESSION_FILE = Path(__file__).with_name("rag_regression_set.jsonl")
 CANDIDATE, CURRENT = "candidate", "current"
 # The base's and the active adapter's regression scores only change when they do: keep them per
 # (base, adapter, questions) so a worker running job after job scores each once.
-_reference_scores: dict[tuple[Any, ...], RegressionScore] = {}
+_reference_scores: dict[tuple[Any, ...], Any] = {}
+_CITATION = re.compile(r"\[(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,57 @@ class RegressionItem:
     system: str | None = None  # None: the chat template's own default system prompt
 
     def is_correct(self, reply: str) -> bool:
-        return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, re.IGNORECASE) for a in self.answers)
+        return _mentions(reply, self.answers)
+
+    def messages(self) -> list[dict[str, str]]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": self.question}]
+
+
+def _mentions(reply: str, answers: Sequence[str]) -> bool:
+    """Any of the answers, as a whole word, case-insensitive."""
+    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, re.IGNORECASE) for a in answers)
+
+
+@dataclass(frozen=True)
+class RagItem:
+    """Context + question. `cite` is the passage holding the answer; None: the context lacks it."""
+
+    question: str
+    passages: tuple[tuple[str, str], ...]  # (source, text), numbered from 1 in the prompt
+    expected: tuple[str, ...]
+    cite: int | None
+
+    def messages(self, personas: Mapping[str, str]) -> list[dict[str, str]]:
+        return rag_messages(self.question, [{"source": s, "text": t} for s, t in self.passages], personas)
+
+    def judge(self, reply: str) -> dict[str, bool]:
+        """answer: an expected answer is in the reply; cited: exactly the right passage is cited;
+        not_found: the reply says the documents do not hold it."""
+        if self.cite is None:
+            return {"not_found": is_not_found(reply)}
+        cited = {int(n) for n in _CITATION.findall(reply)}
+        return {"answer": _mentions(reply, self.expected), "cited": cited == {self.cite}}
+
+
+@dataclass
+class RagScore:
+    """Answerable items score 0.5 for the answer in the reply and 0.5 more when it also cites exactly the
+    right passage (a citation without the answer earns nothing: a random "[2]" is not grounding);
+    `answer_score` is their mean. `not_found_rate`: the items whose context lacks the answer, answered
+    "not found". The gate judges the two apart, so saying "not found" to everything cannot pass."""
+
+    answer_score: float
+    answer_rate: float
+    citation_rate: float
+    not_found_rate: float
+    total: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        return {"answer_score": _r(self.answer_score), "answer_rate": _r(self.answer_rate),
+                "citation_rate": _r(self.citation_rate), "not_found_rate": _r(self.not_found_rate),
+                "items": self.total}
 
 
 @dataclass
@@ -72,13 +134,21 @@ class GateResult:
     seconds: float
     candidate_failures: list[dict[str, str]] = field(default_factory=list)
     current_failures: list[dict[str, str]] = field(default_factory=list)
+    rag_score_current: float = math.nan  # RagScore.answer_score of each
+    rag_score_candidate: float = math.nan
+    rag_score_base: float = math.nan
+    rag_margin: float = 0.0
+    # The report shown in the admin panel: per set, the figures of base, current and candidate.
+    report: dict[str, Any] = field(default_factory=dict)
+    rag_candidate_failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def promote(self) -> bool:
         return self.decision == "promote"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (stored on the job in JSONB, which has no NaN): unmeasured figures become None."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
 def load_regression_set(path: Path | None = None) -> list[RegressionItem]:
@@ -92,41 +162,59 @@ def load_regression_set(path: Path | None = None) -> list[RegressionItem]:
     return items
 
 
-def heldout_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int) -> tuple[float, int]:
-    """Mean loss per answer token over the examples, and the token count."""
+def load_rag_regression_set(path: Path | None = None) -> list[RagItem]:
+    """The RAG regression items (JSONL: question, passages [{source, text}], expected, cite); the shipped set by default."""
+    items = []
+    for line in (path or DEFAULT_RAG_REGRESSION_FILE).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            items.append(RagItem(question=row["question"], expected=tuple(row.get("expected") or ()),
+                                 passages=tuple((p.get("source") or "", p["text"]) for p in row["passages"]),
+                                 cite=row.get("cite")))
+    return items
+
+
+def _device(model: Any) -> str:
+    return str(next(model.parameters()).device)
+
+
+def heldout_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, *,
+                 chunk_tokens: int = 256, autocast_to: Any = None) -> tuple[float, int]:
+    """Mean loss per answer token over the examples, and the token count (logits for answer tokens only)."""
     import torch
-    import torch.nn.functional as F
 
     total_loss, total_tokens = 0.0, 0
-    device = next(model.parameters()).device
-    with torch.no_grad():
+    device = _device(model)
+    with torch.no_grad(), autocast(device, autocast_to):
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
-            labels = batch.pop("labels")
-            logits = model(**batch).logits[:, :-1].float()
-            target = labels[:, 1:]
-            # Summed, not the model's per-batch mean, so batches of different sizes weigh by tokens.
-            total_loss += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                ignore_index=-100, reduction="sum"))
-            total_tokens += int((target != -100).sum())
+            # Summed, not a per-batch mean, so batches of different sizes weigh by tokens.
+            loss, tokens = answer_loss(model, batch, chunk_tokens)
+            total_loss += float(loss)
+            total_tokens += tokens
     return (total_loss / total_tokens if total_tokens else math.nan), total_tokens
 
 
 def answer_greedily(model: Any, tokenizer: Any, items: Sequence[RegressionItem], max_new_tokens: int,
-                    batch_size: int) -> list[str]:
+                    batch_size: int, autocast_to: Any = None) -> list[str]:
     """Greedy replies to each question, in left-padded batches (the tokenizer is not modified)."""
+    return reply_greedily(model, tokenizer, [item.messages() for item in items], max_new_tokens, batch_size,
+                          autocast_to)
+
+
+def reply_greedily(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int,
+                   batch_size: int, autocast_to: Any = None) -> list[str]:
+    """Greedy replies to each conversation, in left-padded batches."""
     import torch
 
-    device = next(model.parameters()).device
+    device = _device(model)
     prompts = []
-    for item in items:
-        messages = ([{"role": "system", "content": item.system}] if item.system else [])
-        messages.append({"role": "user", "content": item.question})
+    for messages in conversations:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompts.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
     replies: list[str] = []
     pad = tokenizer.pad_token_id
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, autocast_to):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             width = max(len(p) for p in chunk)
@@ -138,12 +226,42 @@ def answer_greedily(model: Any, tokenizer: Any, items: Sequence[RegressionItem],
     return replies
 
 
+def _eval_batch(settings: TrainerSettings) -> int:
+    return int(settings.sized("eval_batch_size"))
+
+
 def regression_score(model: Any, tokenizer: Any, items: Sequence[RegressionItem], settings: TrainerSettings) -> RegressionScore:
     """How many regression questions the model answers correctly, greedily, and what it said to the rest."""
-    replies = answer_greedily(model, tokenizer, items, settings.regression_max_new_tokens, settings.eval_batch_size)
+    replies = answer_greedily(model, tokenizer, items, settings.regression_max_new_tokens, _eval_batch(settings),
+                              autocast_dtype(settings.autocast, _device(model)))
     failures = [{"question": i.question, "expected": " | ".join(i.answers), "reply": r.strip()}
                 for i, r in zip(items, replies, strict=True) if not i.is_correct(r)]
     return RegressionScore(correct=len(items) - len(failures), total=len(items), failures=failures)
+
+
+def rag_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: TrainerSettings) -> RagScore:
+    """The RAG regression set answered greedily in the gateway's prompt, judged per item."""
+    if not items:
+        return RagScore(answer_score=math.nan, answer_rate=math.nan, citation_rate=math.nan, not_found_rate=math.nan,
+                        total=0)
+    replies = reply_greedily(model, tokenizer, [i.messages(settings.rag_personas()) for i in items],
+                             settings.regression_max_new_tokens, _eval_batch(settings),
+                             autocast_dtype(settings.autocast, _device(model)))
+    judged = [(item, item.judge(reply), reply.strip()) for item, reply in zip(items, replies, strict=True)]
+    answerable = [v for i, v, _ in judged if i.cite is not None]
+    absent = [v for i, v, _ in judged if i.cite is None]
+    points = [0.5 * v["answer"] + 0.5 * (v["answer"] and v["cited"]) if i.cite is not None else float(v["not_found"])
+              for i, v, _ in judged]
+
+    def rate(rows: list[dict[str, bool]], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows) if rows else math.nan
+
+    answer_points = [p for (i, _, _), p in zip(judged, points, strict=True) if i.cite is not None]
+    failures = [{"question": i.question, "expected": " | ".join(i.expected) or "not found", "cite": i.cite,
+                 "reply": r, **v} for (i, v, r), p in zip(judged, points, strict=True) if p < 1.0]
+    return RagScore(answer_score=sum(answer_points) / len(answer_points) if answer_points else math.nan,
+                    answer_rate=rate(answerable, "answer"), citation_rate=rate(answerable, "cited"),
+                    not_found_rate=rate(absent, "not_found"), total=len(items), failures=failures)
 
 
 def _adapter_identity(path: Path | None) -> tuple[str, int, int] | None:
@@ -183,8 +301,12 @@ def _use(model: Any, adapter: str | None) -> Iterator[None]:
 
 
 def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float,
-           acc_current: float, acc_candidate: float, acc_base: float) -> tuple[str, list[str]]:
-    """The gate's rule on the figures; reasons name every check, passed or failed."""
+           acc_current: float, acc_candidate: float, acc_base: float, *,
+           rag: dict[str, tuple[float, float, float]] | None = None) -> tuple[str, list[str]]:
+    """The gate's rule on the figures; reasons name every check, passed or failed.
+
+    `rag`: {measure: (current, candidate, base)} of the RAG set; a NaN candidate figure (no such items) is
+    not judged."""
     reasons, ok = [], True
     if not math.isfinite(loss_candidate) or not math.isfinite(loss_current):
         ok = False
@@ -206,38 +328,74 @@ def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float
                        f"below the base's {acc_base:.3f}")
     else:
         reasons.append(f"regression accuracy held {acc_current:.3f} -> {acc_candidate:.3f} (base {acc_base:.3f})")
+    margin = settings.rag_regression_margin
+    for measure, (current, candidate, base) in (rag or {}).items():
+        if math.isnan(candidate):
+            continue
+        if candidate + 1e-9 < current - margin:
+            ok = False
+            reasons.append(f"{measure} fell {current:.3f} -> {candidate:.3f} (margin {margin})")
+        elif candidate + 1e-9 < base - margin:
+            ok = False
+            reasons.append(f"{measure} {candidate:.3f} is more than {margin} below the base's {base:.3f}")
+        else:
+            reasons.append(f"{measure} held {current:.3f} -> {candidate:.3f} (base {base:.3f})")
     return ("promote" if ok else "reject"), reasons
 
 
-def _reference_score(model: Any, base: LoadedModel, adapter_path: Path | None, items: list[RegressionItem],
-                     settings: TrainerSettings) -> RegressionScore:
-    """The base's (adapter_path None) or the active adapter's regression score, computed once per process."""
+def _reference_score(model: Any, base: LoadedModel, adapter_path: Path | None, items: list[Any],
+                     settings: TrainerSettings, *, rag: bool = False) -> Any:
+    """The base's (adapter_path None) or the active adapter's score on a set, computed once per process."""
     key = (base.path, base.quantization, _adapter_identity(adapter_path), settings.regression_max_new_tokens,
-           tuple(items))
+           tuple(sorted(settings.rag_personas().items())) if rag else None, rag, tuple(items))
     if key not in _reference_scores:
         with _use(model, CURRENT if adapter_path is not None else None):
-            _reference_scores[key] = regression_score(model, base.tokenizer, items, settings)
+            _reference_scores[key] = (rag_score if rag else regression_score)(model, base.tokenizer, items, settings)
     return _reference_scores[key]
 
 
 def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence[Example], settings: TrainerSettings,
-                       *, current_adapter: Path | None = None,
-                       regression: Sequence[RegressionItem] | None = None) -> GateResult:
+                       *, current_adapter: Path | None = None, regression: Sequence[RegressionItem] | None = None,
+                       rag_regression: Sequence[RagItem] | None = None) -> GateResult:
     """Compare the candidate adapter with the current one (or the base) and decide promote / reject."""
     started = time.perf_counter()
     items = list(regression) if regression is not None else load_regression_set(settings.regression_file)
+    rag_items = (list(rag_regression) if rag_regression is not None
+                 else load_rag_regression_set(settings.rag_regression_file))
     tokenizer, pad = base.tokenizer, base.tokenizer.pad_token_id
+    cast = autocast_dtype(settings.autocast, base.device)
+
+    def loss(model: Any) -> tuple[float, int]:
+        return heldout_loss(model, heldout, pad, _eval_batch(settings), chunk_tokens=settings.loss_chunk_tokens,
+                            autocast_to=cast)
+
     with _adapters(base, Path(candidate_dir), current_adapter) as model:
         current = CURRENT if current_adapter else None
         with _use(model, current):
-            loss_cur, tokens = heldout_loss(model, heldout, pad, settings.eval_batch_size)
+            loss_cur, tokens = loss(model)
         score_cur = _reference_score(model, base, current_adapter, items, settings)
         score_base = _reference_score(model, base, None, items, settings) if current_adapter else score_cur
+        rag_cur = _reference_score(model, base, current_adapter, rag_items, settings, rag=True)
+        rag_base = _reference_score(model, base, None, rag_items, settings, rag=True) if current_adapter else rag_cur
         with _use(model, CANDIDATE):
-            loss_cand, _ = heldout_loss(model, heldout, pad, settings.eval_batch_size)
+            loss_cand, _ = loss(model)
             score_cand = regression_score(model, tokenizer, items, settings)
+            rag_cand = rag_score(model, tokenizer, rag_items, settings)
     decision, reasons = decide(settings, loss_cur, loss_cand, score_cur.accuracy, score_cand.accuracy,
-                               score_base.accuracy)
+                               score_base.accuracy, rag={
+                                   "RAG answer score": (rag_cur.answer_score, rag_cand.answer_score,
+                                                        rag_base.answer_score),
+                                   "RAG not-found rate": (rag_cur.not_found_rate, rag_cand.not_found_rate,
+                                                          rag_base.not_found_rate)})
+    report = {
+        "heldout": {"examples": len(heldout), "answer_tokens": tokens, "loss_current": _r(loss_cur),
+                    "loss_candidate": _r(loss_cand)},
+        "rag": {"base": rag_base.figures(), "current": rag_cur.figures(), "candidate": rag_cand.figures(),
+                "margin": settings.rag_regression_margin},
+        "general": {"base": _r(score_base.accuracy), "current": _r(score_cur.accuracy),
+                    "candidate": _r(score_cand.accuracy), "questions": len(items),
+                    "margin": settings.regression_margin},
+    }
     result = GateResult(
         decision=decision, reasons=reasons, heldout_loss_current=loss_cur, heldout_loss_candidate=loss_cand,
         heldout_examples=len(heldout), heldout_tokens=tokens, regression_accuracy_current=score_cur.accuracy,
@@ -245,6 +403,14 @@ def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence
         regression_total=len(items), regression_margin=settings.regression_margin,
         current=str(current_adapter) if current_adapter else "base",
         seconds=round(time.perf_counter() - started, 3),
-        candidate_failures=score_cand.failures, current_failures=score_cur.failures)
+        candidate_failures=score_cand.failures, current_failures=score_cur.failures,
+        rag_score_current=rag_cur.answer_score, rag_score_candidate=rag_cand.answer_score,
+        rag_score_base=rag_base.answer_score,
+        rag_margin=settings.rag_regression_margin, report=report, rag_candidate_failures=rag_cand.failures)
     logger.info("gate %s for %s: %s", decision, Path(candidate_dir).name, "; ".join(reasons))
     return result
+
+
+def _r(value: float) -> float | None:
+    """A figure for the JSON report (NaN is not JSON)."""
+    return None if value is None or math.isnan(value) else round(value, 4)

@@ -24,6 +24,8 @@ from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
 from shared.errors import AionError
 
 from .data_builder import IGNORE_INDEX, BuiltDataset, Example
+from .loss import answer_loss
+from .precision import autocast, autocast_dtype, grad_scaler
 from .settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class TrainResult:
     device: str
     quantization: str
     losses: list[float] = field(default_factory=list)
+    precision: str = "full"  # the autocast dtype of the forward passes
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,16 +83,26 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _uses_checkpointing(settings: TrainerSettings, device: str) -> bool:
-    return settings.gradient_checkpointing == "true" or (settings.gradient_checkpointing == "auto" and device.startswith("cuda"))
+# Rows longer than this turn activation checkpointing on under `auto` on CPU too: a grounded row (the RAG
+# prompt) is ~1,500-2,000 tokens, and a batch of 4 kept ~10 GB of activations on the 135M default (the
+# process was killed for memory); checkpointed, it keeps one layer's.
+CHECKPOINT_ABOVE_TOKENS = 1024
 
 
-def attach_lora(base: LoadedModel, settings: TrainerSettings, resume_from: Path | None = None) -> Any:
-    """Wrap the base in trainable LoRA layers (fresh, or continuing an existing adapter)."""
+def _uses_checkpointing(settings: TrainerSettings, device: str, longest: int = 0) -> bool:
+    if settings.gradient_checkpointing != "auto":
+        return settings.gradient_checkpointing == "true"
+    return device.startswith("cuda") or longest > CHECKPOINT_ABOVE_TOKENS
+
+
+def attach_lora(base: LoadedModel, settings: TrainerSettings, resume_from: Path | None = None,
+                longest: int = 0) -> Any:
+    """Wrap the base in trainable LoRA layers (fresh, or continuing an existing adapter); `longest`: the
+    longest training row, in tokens."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     model = base.model
-    checkpointing = _uses_checkpointing(settings, base.device)
+    checkpointing = _uses_checkpointing(settings, base.device, longest)
     # Non-reentrant checkpointing: torch warns the reentrant default is going away.
     kwargs = {"use_reentrant": False}
     if base.quantization == "nf4":
@@ -157,17 +170,19 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _accumulate(model: Any, group: list[list[Example]], pad_id: int, device: Any) -> float:
-    """Forward and backward over the micro-batches of one optimizer step; returns their mean loss."""
-    tokens = [sum(e.answer_tokens for e in batch) for batch in group]
+def _accumulate(model: Any, group: list[list[Example]], pad_id: int, device: Any, settings: TrainerSettings,
+                cast: Any, scaler: Any) -> float:
+    """Forward and backward over the micro-batches of one optimizer step; returns their mean loss per answer token."""
+    total = sum(e.answer_tokens for batch in group for e in batch)
     step_loss = 0.0
-    for batch, n in zip(group, tokens, strict=True):
+    for batch in group:
         inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-        loss = model(**inputs).loss
-        # Weight micro-batches by answer tokens so accumulation equals one big batch.
-        weight = n / sum(tokens)
-        (loss * weight).backward()
-        step_loss += float(loss.detach()) * weight
+        with autocast(str(device), cast):
+            summed, _ = answer_loss(model, inputs, settings.loss_chunk_tokens)
+        # Divided by the step's answer tokens: accumulation equals one big batch.
+        loss = summed / total
+        scaler.scale(loss).backward()
+        step_loss += float(loss.detach())
     return step_loss
 
 
@@ -224,12 +239,15 @@ def train_adapter(base: LoadedModel, dataset: BuiltDataset, output_dir: Path, se
     warmup = int(total * settings.warmup_ratio)
     pad_id = base.tokenizer.pad_token_id
     device = base.model.device
+    cast = autocast_dtype(settings.autocast, str(device))
+    scaler = grad_scaler(str(device), cast)
     partial = _prepare_output(output_dir)
     peft_model = None
     try:
-        peft_model = attach_lora(base, settings, resume_from)
+        peft_model = attach_lora(base, settings, resume_from, max(len(e.input_ids) for e in dataset.train))
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=float(settings.sized("learning_rate")),
+                                      weight_decay=settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
         peft_model.train()
         losses: list[float] = []
@@ -241,12 +259,15 @@ def train_adapter(base: LoadedModel, dataset: BuiltDataset, output_dir: Path, se
                     break
                 if should_cancel is not None and should_cancel():
                     raise TrainingCancelled(f"training cancelled at step {step}/{total}")
-                step_loss = _accumulate(peft_model, micro[start:start + settings.grad_accumulation], pad_id, device)
+                step_loss = _accumulate(peft_model, micro[start:start + settings.grad_accumulation], pad_id, device,
+                                        settings, cast, scaler)
                 if not math.isfinite(step_loss):
                     raise TrainingDiverged(f"loss became {step_loss} at step {step + 1}; lower "
                                            "AION_TRAIN_LEARNING_RATE")
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -258,7 +279,8 @@ def train_adapter(base: LoadedModel, dataset: BuiltDataset, output_dir: Path, se
             adapter_dir=output_dir, steps=step, total_steps=total, epochs=round(step / per_epoch, 3),
             seconds=0.0, first_loss=losses[0], train_loss=sum(tail) / len(tail), examples=len(dataset.train),
             answer_tokens=sum(e.answer_tokens for e in dataset.train), device=base.device,
-            quantization=base.quantization, losses=[round(x, 5) for x in losses])
+            quantization=base.quantization, losses=[round(x, 5) for x in losses],
+            precision=str(cast).removeprefix("torch.") if cast is not None else "full")
         peft_model.save_pretrained(str(partial))
         result.seconds = round(time.perf_counter() - started, 3)
         (partial / METRICS_FILE).write_text(json.dumps({"train": result.to_dict(), "data": dataset.summary(),
@@ -276,5 +298,5 @@ def train_adapter(base: LoadedModel, dataset: BuiltDataset, output_dir: Path, se
 def _training_settings(settings: TrainerSettings) -> dict[str, Any]:
     keys = ("lora_base", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate",
             "epochs", "max_steps", "batch_size", "grad_accumulation", "max_seq_len", "seed",
-            "heldout_fraction", "replay_ratio")
+            "heldout_fraction", "replay_ratio", "autocast", "eval_batch_size")
     return {k: getattr(settings, k) for k in keys}

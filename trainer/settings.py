@@ -9,8 +9,11 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, DEFAULT_RAG_SYSTEM_PROMPT_EN
 from services.inference.settings import DEFAULT_BASE_MODEL, DEFAULT_SYSTEM_PROMPT
 from shared.settings import CommonSettings
+
+from .model_size import SizeDefaults, defaults_for
 
 
 class TrainerSettings(CommonSettings):
@@ -19,14 +22,23 @@ class TrainerSettings(CommonSettings):
     model_cache_dir: Path | None = Field(default=None, validation_alias="AION_MODEL_CACHE_DIR")
     # Adapters, temp folders and datasets live here; default <AION_DATA_DIR>/training.
     train_root: Path | None = Field(default=None, validation_alias="AION_TRAIN_ROOT")
-    # Seed-format rows carry no system prompt: use the one the inference service answers with.
+    # Seed-format rows that carry no system prompt get the one the inference service answers with.
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, validation_alias="AION_SYSTEM_PROMPT")
+    # The gateway's RAG persona prompts (Portuguese, English): replay rows and the RAG regression set are
+    # asked with the one of their question's language, as the gateway would ask them.
+    rag_system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
+    rag_system_prompt_en: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT_EN, validation_alias="AION_RAG_SYSTEM_PROMPT_EN")
 
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", validation_alias="AION_TRAIN_DEVICE")
+    # auto | cpu | cuda | cuda:N (which GPU: cuda:1 keeps training off the GPU inference serves from).
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", validation_alias="AION_TRAIN_DEVICE")
+    # Mixed precision for the forward passes: auto (bf16 on CUDA where supported, else fp16; off on CPU),
+    # off, bf16 or fp16 (fp16 on CUDA only: it needs loss scaling).
+    autocast: Literal["auto", "off", "bf16", "fp16"] = Field(default="auto", validation_alias="AION_TRAIN_AUTOCAST")
     # auto: nf4 (QLoRA) on CUDA; full precision on CPU, where nf4 is slower and saves nothing for 135M.
     load_in_4bit: Literal["auto", "true", "false"] = Field(default="auto",
                                                            validation_alias="AION_TRAIN_LOAD_IN_4BIT")
-    # auto: on with CUDA (memory for a 7B), off on CPU (it only costs time there).
+    # auto: on with CUDA (memory for a 7B), and on CPU when rows are long (over 1,024 tokens: grounded RAG
+    # rows are), where a batch's activations would take gigabytes; off otherwise (it only costs time).
     gradient_checkpointing: Literal["auto", "true", "false"] = Field(
         default="auto", validation_alias="AION_TRAIN_GRADIENT_CHECKPOINTING")
     threads: int | None = Field(default=None, ge=1, validation_alias="AION_TRAIN_THREADS")
@@ -41,8 +53,9 @@ class TrainerSettings(CommonSettings):
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         validation_alias="AION_TRAIN_LORA_TARGET_MODULES")
 
-    # 1e-3 teaches the 135M default a fact in ~16 steps (FINDINGS); a 7B base wants ~2e-4.
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, validation_alias="AION_TRAIN_LEARNING_RATE")
+    # Unset: by the base model's size (trainer/model_size.py): 1e-3 under 1B parameters (teaches the
+    # 135M default a fact in ~16 steps, FINDINGS), 2e-4 up to 10B (QLoRA's value for 7B), 1e-4 above.
+    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0, validation_alias="AION_TRAIN_LEARNING_RATE")
     weight_decay: float = Field(default=0.0, ge=0.0, validation_alias="AION_TRAIN_WEIGHT_DECAY")
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, validation_alias="AION_TRAIN_WARMUP_RATIO")
     max_grad_norm: float = Field(default=1.0, gt=0.0, validation_alias="AION_TRAIN_MAX_GRAD_NORM")
@@ -52,7 +65,9 @@ class TrainerSettings(CommonSettings):
     max_steps: int = Field(default=300, ge=0, validation_alias="AION_TRAIN_MAX_STEPS")
     batch_size: int = Field(default=4, ge=1, le=512, validation_alias="AION_TRAIN_BATCH_SIZE")
     grad_accumulation: int = Field(default=1, ge=1, le=512, validation_alias="AION_TRAIN_GRAD_ACCUMULATION")
-    max_seq_len: int = Field(default=1024, ge=16, validation_alias="AION_TRAIN_MAX_SEQ_LEN")
+    # Unset: by model size (2048 under 1B, 4096 above). A grounded row holds the RAG message with its
+    # passages (~1,500 tokens at the default 8 x 200), so shorter limits reject most rows as too_long.
+    max_seq_len: int | None = Field(default=None, ge=16, validation_alias="AION_TRAIN_MAX_SEQ_LEN")
     seed: int = Field(default=42, validation_alias="AION_TRAIN_SEED")
 
     heldout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, validation_alias="AION_TRAIN_HELDOUT_FRACTION")
@@ -61,8 +76,16 @@ class TrainerSettings(CommonSettings):
     min_examples: int = Field(default=20, ge=1, validation_alias="AION_TRAIN_MIN_EXAMPLES")
     # Replay rows per training row (capped by the replay file's size): general Q&A in the base's own
     # greedy words, checked correct, so forgetting shows up as loss and is trained back.
-    replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0, validation_alias="AION_TRAIN_REPLAY_RATIO")
+    # Replay rows per training row, capped by each file's size. Grounded replay: answers about the documents
+    # shipped in aion/demo_docs, in the live RAG prompt (trainer/rag_replay.jsonl), so the adapter keeps
+    # answering from context and saying "not found" (long rows: a RAG prompt each). General replay: the
+    # base's own correct answers to general questions (trainer/general_replay.jsonl, short rows), so it
+    # does not forget what the general regression set checks.
+    replay_ratio: float = Field(default=0.5, ge=0.0, le=10.0, validation_alias="AION_TRAIN_REPLAY_RATIO")
     replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_REPLAY_FILE")
+    general_replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0,
+                                        validation_alias="AION_TRAIN_GENERAL_REPLAY_RATIO")
+    general_replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_GENERAL_REPLAY_FILE")
 
     # Gate: the candidate's regression accuracy may fall at most this much below the current model's
     # and the base's (the base too, so small drops cannot pile up over many promotions).
@@ -72,16 +95,44 @@ class TrainerSettings(CommonSettings):
     min_heldout_improvement: float = Field(default=0.0, ge=0.0,
                                            validation_alias="AION_TRAIN_MIN_HELDOUT_IMPROVEMENT")
     regression_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_REGRESSION_FILE")
+    # The RAG regression set (context + question: the answer in the reply and the right passage cited;
+    # or "not found" when the context lacks it): the candidate's score may fall at most this much below
+    # the current model's and the base's.
+    rag_regression_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_RAG_REGRESSION_FILE")
+    rag_regression_margin: float = Field(default=0.05, ge=0.0, le=1.0,
+                                         validation_alias="AION_TRAIN_RAG_REGRESSION_MARGIN")
     # Room for the base's own wordy answers ("To add 2 and 3, you simply ... = 5"): 24 cut correct ones off.
     regression_max_new_tokens: int = Field(default=48, ge=1, le=512,
                                            validation_alias="AION_TRAIN_REGRESSION_MAX_NEW_TOKENS")
-    eval_batch_size: int = Field(default=16, ge=1, le=512, validation_alias="AION_TRAIN_EVAL_BATCH_SIZE")
+    # Unset: by model size (8 under 1B, 2 up to 10B, 1 above): a 7B's eval batch of 16 long RAG rows
+    # does not fit beside the model.
+    eval_batch_size: int | None = Field(default=None, ge=1, le=512, validation_alias="AION_TRAIN_EVAL_BATCH_SIZE")
+    # Tokens whose vocabulary logits are computed at once in the loss (answer tokens only, fp32): bounds
+    # the loss's memory whatever the vocabulary (Qwen's 152k x 256 x 4 bytes = 156 MB).
+    loss_chunk_tokens: int = Field(default=256, ge=1, le=65536, validation_alias="AION_TRAIN_LOSS_CHUNK_TOKENS")
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def rag_personas(self) -> dict[str, str]:
+        return {"pt": self.rag_system_prompt, "en": self.rag_system_prompt_en}
+
+    def for_model(self, parameters: int) -> TrainerSettings:
+        """These settings with every size-dependent value left unset filled in for a base of `parameters`."""
+        sized: SizeDefaults = defaults_for(parameters)
+        update = {name: getattr(sized, name) for name in ("learning_rate", "eval_batch_size", "max_seq_len")
+                  if getattr(self, name) is None}
+        return self.model_copy(update=update)
+
+    def sized(self, name: str) -> int | float:
+        """A size-dependent value; refuses to guess when `for_model` was not applied."""
+        value = getattr(self, name)
+        if value is None:
+            raise RuntimeError(f"trainer setting {name} depends on the model size: call for_model() first")
         return value
 
     def cache_dir(self) -> Path:

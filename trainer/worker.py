@@ -107,8 +107,10 @@ class Worker:
         if job["dataset_path"] and Path(job["dataset_path"]).is_file():
             return Path(job["dataset_path"])
         out = self.settings.root() / "datasets" / f"job-{job['id']}.jsonl"
-        result = await Exporter(self.sessions, self.settings.export_system_prompt).export(
+        result = await Exporter(self.sessions, self.settings.selection_policy()).export(
             tenant_id=job["tenant_id"], out=out, days=int(job["params"].get("days", 30)), trigger="manual")
+        async with self.sessions.begin() as session:
+            await jobs_repo.set_dataset(session, job["id"], str(out), result.window_end)
         await self._beat(job["id"], line=f"exported {result.rows} examples to {out} (skipped {result.skipped})")
         return out
 
@@ -163,6 +165,7 @@ class Worker:
                                    error=f"trained and passed the gate, but promotion failed: {exc}")
                 return
             await self._finish(job_id, "succeeded", metrics=metrics, adapter_name=name)
+            await self._release_old_adapters(tenant)
         except JobCancelled:
             logger.info("job %s cancelled", job_id)
         except TooFewExamples as exc:
@@ -177,6 +180,15 @@ class Worker:
         finally:
             beating = False
             beat_task.cancel()
+
+    async def _release_old_adapters(self, tenant: str) -> None:
+        """Unload and delete old adapters; a failure here never undoes the promotion that just happened."""
+        try:
+            await promotion.release_old_adapters(self.sessions, self.admin, tenant_id=tenant,
+                                                 keep_on_disk=self.settings.adapter_keep,
+                                                 adapters_root=self.settings.adapters_root())
+        except Exception:
+            logger.warning("could not release old adapters after the promotion", exc_info=True)
 
     async def _register(self, job: dict[str, Any], out_dir: Path, gate: dict, metrics: dict) -> str:
         status = "candidate" if gate["decision"] == "promote" else "rejected"
@@ -197,13 +209,28 @@ class Worker:
 
 def _train_and_gate(settings: TrainerSettings, dataset_path: Path, out_dir: Path, progress: Any, cancelled: Any,
                     current_adapter: Path | None, resume_from: Path | None) -> tuple[dict, dict]:
-    """Load, build, train, evaluate — all in the worker thread."""
+    """Load, size the settings to the model, build, train, evaluate — all in the worker thread."""
     from .base_model import load_base
+    from .model_size import count_parameters
+    from .precision import release_memory
+
+    base = None
+    try:
+        base = load_base(settings)
+        sized = settings.for_model(count_parameters(base.model))
+        return _train_and_gate_loaded(base, sized, dataset_path, out_dir, progress, cancelled, current_adapter,
+                                      resume_from)
+    finally:
+        base = None
+        release_memory()  # the next job (or inference on the same GPU) gets the memory back
+
+
+def _train_and_gate_loaded(base: Any, settings: TrainerSettings, dataset_path: Path, out_dir: Path, progress: Any,
+                           cancelled: Any, current_adapter: Path | None, resume_from: Path | None) -> tuple[dict, dict]:
     from .data_builder import build_dataset
     from .evaluate import evaluate_candidate
     from .run_lora import train_adapter
 
-    base = load_base(settings)
     dataset = build_dataset([dataset_path], base.tokenizer, settings)
     own = len(dataset.train) - dataset.replay_rows + len(dataset.heldout)
     if own < settings.min_examples:
@@ -213,7 +240,8 @@ def _train_and_gate(settings: TrainerSettings, dataset_path: Path, out_dir: Path
     result = train_adapter(base, dataset, out_dir, settings, progress=progress, should_cancel=cancelled,
                            resume_from=resume_from)
     gate = evaluate_candidate(base, out_dir, dataset.heldout, settings, current_adapter=current_adapter)
-    return {**result.to_dict(), "dataset": dataset.summary()}, gate.to_dict()
+    sizes = {k: getattr(settings, k) for k in ("learning_rate", "eval_batch_size", "max_seq_len")}
+    return {**result.to_dict(), "dataset": dataset.summary(), "sized": sizes}, gate.to_dict()
 
 
 async def serve(settings: WorkerSettings, trainer_settings: TrainerSettings, once: bool = False) -> int:

@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.gateway.services.prompt import DEFAULT_RAG_SYSTEM_PROMPT
+from services.gateway.export_settings import ExportPolicySettings
 from shared.db import DatabaseSettings
 
 
-class WorkerSettings(DatabaseSettings):
+class WorkerSettings(DatabaseSettings, ExportPolicySettings):
     local_llm_url: str = Field(default="http://127.0.0.1:8008", validation_alias="AION_LOCAL_LLM_URL")
     inference_token: str | None = Field(default=None, validation_alias="AION_INFERENCE_TOKEN")
     # How a promoted adapter reaches the server at AION_LOCAL_LLM_URL (the gateway's setting of the same name).
@@ -23,8 +23,9 @@ class WorkerSettings(DatabaseSettings):
     # A running job whose worker has not beaten for this long is taken as dead: re-queued once, then failed.
     stale_after_s: float = Field(default=120.0, gt=0, validation_alias="AION_TRAIN_STALE_SECONDS")
     max_attempts: int = Field(default=2, ge=1, le=10, validation_alias="AION_TRAIN_MAX_ATTEMPTS")
-    # The gateway answers with this prompt; exported training rows carry the same one.
-    export_system_prompt: str = Field(default=DEFAULT_RAG_SYSTEM_PROMPT, validation_alias="AION_RAG_SYSTEM_PROMPT")
+    # Adapter folders kept on disk after a promotion: the newest N, plus the active one and its rollback
+    # target; older ones are deleted (their registry rows stay, marked `pruned_at`).
+    adapter_keep: int = Field(default=5, ge=1, le=1000, validation_alias="AION_ADAPTER_KEEP")
 
     def root(self) -> Path:
         return (self.train_root or self.data_dir / "trainer").expanduser()

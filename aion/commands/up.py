@@ -147,6 +147,13 @@ def gateway_auth_env(host: str) -> dict[str, str]:
     return {}
 
 
+def active_adapter_link() -> Path:
+    """AION_ADAPTER_DIR as the trainer and the gateway resolve it: the link to the active adapter."""
+    from trainer.worker_settings import WorkerSettings
+
+    return WorkerSettings().active_adapter_link().resolve()
+
+
 @dataclass(frozen=True)
 class VllmPlan:
     """How `aion up --backend vllm` starts vLLM: which Python, which model folder, which arguments."""
@@ -159,10 +166,13 @@ class VllmPlan:
 
 
 def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference_port: int,
-                database_url: str | None, inference_token: str,
+                database_url: str | None, inference_token: str, adapter_link: Path | None = None,
                 gateway_env: Mapping[str, str] | None = None, vllm: VllmPlan | None = None) -> list[ServiceSpec]:
     """The service table for the chosen names (see `choose`); `vllm` when vLLM serves chat."""
     aion = [sys.executable, "-m", "aion"]
+    # One path for all three: the trainer points it at each adapter it promotes, the gateway re-points it
+    # on rollback, and inference serves it from start-up, so a restart keeps serving the active adapter.
+    adapter_env = {"AION_ADAPTER_DIR": str(adapter_link)} if adapter_link is not None else {}
     inference_url = f"http://127.0.0.1:{inference_port}"
     # Where chat goes, and how gateway and trainer reach it.
     chat_url = f"http://127.0.0.1:{vllm.port}" if vllm else inference_url
@@ -179,7 +189,7 @@ def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference
         "inference": ServiceSpec(
             "inference", [*aion, *COMMANDS["inference"], *(["--embeddings-only"] if vllm else [])],
             env={"AION_HOST": "127.0.0.1", "AION_PORT": str(inference_port),
-                 "AION_INFERENCE_TOKEN": inference_token},
+                 "AION_INFERENCE_TOKEN": inference_token, **adapter_env},
             health_url=f"{inference_url}/health", ready_status="ready", url=inference_url,
             note="embeddings only; Bearer token required" if vllm else "Bearer token required; local callers only"),
         "gateway": ServiceSpec(
@@ -188,13 +198,13 @@ def build_table(names: Sequence[str], *, host: str, gateway_port: int, inference
                  **backend_env, **({"AION_EMBEDDINGS_URL": inference_url} if vllm else {}),
                  "AION_INFERENCE_TOKEN": inference_token,
                  # `migrate` ran already; the gateway does not race it.
-                 "AION_DB_MIGRATE_ON_START": "false", **(gateway_env or {})},
+                 "AION_DB_MIGRATE_ON_START": "false", **adapter_env, **(gateway_env or {})},
             health_url=f"http://{_connect_host(host)}:{gateway_port}/health",
             after=migrate_first, url=f"http://{_connect_host(host)}:{gateway_port}"),
         "scheduler": ServiceSpec("scheduler", [*aion, *COMMANDS["scheduler"]], env=db_env, after=migrate_first),
         "trainer": ServiceSpec(
             "trainer", [*aion, *COMMANDS["trainer"]],
-            env={**db_env, **backend_env, "AION_INFERENCE_TOKEN": inference_token},
+            env={**db_env, **backend_env, "AION_INFERENCE_TOKEN": inference_token, **adapter_env},
             after=migrate_first + weights_ready),
     }
     if vllm:
@@ -313,7 +323,8 @@ def run(args: argparse.Namespace) -> int:
         gateway_env = gateway_auth_env(args.host) if "gateway" in names else {}
         table = build_table(names, host=args.host, gateway_port=args.gateway_port,
                             inference_port=args.inference_port, database_url=database_url,
-                            inference_token=token, gateway_env=gateway_env, vllm=plan)
+                            inference_token=token, adapter_link=active_adapter_link(), gateway_env=gateway_env,
+                            vllm=plan)
         supervisor = Supervisor(table, start_timeout=args.timeout, grace_s=args.grace)
         return supervisor.run(on_ready=lambda sup: _on_ready(sup, args, names, embedded_dir, gateway_env))
     finally:

@@ -52,13 +52,15 @@ class ChatParts:
 
 def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSession],
                inference: InferenceClient, counter: TokenCounter, metrics: GatewayMetrics | None = None) -> ChatParts:
-    async def retrieve_context(tenant_id: str, question: str, *, original: str | None = None) -> RetrievedContext:
+    async def retrieve_context(tenant_id: str, question: str, *, original: str | None = None,
+                               request_id: str | None = None) -> RetrievedContext:
         try:
             async with sessions.begin() as session:
                 found = await retrieve(session, inference, tenant_id, question, k=settings.top_k,
                                        top_n=settings.top_n, lam=settings.mmr_lambda, arms=settings.retrieval_arms(),
                                        duplicate_similarity=settings.mmr_duplicate_similarity,
-                                       request_id=request_id_var.get(), max_query_chars=settings.max_query_chars,
+                                       request_id=request_id or request_id_var.get(),
+                                       max_query_chars=settings.max_query_chars,
                                        original_query=original)
         except DBAPIError as exc:
             if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
@@ -98,7 +100,7 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         prices=settings.fallback_prices, unknown_price=settings.fallback_unknown_price,
         max_passages=settings.prompt_max_passages, passage_tokens=settings.prompt_passage_tokens,
         context_window=settings.local_context_tokens or None, support_threshold=settings.support_threshold,
-        low_confidence_local=settings.low_confidence_answer == "local")
+        low_confidence_local=settings.low_confidence_answer == "local", log_max_chars=settings.answer_log_max_chars)
     conversations = ConversationStore(sessions)
     cache = build_cache(settings, sessions, inference, policy)
     answers = AnswerService(retrieve=retrieve_context, log_event=log_event, local=local, fallback=fallback,
@@ -106,7 +108,8 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
                             rewriter=QuestionRewriter(local, max_tokens=settings.rewrite_max_tokens),
                             conversations=conversations, on_answer=metrics.observe_answer if metrics else None,
                             cache=cache)
-    return ChatParts(answers=answers, conversations=conversations, budget=budget, exporter=Exporter(sessions, settings.rag_system_prompt),
+    return ChatParts(answers=answers, conversations=conversations, budget=budget,
+                     exporter=Exporter(sessions, settings.selection_policy()),
                      cache=cache, admin=admin, local=local,
                      fallback=fallback)
 

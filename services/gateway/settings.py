@@ -12,13 +12,14 @@ from pydantic import Field, field_validator, model_validator
 
 from shared.db.settings import DatabaseSettings
 
+from .export_settings import ExportPolicySettings
 from .services.extract import ExtractLimits
 from .services.pricing import DEFAULT_PRICES
 from .services.prompt import DEFAULT_RAG_SYSTEM_PROMPT, DEFAULT_RAG_SYSTEM_PROMPT_EN
 from .services.retrieval import Arms
 
 
-class GatewaySettings(DatabaseSettings):
+class GatewaySettings(DatabaseSettings, ExportPolicySettings):
     host: str = Field(default="127.0.0.1", validation_alias="AION_GATEWAY_HOST")
     port: int = Field(default=3000, ge=1, le=65535, validation_alias="AION_GATEWAY_PORT")
     migrate_on_start: bool = Field(default=True, validation_alias="AION_DB_MIGRATE_ON_START")
@@ -101,6 +102,10 @@ class GatewaySettings(DatabaseSettings):
     # Follow-ups are rewritten into standalone questions by the local model with at most this many
     # tokens (0: by the deterministic rule only).
     rewrite_max_tokens: int = Field(default=48, ge=0, le=512, validation_alias="AION_REWRITE_MAX_TOKENS")
+    # The most characters of model input (all messages) an answer event records. A longer conversation is
+    # logged without its messages (marked `messages_omitted`) and never exported: rows are either exact or absent.
+    answer_log_max_chars: int = Field(default=64_000, ge=1_000, le=2_000_000,
+                                      validation_alias="AION_ANSWER_LOG_MAX_CHARS")
 
     # The local model, spoken to in the OpenAI dialect (so vLLM/TGI/Ollama can stand in for it).
     local_chat_url: str | None = Field(default=None, validation_alias="AION_LOCAL_CHAT_URL")

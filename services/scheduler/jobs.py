@@ -1,4 +1,6 @@
-"""Scheduled jobs: the nightly export (and retrain trigger), and re-fetching web pages on their cadence."""
+"""Scheduled jobs: the nightly export (of what the active adapter has not learned yet) and retrain trigger
+(fewer examples than a job needs: nothing is consumed, the rows come again the next night), and
+re-fetching web pages on their cadence."""
 
 from __future__ import annotations
 
@@ -54,14 +56,16 @@ async def nightly_export(sessions: async_sessionmaker[AsyncSession], settings: S
     detail: dict = {"slot": slot.isoformat()}
     try:
         out = settings.exports_dir() / f"nightly-{slot.strftime('%Y%m%dT%H%M%S')}.jsonl"
-        result = await Exporter(sessions, settings.system_prompt).export(
-            tenant_id=settings.tenant_id, out=out, days=settings.export_days, trigger="nightly")
-        detail.update(rows=result.rows, path=str(result.path), skipped=result.skipped)
+        result = await Exporter(sessions, settings.selection_policy(), max_days=settings.export_days).export(
+            tenant_id=settings.tenant_id, out=out, trigger="nightly")
+        detail.update(rows=result.rows, path=str(result.path), skipped=result.skipped,
+                      since=result.window_start.isoformat())
         if result.rows >= settings.train_min_examples:
             async with sessions.begin() as session:
                 if await jobs_repo.active_job(session, settings.tenant_id) is None:
                     job_id = await jobs_repo.create(session, tenant_id=settings.tenant_id, params={},
-                                                    trigger="nightly", dataset_path=str(result.path))
+                                                    trigger="nightly", dataset_path=str(result.path),
+                                                    data_until=result.window_end)
                     detail["training_job"] = str(job_id)
                 else:
                     detail["training_job"] = "skipped: a job is already queued or running"

@@ -83,11 +83,13 @@ def test_request_id_reaches_the_inference_log(chat_gateway, clean_db, inference_
     with chat_gateway(AION_LOCAL_MAX_TOKENS=8) as url:
         r = httpx.post(f"{url}/api/ai/chat", json={"message": QUESTION}, headers={"X-Request-ID": rid}, timeout=120)
     assert r.status_code == 200, r.text
-    assert r.headers["x-request-id"] == rid and r.json()["request_id"] == rid
-    assert [e["request_id"] for e in answer_events(clean_db)] == [rid]
+    # The caller's id traces the request; the answer's id is the server's own (feedback addresses that).
+    answer_id = r.json()["request_id"]
+    assert r.headers["x-request-id"] == rid and answer_id != rid
+    assert [(e["request_id"], e["correlation_id"]) for e in answer_events(clean_db)] == [(answer_id, rid)]
     with psycopg.connect(clean_db) as conn:
         kinds = {row[0] for row in conn.execute("SELECT kind FROM ai_events WHERE request_id = %s", (rid,))}
-    assert {"retrieval", "answer"} <= kinds
+    assert "retrieval" in kinds
     # Both calls the gateway made for this question are logged by the inference service under the same id.
     lines = [line for line in inference_server.log_tail(400).splitlines() if f"[{rid}]" in line]
     assert any("/v1/embeddings" in line for line in lines), lines

@@ -17,9 +17,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from services.gateway.main import create_app
+from services.gateway.services.answer_record import model_input
 from tests.faults.conftest import fill_up, remount_read_only, small_filesystem
 from tests.fixtures.servers import REPO, run_asgi
 from tests.gateway.conftest import gateway_settings
+from tests.loop.conftest import rag_messages
 
 TENANT = "test-tenant"
 
@@ -27,8 +29,9 @@ TENANT = "test-tenant"
 def seed_answers(db: str, n: int, reply_chars: int = 300) -> None:
     with psycopg.connect(db) as conn:
         for i in range(n):
-            meta = {"prompt": f"question {i}?", "reply": f"answer {i} " + "x" * reply_chars, "used": "local",
-                    "complete": True}
+            # As the answer path logs a fallback answer (teacher data: exported), with its model input.
+            meta = {"prompt": f"question {i}?", "reply": f"answer {i} " + "x" * reply_chars, "used": "fallback",
+                    "complete": True, **model_input(rag_messages(f"question {i}?"), 64_000)}
             conn.execute("INSERT INTO ai_events (tenant_id, kind, value, meta, request_id) "
                          "VALUES (%s, 'answer', 1.0, %s, %s)", (TENANT, Jsonb(meta), f"req-{i}"))
 
@@ -59,7 +62,7 @@ def test_full_disk_keeps_the_previous_export(clean_db, inference_url) -> None:
             assert export_via_cli(url, disk / "cli.jsonl").returncode == 0
             cli_previous = (disk / "cli.jsonl").read_bytes()
 
-            seed_answers(clean_db, 200)  # the next export is ~70 kB: more than the disk has left
+            seed_answers(clean_db, 200)  # the next export is ~250 kB: more than the disk has left
             fill_up(disk)
             r = export_via_api(url)
             cli = export_via_cli(url, disk / "cli.jsonl")

@@ -410,3 +410,42 @@ def test_db_is_postgres_with_pgvector_on_a_volume(services: dict[str, Any]) -> N
     # From PostgreSQL 18 the images keep the cluster under /var/lib/postgresql/<major>/docker.
     assert _mounts(db)["/var/lib/postgresql" if major >= 18 else "/var/lib/postgresql/data"] == "pgdata"
     assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+
+
+def _volume_at(svc: dict[str, Any], path: str) -> tuple[str, str, bool] | None:
+    """(volume, mount point, writable) of the named-volume mount that holds `path` in this container."""
+    best = None
+    for point, spec in _mounts(svc).items():
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and (best is None or len(point) > len(best[1])):
+            best = (spec.split(":")[0], point, not spec.endswith(":ro"))
+    return best
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_adapter_paths_resolve_to_the_same_files_in_every_container(services: dict[str, Any], variant: str) -> None:
+    """Registered adapter paths and the `active` link are absolute paths written by one container and
+    read by others: rollback from the gateway (activate, deactivate) and a restarted inference need
+    them to name the same files there, and the gateway must be able to re-point the link."""
+    from services.gateway.settings import GatewaySettings
+    from services.inference.settings import InferenceSettings
+    from trainer.worker_settings import WorkerSettings
+
+    def env(name: str) -> dict[str, str]:
+        values = interpolate_tree(environment(services[name]), dict(SAMPLE_SECRETS))
+        return {k: v for k, v in values.items() if v is not None}
+
+    trainer, gateway, inference = services[f"trainer-{variant}"], services["gateway"], services[f"inference-{variant}"]
+    worker = WorkerSettings(_env_file=None, **env(f"trainer-{variant}"))
+    written_root = str(worker.adapters_root())  # every adapter folder the registry names lives here
+    link = str(worker.active_adapter_link())
+    assert str(GatewaySettings(_env_file=None, **env("gateway")).active_adapter_link()) == link
+    assert str(InferenceSettings(_env_file=None, **env(f"inference-{variant}")).adapter_dir) == link
+
+    volume, point, writable = _volume_at(trainer, written_root)
+    assert writable
+    for name, svc, must_write in (("gateway", gateway, True), (f"inference-{variant}", inference, False)):
+        for path in (written_root, link):
+            mount = _volume_at(svc, path)
+            assert mount is not None, f"{name} cannot see {path}"
+            assert mount[:2] == (volume, point), f"{name} sees {path} in {mount}, the trainer in {(volume, point)}"
+            assert mount[2] or not must_write, f"{name} must be able to re-point {link}"

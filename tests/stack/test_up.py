@@ -1,4 +1,5 @@
-"""`aion up` and its supervisor: start, readiness, prefixed logs, clean stop, crashes reported.
+"""`aion up` and its supervisor: start, readiness, prefixed logs, clean stop, the active adapter kept
+across a restart, crashes reported.
 
 The end-to-end tests run `aion up --services inference` (the real model) as a separate process and
 drive it with signals, as a terminal would; the supervisor tests use tiny stand-in services to cover
@@ -116,17 +117,6 @@ def stack_dir() -> Iterator[Path]:
         yield Path(path)
 
 
-@pytest.fixture
-def up_inference(stack_dir: Path) -> Iterator[tuple[UpProcess, int]]:
-    port = free_port()
-    env = base_env(stack_dir / "data", AION_INFERENCE_TOKEN=TOKEN)
-    process = UpProcess(["--services", "inference", "--inference-port", str(port), "--grace", "15"], env)
-    try:
-        yield process, port
-    finally:
-        process.kill()
-
-
 def postmaster_pid(data_dir: Path) -> int:
     """The embedded Postgres server's pid: pg_ctl detaches it, so it is no descendant of `aion up`."""
     return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
@@ -177,6 +167,10 @@ def test_up_runs_the_whole_stack_answers_with_citations_and_sigint_leaves_nothin
         assert answer["sources"][0]["title"] == "The Pomelo robot"
         assert "nine hours" in answer["sources"][0]["text"]
 
+        # An adapter the trainer promoted (registered, then activated as promotion and rollback do).
+        activate_an_adapter(data, gateway)
+        assert served_by_default(inference) == "aion-v1"
+
         pids = [*process.descendants(), postmaster_pid(data)]
         process.proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground process
         assert process.finish(timeout=90) == 0, process.stderr
@@ -187,18 +181,52 @@ def test_up_runs_the_whole_stack_answers_with_citations_and_sigint_leaves_nothin
     assert stops == ["trainer", "scheduler", "gateway", "inference"], stops
     assert up._port_free("127.0.0.1", gateway_port) and up._port_free("127.0.0.1", inference_port)
 
-
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_a_crashed_service_is_reported_and_stops_the_stack(up_inference) -> None:
-    process, _ = up_inference
-    process.wait_for(r"^\[up\]\s+all services are ready", timeout=600)
-    (child,) = [p for p in psutil.Process(process.proc.pid).children() if "inference" in " ".join(p.cmdline())]
-    child.send_signal(signal.SIGKILL)
-    assert process.finish(timeout=60) == 1
+    # Restarted, inference serves the active adapter from the start (AION_ADAPTER_DIR is the trainer's
+    # link); then a crash of it is reported and stops the stack.
+    again = UpProcess(["--services", "inference", "--inference-port", str(inference_port), "--grace", "15"],
+                      base_env(data, AION_INFERENCE_TOKEN=TOKEN))
+    try:
+        again.wait_for(r"^\[up\]\s+all services are ready", timeout=600)
+        assert httpx.get(f"{inference}/health", timeout=10).json()["adapter"] == "aion-v1"
+        assert served_by_default(inference) == "aion-v1"
+        (child,) = [p for p in psutil.Process(again.proc.pid).children() if "inference" in " ".join(p.cmdline())]
+        child.send_signal(signal.SIGKILL)
+        assert again.finish(timeout=60) == 1
+    finally:
+        again.kill()
     assert any("FAILED: inference was killed by SIGKILL while the stack was running" in line
-               for line in process.lines), "\n".join(process.lines[-20:])
-    assert "inference was killed by SIGKILL" in process.stderr
+               for line in again.lines), "\n".join(again.lines[-20:])
+    assert "inference was killed by SIGKILL" in again.stderr
+
+
+def activate_an_adapter(data: Path, gateway: str) -> None:
+    """Write and register `aion-v1` as the trainer does, and make it the active one through the gateway."""
+    import psycopg
+
+    from shared.db.settings import DatabaseSettings
+    from tests.fixtures.adapters import random_lora_adapters
+
+    (folder,) = random_lora_adapters(data / "trainer" / "adapters", ["aion-v1"])
+    settings = DatabaseSettings(_env_file=None, AION_DATA_DIR=str(data))
+    try:
+        with psycopg.connect(settings.resolve_database_url(), autocommit=True) as conn:
+            conn.execute("INSERT INTO adapters (id, tenant_id, name, path, base_model, status) "
+                         "VALUES (gen_random_uuid(), 'default', 'aion-v1', %s, 'smollm2-135m-instruct', 'candidate')",
+                         (str(folder),))
+    finally:
+        settings.release_database()
+    r = httpx.post(f"{gateway}/api/ai/adapters/aion-v1/activate", timeout=300)
+    assert r.status_code == 200, r.text
+    assert (data / "trainer" / "adapters" / "active").resolve() == folder.resolve()
+
+
+def served_by_default(inference: str) -> str:
+    """The model that answers a request for `default` (what the gateway asks for)."""
+    r = httpx.post(f"{inference}/v1/chat/completions", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300,
+                   json={"model": "default", "max_tokens": 4, "temperature": 0,
+                         "messages": [{"role": "user", "content": "Hello"}]})
+    assert r.status_code == 200, r.text
+    return r.json()["model"]
 
 
 @pytest.mark.slow
@@ -227,7 +255,7 @@ def test_service_selection() -> None:
 def test_table_wires_ports_token_and_order() -> None:
     table = {s.name: s for s in up.build_table(["migrate", *up.SERVICES], host="0.0.0.0", gateway_port=3100,
                                                inference_port=8100, database_url="postgresql://x/aion",
-                                               inference_token="t")}
+                                               inference_token="t", adapter_link=Path("/d/trainer/adapters/active"))}
     assert table["migrate"].oneshot and table["migrate"].argv[-2:] == ["db", "upgrade"]
     assert table["gateway"].after == ("migrate",)
     assert set(table["trainer"].after) == {"migrate", "inference"}
@@ -238,6 +266,23 @@ def test_table_wires_ports_token_and_order() -> None:
     assert all(table[n].env.get("DATABASE_URL") == "postgresql://x/aion" for n in ("migrate", "gateway",
                                                                                    "scheduler", "trainer"))
     assert "DATABASE_URL" not in table["inference"].env
+    # Inference serves from start-up the link the trainer points at each promoted adapter (and the gateway
+    # re-points on rollback): a restarted stack keeps serving the active adapter.
+    assert {table[n].env["AION_ADAPTER_DIR"] for n in ("inference", "gateway", "trainer")} == {
+        "/d/trainer/adapters/active"}
+
+
+def test_the_adapter_link_is_where_the_trainer_puts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.worker_settings import WorkerSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AION_DATA_DIR", "rel-data")
+    monkeypatch.delenv("AION_ADAPTER_DIR", raising=False)
+    monkeypatch.delenv("AION_TRAIN_ROOT", raising=False)
+    assert up.active_adapter_link() == tmp_path / "rel-data" / "trainer" / "adapters" / "active"
+    assert up.active_adapter_link() == WorkerSettings().active_adapter_link().resolve()
+    monkeypatch.setenv("AION_ADAPTER_DIR", str(tmp_path / "mine"))
+    assert up.active_adapter_link() == tmp_path / "mine"
 
 
 def test_vllm_backend_table_chat_on_vllm_embeddings_on_inference() -> None:

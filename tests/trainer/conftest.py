@@ -14,13 +14,17 @@ import pytest
 from tests.fixtures.servers import MODEL_CACHE
 from trainer.settings import TrainerSettings
 
+# SmolLM2-135M's weights, as trainer.model_size.count_parameters counts them.
+SMOLLM2_PARAMETERS = 134_515_008
+
 
 def trainer_settings(data_dir: Path, **overrides: object) -> TrainerSettings:
-    """Settings for a test: the shared converted model cache, CPU, and the given AION_TRAIN_* values."""
+    """Settings for a test: the shared converted model cache, CPU, the given AION_TRAIN_* values, and the
+    size-dependent ones the worker would choose for the default model."""
     values: dict[str, object] = {"AION_DATA_DIR": str(data_dir), "AION_MODEL_CACHE_DIR": str(MODEL_CACHE),
                                  "AION_TRAIN_DEVICE": "cpu", "AION_TRAIN_THREADS": 1}
     values.update(overrides)
-    return TrainerSettings(**values)
+    return TrainerSettings(**values).for_model(SMOLLM2_PARAMETERS)
 
 
 @pytest.fixture(scope="session", autouse=True)

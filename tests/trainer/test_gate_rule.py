@@ -36,3 +36,29 @@ def test_a_base_that_misses_questions_does_not_doom_every_candidate(settings) ->
     """Another base model may score below 1.0 on the shipped set; only drops count."""
     decision, reasons = decide(settings, 2.5, 0.4, 0.6, 0.6, 0.6)
     assert decision == "promote", reasons
+
+
+RAG_OK = {"RAG answer score": (0.40, 0.55, 0.35), "RAG not-found rate": (0.25, 0.50, 0.25)}
+
+
+@pytest.mark.parametrize(("rag", "why"), [
+    # Learned to answer without reading the context (trained on wrong answers): fewer right answers.
+    ({**RAG_OK, "RAG answer score": (0.40, 0.10, 0.35)}, "RAG answer score fell"),
+    # Says "not found" to everything: perfect on the absent items, and still rejected.
+    ({"RAG answer score": (0.40, 0.0, 0.35), "RAG not-found rate": (0.25, 1.0, 0.25)}, "RAG answer score fell"),
+    # Within the margin of a drifting active adapter, but below the base.
+    ({**RAG_OK, "RAG answer score": (0.30, 0.27, 0.40)}, "below the base"),
+    ({**RAG_OK, "RAG not-found rate": (0.50, 0.25, 0.25)}, "RAG not-found rate fell"),
+])
+def test_rejects_a_worse_rag_answerer(settings, rag: dict, why: str) -> None:
+    decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=rag)
+    assert decision == "reject"
+    assert any(why in r for r in reasons), reasons
+
+
+def test_promotes_a_better_rag_answerer_and_skips_unmeasured_sets(settings) -> None:
+    decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=RAG_OK)
+    assert decision == "promote" and sum("RAG" in r and "held" in r for r in reasons) == 2
+    nan = float("nan")
+    decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag={"RAG not-found rate": (nan, nan, nan)})
+    assert decision == "promote" and not any("RAG" in r for r in reasons)

@@ -1,5 +1,6 @@
-"""Real LoRA training on SmolLM2-135M (fp32, CPU): a made-up fact is learned and promoted, a damaged
-run is rejected, cancellation leaves nothing behind."""
+"""Real LoRA training on SmolLM2-135M (fp32, CPU): a made-up fact is learned and promoted, an adapter
+trained on wrong grounded answers is rejected by the RAG regression set, cancellation leaves nothing
+behind, and the answer-only loss is the model's own."""
 
 from __future__ import annotations
 
@@ -16,14 +17,24 @@ from services.inference.settings import DEFAULT_SYSTEM_PROMPT
 from tests.trainer.conftest import trainer_settings
 from tests.trainer.facts import FACT_WORD, QUESTIONS, fact_rows, write_jsonl
 from trainer.base_model import load_base
-from trainer.data_builder import BuiltDataset, build_dataset, conversation_key, is_heldout, row_to_messages
+from trainer.data_builder import (
+    DEFAULT_REPLAY_FILE,
+    BuiltDataset,
+    build_dataset,
+    conversation_key,
+    is_heldout,
+    row_to_messages,
+)
 from trainer.evaluate import (
     GateResult,
+    RagItem,
     RegressionItem,
     answer_greedily,
     evaluate_candidate,
+    load_rag_regression_set,
     load_regression_set,
 )
+from trainer.loss import answer_loss
 from trainer.run_lora import TrainingCancelled, TrainResult, remove_partial_adapters, train_adapter
 from trainer.settings import TrainerSettings
 
@@ -51,6 +62,12 @@ def base(workdir: Path) -> LoadedModel:
     return load_base(trainer_settings(workdir))
 
 
+def rag_subset() -> list[RagItem]:
+    """Part of the shipped RAG regression set, both kinds of item: the same gate, fewer generations."""
+    items = load_rag_regression_set()
+    return [i for i in items if i.cite is not None][:4] + [i for i in items if i.cite is None][:2]
+
+
 def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | None) -> list[str]:
     """Greedy replies to the fact questions, asked as the gateway asks (AION system prompt)."""
     from peft import PeftModel
@@ -67,7 +84,12 @@ def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | No
 
 @pytest.fixture(scope="module")
 def trained(base: LoadedModel, workdir: Path) -> Trained:
-    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15)
+    # A few grounded replay rows (they are long: a RAG prompt each) keep the adapter answering from context;
+    # general replay (the default ratio, short rows) keeps it answering what the base knew.
+    # The RAG subset has 8 answer measures (4 items x answer, cited): one flip moves its score by 0.125, so the
+    # margin is one flip here, as the default 0.05 is on the whole shipped set.
+    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15,
+                                AION_TRAIN_REPLAY_RATIO=0.3, AION_TRAIN_RAG_REGRESSION_MARGIN=0.13)
     data = write_jsonl(workdir / "export.jsonl", fact_rows(), ["{broken", json.dumps({"kind": "answer"})])
     dataset = build_dataset([data], base.tokenizer, settings)
     heldout_questions = [row_to_messages(r, DEFAULT_SYSTEM_PROMPT)[1]["content"] for r in fact_rows()
@@ -76,7 +98,7 @@ def trained(base: LoadedModel, workdir: Path) -> Trained:
     progress: list[tuple[int, int, float]] = []
     result = train_adapter(base, dataset, settings.root() / "fact-v1", settings,
                            progress=lambda step, total, loss: progress.append((step, total, loss)))
-    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings)
+    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings, rag_regression=rag_subset())
     logger.info("fact run: %s", {k: v for k, v in result.to_dict().items() if k != "losses"})
     logger.info("fact gate: %s", gate.to_dict())
     return Trained(settings, dataset, result, progress, gate, heldout_questions)
@@ -115,13 +137,17 @@ def test_training_learns_the_fact_and_the_gate_promotes(trained: Trained, base: 
     assert gate.current_failures == [] and gate.regression_accuracy_current == 1.0
     assert gate.regression_total == len(load_regression_set()) >= 20
     assert gate.regression_accuracy_candidate >= 1.0 - trained.settings.regression_margin
+    # Grounded answering held too (the replay rows are RAG answers), and the report has every set.
+    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 2, gate.reasons
+    assert set(gate.report) == {"heldout", "rag", "general"} and gate.report["rag"]["candidate"]["items"] == 6
 
 
 def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trained, base: LoadedModel) -> None:
     """With the fact adapter active, the same adapter as candidate does not improve held-out loss."""
     # A short regression list keeps this test quick; the full set is exercised above and below.
     gate = evaluate_candidate(base, trained.result.adapter_dir, trained.dataset.heldout, trained.settings,
-                              current_adapter=trained.result.adapter_dir, regression=load_regression_set()[:3])
+                              current_adapter=trained.result.adapter_dir, regression=load_regression_set()[:3],
+                              rag_regression=[])
     assert gate.decision == "reject"
     assert gate.current == str(trained.result.adapter_dir)
     assert gate.regression_accuracy_base == gate.regression_accuracy_current == 1.0
@@ -129,20 +155,40 @@ def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trai
     assert any("did not improve" in r for r in gate.reasons)
 
 
-def test_a_damaged_run_is_rejected(trained: Trained, base: LoadedModel, workdir: Path) -> None:
-    """A learning rate far too high, and no replay: it still memorises the fact but forgets the rest."""
-    settings = trainer_settings(workdir, AION_TRAIN_LEARNING_RATE=1e-2, AION_TRAIN_EPOCHS=1,
-                                AION_TRAIN_REPLAY_RATIO=0, AION_TRAIN_WARMUP_RATIO=0,
-                                AION_TRAIN_HELDOUT_FRACTION=0.15)
-    dataset = build_dataset([workdir / "export.jsonl"], base.tokenizer, settings)
-    result = train_adapter(base, dataset, settings.root() / "damaged-v1", settings)
-    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings)
-    logger.info("damaged run: %s; gate: %s", result.to_dict(), gate.to_dict())
+def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedModel, workdir: Path) -> None:
+    """Grounded rows answered the wrong way round: "not found" where the passages hold the answer, and
+    another question's answer where they do not. Held-out loss on rows like those cannot see the
+    damage (it falls: the adapter learns them); the RAG set does."""
+    rows = [json.loads(line) for line in DEFAULT_REPLAY_FILE.read_text(encoding="utf-8").splitlines()]
+    refusal = next(r["answer"] for r in rows if "Não encontrei" in r["answer"])
+    answers = [r["answer"] for r in rows if "Não encontrei" not in r["answer"]]
+    wrong = [{**row, "answer": refusal if "Não encontrei" not in row["answer"] else answers[i % len(answers)]}
+             for i, row in enumerate(rows)]
+    settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=1, AION_TRAIN_MAX_STEPS=6, AION_TRAIN_REPLAY_RATIO=0,
+                                AION_TRAIN_GENERAL_REPLAY_RATIO=0,
+                                AION_TRAIN_HELDOUT_FRACTION=0.15, AION_TRAIN_WARMUP_RATIO=0)
+    dataset = build_dataset([write_jsonl(workdir / "wrong.jsonl", wrong)], base.tokenizer, settings)
+    result = train_adapter(base, dataset, settings.root() / "wrong-v1", settings)
+    gate = evaluate_candidate(base, result.adapter_dir, dataset.heldout, settings,
+                              regression=load_regression_set()[:3], rag_regression=rag_subset())
+    logger.info("wrong-answers run: %s; gate: %s", result.to_dict(), gate.to_dict())
 
     assert gate.decision == "reject"
-    assert gate.regression_accuracy_candidate < gate.regression_accuracy_current - settings.regression_margin
-    assert any("regression accuracy fell" in r for r in gate.reasons)
-    assert gate.candidate_failures
+    assert gate.heldout_loss_candidate < gate.heldout_loss_current  # the held-out rows alone would let it in
+    assert gate.rag_score_candidate < gate.rag_score_base - settings.rag_regression_margin
+    assert any("RAG answer score fell" in r for r in gate.reasons), gate.reasons  # the current one is the base
+    assert gate.rag_candidate_failures
+
+
+def test_the_answer_only_loss_is_the_models_own(base: LoadedModel, trained: Trained) -> None:
+    import torch
+
+    from trainer.run_lora import collate
+
+    batch = collate(trained.dataset.train[:3], base.tokenizer.pad_token_id)
+    with torch.no_grad():
+        summed, tokens = answer_loss(base.model, batch, 7)
+        torch.testing.assert_close(summed / tokens, base.model(**batch).loss, rtol=1e-4, atol=1e-5)
 
 
 def test_cancellation_leaves_no_adapter(trained: Trained, base: LoadedModel, workdir: Path) -> None:

@@ -35,7 +35,8 @@ def test_nf4_training_step_has_lora_gradients_after_a_generation(nf4_base: Loade
     import bitsandbytes as bnb
     import torch
 
-    settings = trainer_settings(workdir, AION_TRAIN_LOAD_IN_4BIT="true", AION_TRAIN_REPLAY_RATIO=0)
+    settings = trainer_settings(workdir, AION_TRAIN_LOAD_IN_4BIT="true", AION_TRAIN_REPLAY_RATIO=0,
+                                AION_TRAIN_GENERAL_REPLAY_RATIO=0)
     dataset = build_dataset([write_jsonl(workdir / "facts.jsonl", fact_rows()[:8])], nf4_base.tokenizer, settings)
     # The trigger: a no-grad forward, as serving or the evaluation gate does before training.
     prompt = nf4_base.tokenizer("Hello", return_tensors="pt")
@@ -63,7 +64,8 @@ def test_nf4_training_step_has_lora_gradients_after_a_generation(nf4_base: Loade
 def test_nf4_train_adapter_saves_a_peft_folder(nf4_base: LoadedModel, workdir: Path) -> None:
     """The whole QLoRA path as CUDA runs it (activation checkpointing on), then the base restored."""
     settings = trainer_settings(workdir, AION_TRAIN_LOAD_IN_4BIT="true", AION_TRAIN_MAX_STEPS=2,
-                                AION_TRAIN_REPLAY_RATIO=0, AION_TRAIN_GRADIENT_CHECKPOINTING="true")
+                                AION_TRAIN_REPLAY_RATIO=0, AION_TRAIN_GENERAL_REPLAY_RATIO=0,
+                                AION_TRAIN_GRADIENT_CHECKPOINTING="true")
     dataset = build_dataset([write_jsonl(workdir / "facts.jsonl", fact_rows()[:8])], nf4_base.tokenizer, settings)
     result = train_adapter(nf4_base, dataset, settings.root() / "nf4-v1", settings)
     assert result.steps == 2 and result.quantization == "nf4"

@@ -174,8 +174,16 @@ def build_adapters(root: Path, count: int) -> list[Path]:
     return out
 
 
+GATE_REPORT = {"heldout": {"examples": 3, "answer_tokens": 90, "loss_current": 1.5, "loss_candidate": 1.234},
+               "rag": {"margin": 0.05, **{who: {"answer_score": s, "answer_rate": a, "citation_rate": c,
+                                                "not_found_rate": n, "items": 16} for who, s, a, c, n in [
+                   ("base", 0.3, 0.5, 0.1, 0.0), ("current", 0.3, 0.5, 0.1, 0.0), ("candidate", 0.55, 0.75, 0.5, 0.25)]}},
+               "general": {"base": 1.0, "current": 1.0, "candidate": 0.9615, "questions": 26, "margin": 0.05}}
+
+
 def register(db: str, name: str, path: Path, created: datetime) -> None:
-    metrics = {"gate": {"decision": "promote", "heldout_loss_candidate": 1.234, "heldout_loss_current": 1.5}}
+    metrics = {"gate": {"decision": "promote", "heldout_loss_candidate": 1.234, "heldout_loss_current": 1.5,
+                        "report": GATE_REPORT}}
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("INSERT INTO adapters (id, tenant_id, name, path, base_model, status, metrics, created_at) "
                      "VALUES (%s, %s, %s, %s, 'smollm2-135m-instruct', 'retired', %s, %s)",
@@ -194,7 +202,8 @@ def test_activate_an_older_adapter_from_the_panel(page, site, database_url, infe
         assert r.status_code == 200, r.text
         open_panel(page, site)
         assert page.locator(f"tr[data-adapter='{newer}'] .status-pill").inner_text() == "active"
-        assert "promote · held-out loss 1.234 vs 1.500" in page.locator(f"tr[data-adapter='{older}']").inner_text()
+        assert "promote · RAG 0.55 vs 0.30 · general 0.96 vs 1.00 · held-out loss 1.234 vs 1.500" in page.locator(
+            f"tr[data-adapter='{older}']").inner_text()
         page.locator("#h-inference", has_text=newer).wait_for()
 
         page.get_by_role("button", name=f"Activate {older}").click()
@@ -205,6 +214,23 @@ def test_activate_an_older_adapter_from_the_panel(page, site, database_url, infe
         assert httpx.get(f"{inference_url}/health").json()["adapter"] == older
         status = dict(rows(database_url, "SELECT name, status FROM adapters"))
         assert status == {older: "active", newer: "retired"}
+
+        # What happened after promotion: answers it served, their thumbs, the fallback's share meanwhile;
+        # and the one it replaced can be rolled back to from the same row.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for used, model, rating in [("local", older, "up"), ("local", older, "down"), ("local", older, None),
+                                        ("fallback", "gpt-4o-mini", None)]:
+                rid = uuid.uuid4().hex
+                conn.execute("INSERT INTO ai_events (tenant_id, kind, value, meta, request_id) VALUES "
+                             "(%s, 'answer', 1.0, %s, %s)", (TENANT, json.dumps({"used": used, "model": model}), rid))
+                if rating:
+                    conn.execute("INSERT INTO ai_events (tenant_id, kind, value, meta) VALUES (%s, 'feedback', %s, %s)",
+                                 (TENANT, 1.0 if rating == "up" else -1.0, json.dumps({"answer_request_id": rid})))
+        open_panel(page, site)
+        row = page.locator(f"tr[data-adapter='{older}']")
+        assert [row.locator(f"td.{c}").inner_text() for c in ("served", "thumbs", "fallback-rate")] == [
+            "3", "1 / 1", "25.0%"]
+        assert page.get_by_role("button", name=f"Roll back to {newer}").count() == 1
         page.locator("#adapters").screenshot(path=str(screenshot_dir() / "admin-adapters.png"))
     finally:
         # The session's inference service is shared: serve the base weights again for later tests.
@@ -250,8 +276,20 @@ def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> 
         conn.execute("UPDATE training_jobs SET status = 'succeeded', finished_at = now(), adapter_name = 'aion-v9', "
                      "progress = %s, log_tail = %s, metrics = %s WHERE id = %s",
                      (json.dumps({"step": 4, "total": 4, "loss": 1.1}), "step 4/4 loss 1.1\ngate: promote\n",
-                      json.dumps({"train": {"losses": [2.31, 1.87, 1.4, 1.1]}}), job_id))
+                      json.dumps({"train": {"losses": [2.31, 1.87, 1.4, 1.1]},
+                                  "gate": {"decision": "promote", "report": GATE_REPORT,
+                                           "reasons": ["RAG answer score held 0.300 -> 0.550 (base 0.300)"]}}),
+                      job_id))
     page.locator("#job-status", has_text="succeeded").wait_for(timeout=15_000)
+    # The gate report stored on the job: every set, base / before / candidate.
+    gate = page.locator("#job-gate")
+    gate.wait_for()
+    assert "promoted" in gate.locator("caption").inner_text()
+    cells = [r.split("\t") for r in gate.locator("tbody").inner_text().splitlines()]
+    assert cells[0] == ["RAG set (16 items): answer score", "30.0%", "30.0%", "55.0%"]
+    assert ["General questions (26)", "100.0%", "100.0%", "96.2%"] in cells
+    assert ["Held-out loss (3 rows)", "—", "1.500", "1.234"] in cells
+    assert "RAG answer score held" in gate.inner_text()
     assert page.locator("#chart-loss circle").count() == 4
     assert page.locator("#job-progress").evaluate("p => p.value") == 1
     assert "adapter aion-v9" in page.locator("#job-detail").inner_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -72,7 +73,7 @@ class InferenceAdmin(AdminHttp):
         return await self._call("POST", "/adapter/activate", json={"name": name})
 
     async def unload(self, name: str) -> dict[str, Any]:
-        return await self._call("DELETE", f"/adapters/{name}")
+        return await self._call("DELETE", f"/adapters/{quote(name, safe='')}")
 
     async def reload_default(self) -> dict[str, Any]:
         return await self._call("POST", "/adapter/reload", json={})

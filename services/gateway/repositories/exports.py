@@ -29,17 +29,39 @@ async def answers_between(session: AsyncSession, tenant_id: str, start: datetime
     return [AnswerRow(r[0], r[1], r[2], r[3] or {}) for r in rows]
 
 
-async def negatively_rated(session: AsyncSession, tenant_id: str, request_ids: list[str]) -> set[str]:
-    """Answers whose latest feedback is a thumbs-down."""
+async def latest_ratings(session: AsyncSession, tenant_id: str, request_ids: list[str]) -> dict[str, float]:
+    """{answer id: value of its latest feedback} (> 0 thumbs-up, < 0 thumbs-down) for the rated ones."""
     if not request_ids:
-        return set()
+        return {}
     rows = (await session.execute(text("""
         SELECT DISTINCT ON (meta->>'answer_request_id') meta->>'answer_request_id', value
         FROM ai_events
         WHERE tenant_id = :t AND kind = 'feedback' AND meta->>'answer_request_id' = ANY(:ids)
         ORDER BY meta->>'answer_request_id', created_at DESC, id DESC
     """), {"t": tenant_id, "ids": request_ids})).all()
-    return {r[0] for r in rows if (r[1] or 0) < 0}
+    return {r[0]: float(r[1] or 0.0) for r in rows}
+
+
+async def replies_written_by_aion(session: AsyncSession, tenant_id: str, digests: list[str]) -> set[str]:
+    """Of these SHA-256 digests (hex, of a reply with its ends stripped), those of logged answers' replies."""
+    if not digests:
+        return set()
+    rows = (await session.execute(text("""
+        SELECT DISTINCT encode(sha256(convert_to(btrim(meta->>'reply', E' \t\r\n'), 'UTF8')), 'hex')
+        FROM ai_events
+        WHERE tenant_id = :t AND kind = 'answer'
+          AND encode(sha256(convert_to(btrim(meta->>'reply', E' \t\r\n'), 'UTF8')), 'hex') = ANY(:d)
+    """), {"t": tenant_id, "d": digests})).all()
+    return {r[0] for r in rows}
+
+
+async def trained_until(session: AsyncSession, tenant_id: str) -> datetime | None:
+    """The end of the data window of the job that trained the active adapter (None: no active adapter,
+    or one with no recorded window): everything after it is not in the serving adapter yet."""
+    return (await session.execute(text("""
+        SELECT j.data_until FROM adapters a JOIN training_jobs j ON j.id = a.job_id
+        WHERE a.tenant_id = :t AND a.status = 'active'
+    """), {"t": tenant_id})).scalar_one_or_none()
 
 
 async def last_watermark(session: AsyncSession, tenant_id: str, trigger: str) -> datetime | None:

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-_COLUMNS = ("id, tenant_id, status, trigger, params, dataset_path, progress, metrics, log_tail, error, adapter_name, "
-            "attempts, worker, heartbeat_at, created_at, started_at, finished_at")
+_COLUMNS = ("id, tenant_id, status, trigger, params, dataset_path, data_until, progress, metrics, log_tail, error, "
+            "adapter_name, attempts, worker, heartbeat_at, created_at, started_at, finished_at")
 
 
 async def create(session: AsyncSession, *, tenant_id: str, params: dict[str, Any], trigger: str,
-                 dataset_path: str | None = None) -> uuid.UUID:
+                 dataset_path: str | None = None, data_until: datetime | None = None) -> uuid.UUID:
+    """Queue a job; `data_until`: the end of its dataset's window (what its adapter will have learned)."""
     job_id = uuid.uuid4()
     await session.execute(text("""
-        INSERT INTO training_jobs (id, tenant_id, trigger, params, dataset_path)
-        VALUES (:id, :t, :g, CAST(:p AS jsonb), :d)
-    """), {"id": job_id, "t": tenant_id, "g": trigger, "p": json.dumps(params), "d": dataset_path})
+        INSERT INTO training_jobs (id, tenant_id, trigger, params, dataset_path, data_until)
+        VALUES (:id, :t, :g, CAST(:p AS jsonb), :d, :u)
+    """), {"id": job_id, "t": tenant_id, "g": trigger, "p": json.dumps(params), "d": dataset_path,
+           "u": data_until})
     return job_id
+
+
+async def set_dataset(session: AsyncSession, job_id: uuid.UUID, dataset_path: str, data_until: datetime) -> None:
+    """A job that exported its own dataset records it, and the end of its window."""
+    await session.execute(text("UPDATE training_jobs SET dataset_path = :d, data_until = :u WHERE id = :id"),
+                          {"id": job_id, "d": dataset_path, "u": data_until})
 
 
 async def active_job(session: AsyncSession, tenant_id: str) -> dict[str, Any] | None:

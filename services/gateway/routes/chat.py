@@ -91,8 +91,10 @@ async def _answer_request(request: Request, body: ChatRequest, *, store: bool | 
     elif (body.store if store is None else store) and not history:
         conversation = await state.conversations.start(principal_of(request), body.message)
     tau = settings.tau_confidence if body.tau is None else body.tau
+    # The answer's id is always the server's own: feedback addresses it, so a caller-chosen
+    # X-Request-ID (kept as a correlation id) can never name, or collide with, someone else's answer.
     return AnswerRequest(question=body.message.strip(), tenant_id=_tenant(request),
-                         request_id=request_id_var.get() or uuid.uuid4().hex, tau=tau,
+                         request_id=uuid.uuid4().hex, correlation_id=request_id_var.get(), tau=tau,
                          force_fallback=body.forceFallback, history=history, conversation=conversation,
                          notices=notices, caller=principal_of(request).caller)
 

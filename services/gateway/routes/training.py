@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import Conflict, NotFound
+from shared.errors import AionError, Conflict, NotFound
 
 from ..deps import SessionDep, StateDep, TenantDep
 from ..repositories import adapters as adapters_repo
@@ -74,23 +74,39 @@ async def cancel_training(job_id: uuid.UUID, session: SessionDep, tenant: Tenant
 @router.get("/api/ai/adapters")
 async def list_adapters(state: StateDep, session: SessionDep, tenant: TenantDep) -> dict:
     registry = await adapters_repo.list_all(session, tenant)
+    figures = await adapters_repo.serving_figures(session, tenant)
     for row in registry:
         row["id"], row["job_id"] = str(row["id"]), str(row["job_id"]) if row["job_id"] else None
+        # What happened after promotion, beside the gate's verdict (metrics.gate) that let it in.
+        row["serving"] = figures.get(row["name"], {"answers_served": 0, "thumbs_up": 0, "thumbs_down": 0,
+                                                    "answers_while_active": 0, "fallback_rate": None})
     return {"adapters": registry}
+
+
+async def _release(state: Any, tenant: str) -> dict:
+    """Unload old adapters after a switch; the switch stands even when this fails."""
+    try:
+        return await promotion.release_old_adapters(state.sessions, state.admin, tenant_id=tenant)
+    except AionError as exc:
+        return {"error": exc.message}
 
 
 @router.post("/api/ai/adapters/{name}/activate")
 async def activate_adapter(name: str, state: StateDep, tenant: TenantDep) -> dict:
     """Serve `name` by default (also a rollback to any earlier version)."""
-    return await promotion.activate(state.sessions, state.admin, tenant_id=tenant, name=name,
-                                    active_link=state.settings.active_adapter_link())
+    out = await promotion.activate(state.sessions, state.admin, tenant_id=tenant, name=name,
+                                   active_link=state.settings.active_adapter_link())
+    out["released"] = await _release(state, tenant)
+    return out
 
 
 @router.post("/api/ai/adapters/deactivate")
 async def deactivate_adapters(state: StateDep, tenant: TenantDep) -> dict:
     """Serve the base model again."""
-    return await promotion.deactivate(state.sessions, state.admin, tenant_id=tenant,
-                                      active_link=state.settings.active_adapter_link())
+    out = await promotion.deactivate(state.sessions, state.admin, tenant_id=tenant,
+                                     active_link=state.settings.active_adapter_link())
+    out["released"] = await _release(state, tenant)
+    return out
 
 
 @router.get("/api/ai/llm/health")

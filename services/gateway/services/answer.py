@@ -23,12 +23,13 @@ import anyio
 from shared.errors import AionError
 
 from ..clients.chat import ChatClient, ChatUnavailable, ContextOverflow, merge_tool_calls
+from .answer_record import model_input
 from .budget import BudgetGuard, Denial, Reservation
 from .context_fit import ChatTokens, PromptBudget, PromptTooLong, fit_history, fit_passages
 from .conversations import ConversationRef, ConversationStore
-from .language import Language, detect_language
+from .language import Language, choose_language
 from .pricing import Price, estimate_messages_tokens, estimate_tokens, price_for
-from .prompt import PROMPT_VERSION, PromptPassage, build_rag_messages, source_label
+from .prompt import PromptPassage, build_rag_messages, source_label
 from .response_cache import Probe, ResponseCache
 from .retrieval import Passage
 from .rewrite import QuestionRewriter, Rewrite
@@ -65,6 +66,9 @@ class AnswerRequest:
     tau: float
     force_fallback: bool = False
     history: Sequence[dict[str, str]] = ()
+    # The caller's X-Request-ID (or the middleware's): model calls carry it, so one trace id follows the
+    # question through every service's log; it is never the answer's id.
+    correlation_id: str | None = None
     conversation: ConversationRef | None = None
     # `warn` events decided before answering (e.g. an option this key may not use), sent first.
     notices: Sequence[dict[str, Any]] = ()
@@ -92,9 +96,11 @@ class AnswerPolicy:
     context_window: int | None = None  # None: what the model server says
     support_threshold: float = 0.6
     low_confidence_local: bool = False  # below τ with no fallback, let the local model try anyway
+    log_max_chars: int = 64_000  # AION_ANSWER_LOG_MAX_CHARS: the messages an answer event may hold
 
 
-RetrieveFn = Callable[..., Awaitable[RetrievedContext]]  # (tenant_id, query, *, original=None)
+# (tenant_id, query, *, original=None, request_id=None): the retrieval event is logged under the answer's id.
+RetrieveFn = Callable[..., Awaitable[RetrievedContext]]
 LogEventFn = Callable[[str, str, float, dict[str, Any], str], Awaitable[None]]  # (tenant, kind, value, meta, rid)
 ObserveFn = Callable[[dict[str, Any]], None]  # the answer event's meta, for in-memory metrics
 
@@ -114,6 +120,7 @@ class _Outcome:
     error_status: int | None = None
     complete: bool = False
     first_token_ms: int | None = None
+    finish_reason: str | None = None  # "length": cut off at max_tokens
     support: float | None = None
     language: Language | None = None
     rewrite: Rewrite | None = None
@@ -181,9 +188,9 @@ class AnswerService:
             if req.history and self.rewriter:
                 language = self._language(req.question, *(t["content"] for t in req.history if t["role"] == "user"))
                 out.rewrite = await self.rewriter.rewrite(req.question, req.history, language,
-                                                          request_id=req.request_id)
+                                                          request_id=req.correlation_id or req.request_id)
                 query = out.rewrite.question
-            context = await self.retrieve(req.tenant_id, query,
+            context = await self.retrieve(req.tenant_id, query, request_id=req.request_id,
                                           original=req.question if query != req.question else None)
             budget = await self._prompt_budget()
             texts = fit_passages([p.text for p in context.passages], budget, self.tokens)
@@ -301,9 +308,7 @@ class AnswerService:
 
     def _language(self, question: str, *more: str) -> Language:
         """The pinned language, else the question's, else its passages' (or history's), else the default."""
-        if self.policy.language:
-            return self.policy.language
-        return detect_language(question) or detect_language(" ".join(more)) or self.policy.default_language
+        return choose_language(question, *more, pinned=self.policy.language, default=self.policy.default_language)
 
     async def _prompt_budget(self) -> PromptBudget:
         window = self.policy.context_window or await self.local.context_window() or DEFAULT_CONTEXT_WINDOW
@@ -472,11 +477,11 @@ class AnswerService:
 
     async def _stream_local(self, req: AnswerRequest, messages: list[dict[str, str]], out: _Outcome,
                             started: float) -> AsyncIterator[AnswerEvent]:
-        out.used, out.model, out.messages = "local", self.local.model, messages
+        out.used, out.model, out.messages, out.finish_reason = "local", self.local.model, messages, None
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
-                                             request_id=req.request_id, output=req.output):
+                                             request_id=req.correlation_id or req.request_id, output=req.output):
             out.model = delta.model or out.model  # the adapter version that really served it
             if delta.tool_calls:
                 merge_tool_calls(out.tool_calls, delta.tool_calls)
@@ -487,20 +492,21 @@ class AnswerService:
                 yield AnswerEvent("token", {"text": delta.text})
             if delta.prompt_tokens is not None:
                 out.prompt_tokens, out.completion_tokens = delta.prompt_tokens, delta.completion_tokens or 0
+            out.finish_reason = delta.finish_reason or out.finish_reason
         out.complete = True
 
     async def _stream_fallback(self, req: AnswerRequest, reservation: Reservation, messages: list[dict[str, str]],
                                out: _Outcome, started: float) -> AsyncIterator[AnswerEvent]:
         """Stream from the paid model; settle the reservation whatever happens."""
         assert self.fallback is not None
-        out.used, out.model, out.messages = "fallback", reservation.model, messages
+        out.used, out.model, out.messages, out.finish_reason = "fallback", reservation.model, messages, None
         parts: list[str] = []
         usage: tuple[int, int] | None = None
         failed: str | None = None
         try:
             async for delta in self.fallback.stream(messages, max_tokens=self.policy.fallback_max_tokens,
                                                     temperature=self.policy.fallback_temperature,
-                                                    request_id=req.request_id, output=req.output):
+                                                    request_id=req.correlation_id or req.request_id, output=req.output):
                 if delta.tool_calls:
                     merge_tool_calls(out.tool_calls, delta.tool_calls)
                     yield AnswerEvent("tool_call", {"tool_calls": delta.tool_calls})
@@ -511,6 +517,7 @@ class AnswerService:
                     yield AnswerEvent("token", {"text": delta.text})
                 if delta.prompt_tokens is not None:
                     usage = (delta.prompt_tokens, delta.completion_tokens or 0)
+                out.finish_reason = delta.finish_reason or out.finish_reason
             out.complete = True
         except ChatUnavailable as exc:
             failed = str(exc)
@@ -539,7 +546,7 @@ class AnswerService:
 
     # -- the record ----------------------------------------------------------------------------------
     async def _log_answer(self, req: AnswerRequest, context: RetrievedContext | None, out: _Outcome,
-                    started: float) -> None:
+                          started: float) -> None:
         meta = {
             "prompt": req.question, "reply": "".join(out.parts), "used": out.used, "source": out.used,
             "model": out.model, "C": round(context.confidence, 4) if context else None, "tau": req.tau,
@@ -550,11 +557,16 @@ class AnswerService:
             "sources": [{"document": s["document"], "chunk": s["chunk"], "score": s["score"]} for s in out.sources],
             "history_turns": len(req.history), "tool_calls": out.tool_calls,
             # How far the passages back the answer (None: no answer, or "not found"); export reads it.
-            "support": out.support, "answer": out.kind, "language": out.language, "prompt_version": PROMPT_VERSION,
+            "support": out.support, "answer": out.kind, "language": out.language,
             "rewritten": out.rewrite.question if out.rewrite else None,
             "rewrite_method": out.rewrite.method if out.rewrite else None,
             "history_dropped": out.history_dropped,
             "conversation_id": str(req.conversation.id) if req.conversation else None,
+            # What the model was given (exactly; export trains on it, with its prompt_version) and who answered.
+            **model_input(out.messages, self.policy.log_max_chars),
+            "chunk_ids": [s["chunk"] for s in out.sources],
+            "fallback": out.used == "fallback", "finish_reason": out.finish_reason,
+            "correlation_id": req.correlation_id,
             **self._cache_fields(out),
         }
         if self.on_answer:  # before the write: metrics count answers whose record the database refused too

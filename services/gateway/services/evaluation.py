@@ -23,6 +23,7 @@ from shared.errors import BadRequest
 from .answer import AnswerEvent, AnswerRequest
 from .eval_set import EvalQuestion
 from .not_found import fold, is_not_found
+from .selection import EVAL_REQUEST_PREFIX
 
 # Lines of the RAG prompt that an answer should never repeat (Portuguese prompt, and its English form).
 INSTRUCTION_MARKERS = ("use apenas", "pergunta:", "contexto:", "instrucoes:", "nao invente", "cite as passagens",
@@ -131,7 +132,7 @@ async def run_answers(questions: Sequence[EvalQuestion], answer: AnswerFn, *, te
         sources: list[dict[str, Any]] = []
         parts: list[str] = []
         done: dict[str, Any] | None = None
-        request = AnswerRequest(question=q.question, tenant_id=tenant_id, request_id=f"eval-{run_id}-{index}",
+        request = AnswerRequest(question=q.question, tenant_id=tenant_id, request_id=f"{EVAL_REQUEST_PREFIX}{run_id}-{index}",
                                 tau=tau, use_cache=False)
         async for event in answer(request):
             if event.type == "sources":

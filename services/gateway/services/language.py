@@ -35,6 +35,15 @@ def stopword_counts(text: str) -> dict[Language, int]:
     return {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
 
 
+def choose_language(question: str, *more: str, pinned: Language | None = None,
+                    default: Language = "pt") -> Language:
+    """The prompt's language: the pinned one, else the question's, else its passages' (or history's), else
+    the default. The gateway and the trainer's RAG rows decide it the same way."""
+    if pinned:
+        return pinned
+    return detect_language(question) or detect_language(" ".join(more)) or default
+
+
 def detect_language(text: str) -> Language | None:
     """'pt' or 'en' when one language's stopwords outnumber the other's; None when undecided."""
     counts = stopword_counts(text)

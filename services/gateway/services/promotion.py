@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.errors import Conflict, NotFound
 
 from ..clients.backends import InferenceBackend
+from ..clients.inference_admin import InferenceAdminError
 from ..repositories import adapters as repo
 from .response_cache import forget_answers
 
@@ -62,3 +64,42 @@ async def deactivate(session_factory: async_sessionmaker[AsyncSession], admin: I
     if active_link is not None and active_link.is_symlink():
         active_link.unlink()
     return {"ok": True, "active": None}
+
+
+async def release_old_adapters(session_factory: async_sessionmaker[AsyncSession], admin: InferenceBackend, *,
+                               tenant_id: str, keep_on_disk: int | None = None,
+                               adapters_root: Path | None = None) -> dict[str, list[str]]:
+    """After a promotion or rollback: unload from the inference service every adapter that is neither
+    the active one nor its rollback target (memory would grow every night otherwise) and, with
+    `keep_on_disk`, delete the folders of all but the newest N registered adapters under `adapters_root`.
+
+    Best effort: an adapter still serving a request stays loaded until the next promotion.
+    """
+    async with session_factory() as session:
+        active = await repo.active(session, tenant_id)
+        previous = await repo.rollback_target(session, tenant_id)
+        registry = await repo.list_all(session, tenant_id)  # newest first
+    keep = {a["name"] for a in (active, previous) if a is not None}
+    unloaded: list[str] = []
+    loaded = (await admin.adapters()).get("adapters") or []
+    for name in [a["name"] for a in loaded if a["name"] not in keep]:
+        try:
+            await admin.unload(name)
+            unloaded.append(name)
+        except InferenceAdminError as exc:
+            logger.warning("adapter %s stays loaded for now: %s", name, exc.message)
+    pruned: list[str] = []
+    if keep_on_disk is not None and adapters_root is not None:
+        root = adapters_root.resolve()
+        for row in registry[keep_on_disk:]:
+            path = Path(row["path"]).resolve()
+            # Only folders this trainer wrote: never anything outside its adapters root.
+            if row["name"] in keep or row["pruned_at"] is not None or root not in path.parents:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            async with session_factory.begin() as session:
+                await repo.mark_pruned(session, tenant_id, row["name"])
+            pruned.append(row["name"])
+    if unloaded or pruned:
+        logger.info("released adapters: unloaded %s, deleted folders of %s", unloaded, pruned)
+    return {"unloaded": unloaded, "pruned": pruned}

@@ -195,39 +195,61 @@ async function loadEvals() {
 
 // ---- adapters ----------------------------------------------------------------------------------
 
+function num(x, digits = 2) {
+  return typeof x === "number" ? x.toFixed(digits) : "—";
+}
+
 function gateSummary(metrics) {
   const g = metrics && metrics.gate;
   if (g) {
-    const loss = (x) => (typeof x === "number" ? x.toFixed(3) : "—");
-    return `${g.decision || "?"} · held-out loss ${loss(g.heldout_loss_candidate)} vs ${loss(g.heldout_loss_current)}`;
+    const r = g.report || {};
+    const parts = [g.decision || "?"];
+    if (r.rag) parts.push(`RAG ${num(r.rag.candidate.answer_score)} vs ${num(r.rag.current.answer_score)}`);
+    if (r.general) parts.push(`general ${num(r.general.candidate)} vs ${num(r.general.current)}`);
+    parts.push(`held-out loss ${num(g.heldout_loss_candidate, 3)} vs ${num(g.heldout_loss_current, 3)}`);
+    return parts.join(" · ");
   }
   const keys = Object.keys(metrics || {});
   return keys.length ? keys.slice(0, 4).map((k) => `${k}: ${JSON.stringify(metrics[k])}`).join(" · ") : "—";
+}
+
+function adapterAction(a) {
+  if (a.status === "active") return "serving";
+  if (a.status === "rejected") return "never served";
+  if (a.pruned_at) return "files removed";
+  // An adapter that served before: activating it again is the rollback.
+  const label = a.promoted_at ? "Roll back to" : "Activate";
+  return el("button", { type: "button", class: "small", "aria-label": `${label} ${a.name}`, text: label,
+    onclick: (e) => activate(a.name, e.currentTarget) });
 }
 
 async function loadAdapters() {
   try {
     const { adapters } = await api("/api/ai/adapters");
     const body = $("adapters-body");
-    body.replaceChildren(...adapters.map((a) => el("tr", { "data-adapter": a.name },
-      el("th", { scope: "row", text: a.name }),
-      el("td", {}, el("span", { class: `status-pill ${a.status}`, text: a.status })),
-      el("td", { text: fmtTime(a.created_at) }),
-      el("td", { text: fmtTime(a.promoted_at) }),
-      el("td", { text: gateSummary(a.metrics) }),
-      el("td", {}, a.status === "active" ? "serving"
-        : a.status === "rejected" ? "never served"
-          : el("button", { type: "button", class: "small", "aria-label": `Activate ${a.name}`, text: "Activate",
-            onclick: (e) => activate(a.name, e.currentTarget) })))));
+    body.replaceChildren(...adapters.map((a) => {
+      const s = a.serving || {};
+      const served = a.promoted_at ? s.answers_served : null;
+      return el("tr", { "data-adapter": a.name },
+        el("th", { scope: "row", text: a.name }),
+        el("td", {}, el("span", { class: `status-pill ${a.status}`, text: a.status })),
+        el("td", { text: fmtTime(a.created_at) }),
+        el("td", { text: fmtTime(a.promoted_at) }),
+        el("td", { class: "gate", text: gateSummary(a.metrics) }),
+        el("td", { class: "served", text: served ?? "—" }),
+        el("td", { class: "thumbs", text: a.promoted_at ? `${s.thumbs_up ?? 0} / ${s.thumbs_down ?? 0}` : "—" }),
+        el("td", { class: "fallback-rate", text: a.promoted_at ? pct(s.fallback_rate) : "—" }),
+        el("td", {}, adapterAction(a)));
+    }));
     if (!adapters.length) {
-      body.append(el("tr", {}, el("td", { colspan: "6", class: "empty", text: "No adapters yet: a training job that passes the evaluation gate registers one." })));
+      body.append(el("tr", {}, el("td", { colspan: "9", class: "empty", text: "No adapters yet: a training job that passes the evaluation gate registers one." })));
     }
   } catch (err) {
     say("adapters-result", `Could not list adapters: ${err.message}`, false);
   }
 }
 
-async function adapterAction(label, call, button) {
+async function runAdapterAction(label, call, button) {
   if (button) button.disabled = true;
   say("adapters-result", `${label}…`);
   try {
@@ -242,7 +264,7 @@ async function adapterAction(label, call, button) {
 }
 
 function activate(name, button) {
-  return adapterAction(`Activating ${name} (load and smoke test)`,
+  return runAdapterAction(`Activating ${name} (load and smoke test)`,
     () => api(`/api/ai/adapters/${encodeURIComponent(name)}/activate`, { method: "POST" }), button);
 }
 
@@ -275,11 +297,33 @@ function renderJob(job) {
   const cancel = $("job-cancel");
   cancel.hidden = !job || !["queued", "running"].includes(job.status);
   cancel.dataset.job = job ? job.id : "";
+  renderGate(job);
   const pts = lossPoints(job);
   lineChart($("chart-loss"), {
     labels: pts.map(([s]) => String(s)), title: "Training loss", yFormat: (v) => v.toFixed(2),
     emptyText: "no loss reported yet", series: [{ name: "loss", cls: "s-c", values: pts.map(([, l]) => l) }],
   });
+}
+
+/** The gate report stored on the job: per set, the base's, the active adapter's and the candidate's figures. */
+function renderGate(job) {
+  const g = job && job.metrics && job.metrics.gate;
+  const r = g && g.report;
+  $("job-gate").hidden = !r;
+  if (!r) return;
+  $("job-gate-decision").textContent = g.decision === "promote" ? "promoted" : "rejected";
+  const rag = (key, label) => [label, pct(r.rag.base[key]), pct(r.rag.current[key]), pct(r.rag.candidate[key])];
+  const rows = [
+    ...(r.rag ? [rag("answer_score", `RAG set (${r.rag.candidate.items} items): answer score`),
+      rag("answer_rate", "RAG: answer in the reply"), rag("citation_rate", "RAG: right passage cited"),
+      rag("not_found_rate", "RAG: “not found” when the context lacks it")] : []),
+    ...(r.general ? [[`General questions (${r.general.questions})`, pct(r.general.base), pct(r.general.current),
+      pct(r.general.candidate)]] : []),
+    [`Held-out loss (${r.heldout.examples} rows)`, "—", num(r.heldout.loss_current, 3), num(r.heldout.loss_candidate, 3)],
+  ];
+  $("job-gate-body").replaceChildren(...rows.map(([k, ...v]) => el("tr", {}, el("th", { scope: "row", text: k }),
+    ...v.map((x) => el("td", { text: x })))));
+  $("job-gate-reasons").replaceChildren(...(g.reasons || []).map((x) => el("li", { text: x })));
 }
 
 async function loadTraining() {
@@ -400,13 +444,13 @@ function init() {
   $("health-refresh").addEventListener("click", () => Promise.all([loadHealth(), loadBudget()]));
   $("events-days").addEventListener("change", loadEvents);
   $("evals-refresh").addEventListener("click", loadEvals);
-  $("adapter-reload").addEventListener("click", (e) => adapterAction("Reloading AION_ADAPTER_DIR",
+  $("adapter-reload").addEventListener("click", (e) => runAdapterAction("Reloading AION_ADAPTER_DIR",
     () => api("/api/ai/llm/adapter/reload", { method: "POST" }), e.currentTarget));
   $("adapter-merge").addEventListener("click", (e) => {
     if (!confirm("Merge the active adapter into the base weights? Other adapters cannot be served until the inference service restarts.")) return;
-    adapterAction("Merging", () => api("/api/ai/llm/adapter/merge", { method: "POST" }), e.currentTarget);
+    runAdapterAction("Merging", () => api("/api/ai/llm/adapter/merge", { method: "POST" }), e.currentTarget);
   });
-  $("adapter-base").addEventListener("click", (e) => adapterAction("Switching to the base weights",
+  $("adapter-base").addEventListener("click", (e) => runAdapterAction("Switching to the base weights",
     () => api("/api/ai/adapters/deactivate", { method: "POST" }), e.currentTarget));
   $("train-form").addEventListener("submit", startTraining);
   $("job-cancel").addEventListener("click", cancelJob);
