@@ -41,7 +41,7 @@ run: install-run
 	$(VENV)/bin/aion up
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 # vLLM in its own venv: its dependency set is not AION's (requirements/vllm.txt says why).
 VLLM_VENV := .venv-vllm

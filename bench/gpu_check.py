@@ -272,6 +272,7 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
     from trainer.evaluate import RegressionItem, evaluate_candidate
     from trainer.run_lora import train_adapter
     from trainer.settings import TrainerSettings
+    from trainer.model_size import count_parameters
 
     rng = random.Random(7)
     rows = work / "train.jsonl"
@@ -291,6 +292,7 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     base = load_base(settings)
     loaded_s = time.perf_counter() - started
+    settings = settings.for_model(count_parameters(base.model))
     dataset = build_dataset([rows], base.tokenizer, settings)
     adapter_dir = work / "adapters" / "gpu-check-v1"
     trained = train_adapter(base, dataset, adapter_dir, settings)
