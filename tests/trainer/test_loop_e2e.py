@@ -102,7 +102,10 @@ async def test_logged_answers_become_an_active_adapter_and_rollback_restores_the
     sessions = make_session_factory(engine)
     settings = gateway_settings(clean_db, inference, AION_INFERENCE_TOKEN=TOKEN, AION_TRAIN_ROOT=str(train_root))
     # keep=1: after the promotion only the newest folder stays, besides the active one and its rollback target.
-    worker = make_worker(sessions, inference, train_root, tmp_path / "trainer", keep=1, AION_TRAIN_EPOCHS=2)
+    # Replay is tested in test_learning_loop.py; here a little general replay keeps the general regression
+    # set held, and no grounded replay (long RAG rows) keeps the job short.
+    worker = make_worker(sessions, inference, train_root, tmp_path / "trainer", keep=1, AION_TRAIN_EPOCHS=2,
+                         AION_TRAIN_REPLAY_RATIO=0, AION_TRAIN_GENERAL_REPLAY_RATIO=0.3)
     # Two adapters that served before this job: `stray-old` once, `stray-prev` until now (the rollback target).
     old, prev = random_lora_adapters(train_root / "adapters", ["stray-old", "stray-prev"])
     async with sessions.begin() as session:
