@@ -23,6 +23,7 @@ from .services.budget import BudgetGuard, BudgetPolicy
 from .services.context_fit import ChatTokens
 from .services.conversations import ConversationStore
 from .services.export import Exporter
+from .services.model_choice import ModelChoices
 from .services.prompt import PROMPT_VERSION
 from .services.response_cache import CachePolicy, ResponseCache, settings_fingerprint
 from .services.retrieval import retrieve
@@ -42,6 +43,7 @@ class ChatParts:
     admin: InferenceBackend
     local: ChatClient
     fallback: ChatClient | None
+    models: ModelChoices
 
     async def close(self) -> None:
         await self.local.close()
@@ -79,9 +81,13 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
     if isinstance(admin, VllmAdmin):
         served = ServedModel(sessions, admin, settings.tenant_id,
                              base_name=None if settings.local_model == "default" else settings.local_model)
+    models = ModelChoices(sessions, admin, settings.tenant_id, base_name=served.base if served else None)
+    # An adapter version a conversation chose may not be loaded (an older one, or after a restart): the
+    # first request that names it loads it again from the registry.
     local = ChatClient(base_url=settings.chat_url(), api_key=settings.inference_token, model=settings.local_model,
                        timeout_s=settings.inference_timeout_s, max_retries=settings.local_retries,
-                       model_for=served.current if served else None, restore=served.restore if served else None)
+                       model_for=served.current if served else None,
+                       restore=served.restore if served else models.restore)
     fallback = None
     if settings.fallback_enabled():
         fallback = ChatClient(base_url=settings.fallback_url(), api_key=settings.openai_api_key,
@@ -111,7 +117,7 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
     return ChatParts(answers=answers, conversations=conversations, budget=budget,
                      exporter=Exporter(sessions, settings.selection_policy()),
                      cache=cache, admin=admin, local=local,
-                     fallback=fallback)
+                     fallback=fallback, models=models)
 
 
 def answer_settings(settings: GatewaySettings, policy: AnswerPolicy) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .services.eval_set import MAX_QUESTIONS, EvalQuestion
 
@@ -125,6 +125,14 @@ class SearchResponse(BaseModel):
 
 # -- chat, feedback, conversations ------------------------------------------------------------------
 
+def _model_choice() -> Any:
+    """A model choice: 'default', 'base' or an adapter's registry name (no control characters: no NUL for
+    Postgres text)."""
+    return Field(default=None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$",
+                 description="'default' (the active adapter, else the base), 'base', or an adapter version; "
+                             "GET /api/ai/chat/options lists them")
+
+
 class HistoryTurn(BaseModel):
     role: Literal["user", "assistant"]
     content: str = Field(max_length=8000)
@@ -139,6 +147,8 @@ class ChatRequest(BaseModel):
     conversation_id: uuid.UUID | None = Field(default=None, description="continue this stored conversation")
     store: bool = Field(default=True, description="keep the exchange as a conversation the server stores "
                                                    "(a new one unless conversation_id is given)")
+    # None: the conversation's stored choice (a new one: the default); a value is also stored on it.
+    model: str | None = _model_choice()
 
     @field_validator("message")
     @classmethod
@@ -203,6 +213,7 @@ class ConversationSummary(BaseModel):
     id: uuid.UUID
     title: str
     turn_count: int
+    model: str | None = Field(description="the model chosen for it: null the default, 'base', or an adapter")
     created_at: datetime
     updated_at: datetime
 
@@ -230,13 +241,18 @@ class ConversationDetail(ConversationSummary):
 
 
 class ConversationRename(BaseModel):
+    """PATCH: a new title, a new model choice, or both."""
+
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200)
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    model: str | None = _model_choice()
 
     @field_validator("title")
     @classmethod
-    def _one_line(cls, value: str) -> str:
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         value = " ".join(value.split())
         if not value:
             raise ValueError("title must not be blank")
@@ -244,10 +260,35 @@ class ConversationRename(BaseModel):
             raise ValueError("title must not contain NUL characters")
         return value
 
+    @model_validator(mode="after")
+    def _something(self) -> ConversationRename:
+        if self.title is None and self.model is None:
+            raise ValueError("send a title, a model, or both")
+        return self
+
 
 class ConversationDeleted(BaseModel):
     id: uuid.UUID
     deleted: bool = True
+
+
+class ModelOption(BaseModel):
+    id: str = Field(description="what a chat request or a conversation sends as `model`")
+    kind: Literal["default", "base", "adapter"]
+    serves: str | None = Field(description="the model or adapter that answers for it now (null: unknown)")
+    status: str | None = Field(description="adapters: active, retired or candidate")
+    created_at: datetime | None
+
+
+class ChatLimits(BaseModel):
+    max_question_chars: int = Field(description="the longest question the chat routes accept (AION_MAX_QUERY_CHARS)")
+
+
+class ChatOptions(BaseModel):
+    """What a chat client needs to know before asking: the server's limits and the models it may choose."""
+
+    limits: ChatLimits
+    models: list[ModelOption]
 
 
 # -- evaluation runs ---------------------------------------------------------------------------------

@@ -144,6 +144,8 @@ class Conversation(Base):
         UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="SET NULL"))
     title: Mapped[str] = mapped_column(Text, nullable=False)
     turn_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # What answers it: None the server's default (the active adapter), 'base', or an adapter's registry name.
+    model: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 

@@ -23,6 +23,8 @@ from .conftest import bearer, create_key, dead_inference_url
 # conversations). All else is admin.
 USER_ROUTES = {
     ("POST", "/api/ai/chat"), ("GET", "/api/ai/chat/stream"), ("POST", "/api/ai/chat/stream"),
+    # The chat page's length limit and the models a conversation may choose.
+    ("GET", "/api/ai/chat/options"),
     # A key (or a token) exchanged for a short-lived token: what the pages keep instead of the key.
     ("POST", "/api/auth/token"),
     ("POST", "/v1/chat/completions"), ("POST", "/api/ai/search"), ("POST", "/api/ai/feedback"),
@@ -35,8 +37,8 @@ USER_ROUTES = {
     ("POST", "/api/images/jobs/{job_id}/cancel"),
 }
 # Reachable without a key: the health check, the page shells and their files, the API explorer.
-OPEN_PATHS = {"/health", "/", "/admin", "/static/{name}", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-              "/redoc"}
+OPEN_PATHS = {"/health", "/", "/admin", "/documents/{document_id}", "/static/{name}", "/static/vendor/{name}",
+              "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def _concrete(path: str) -> str:

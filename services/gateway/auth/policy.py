@@ -28,6 +28,8 @@ _USER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("POST", r"/api/auth/token"),
         ("GET", r"/api/ai/chat/stream"),
         ("POST", r"/api/ai/chat/stream"),
+        # The chat page's limits and the models a conversation may choose.
+        ("GET", r"/api/ai/chat/options"),
         ("POST", r"/v1/chat/completions"),
         ("POST", r"/api/ai/search"),
         ("POST", r"/api/ai/feedback"),

@@ -114,10 +114,11 @@ class ChatClient:
         self._context = (now, window)
         return window
 
-    async def _create(self, **kwargs: Any) -> tuple[str, Any]:
-        """The model chosen for this request, and the server's answer (a stream when kwargs ask for one)."""
+    async def _create(self, chosen: str | None = None, **kwargs: Any) -> tuple[str, Any]:
+        """The model chosen for this request (`chosen`, else the client's own), and the server's answer (a
+        stream when kwargs ask for one)."""
         try:
-            model = await self._model_for() if self._model_for else self.model
+            model = chosen or (await self._model_for() if self._model_for else self.model)
         except Exception as exc:  # the registry or the server's model list: the local model is unavailable
             raise ChatUnavailable(f"could not choose the model: {exc}") from exc
         try:
@@ -146,13 +147,14 @@ class ChatClient:
 
     async def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
                      request_id: str | None = None, frequency_penalty: float | None = None,
-                     output: Mapping[str, Any] | None = None) -> AsyncIterator[ChatDelta]:
+                     output: Mapping[str, Any] | None = None, model: str | None = None) -> AsyncIterator[ChatDelta]:
         """Yield text (or tool-call) deltas, then one delta carrying usage if the server sends it.
 
-        `output` holds the caller's OpenAI output fields (tools, tool_choice, response_format), sent as given.
+        `output` holds the caller's OpenAI output fields (tools, tool_choice, response_format), sent as given;
+        `model` names the model or adapter this request asks for instead of the client's default.
         """
         model, stream = await self._create(
-            messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
+            model, messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
             stream_options={"include_usage": True}, extra_headers=self._headers(request_id),
             **_penalty(frequency_penalty), **(output or {}))
         try:

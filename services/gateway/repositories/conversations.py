@@ -54,15 +54,17 @@ async def recent_turns(session: AsyncSession, conversation_id: uuid.UUID, limit:
 
 
 async def append(session: AsyncSession, owner: Owner, conversation_id: uuid.UUID, *, title: str, new: bool,
-                 turns: Sequence[NewTurn]) -> bool:
+                 turns: Sequence[NewTurn], model: str | None = None) -> bool:
     """Add turns after the last one (creating the conversation when `new`); False if it is gone.
+
+    `model`: a new conversation's model choice (an existing one's is changed by `edit`).
 
     The conversation row is updated first: its row lock orders concurrent appends to one conversation.
     """
     if new:
         await session.execute(insert(Conversation).values(
             id=conversation_id, tenant_id=owner.tenant_id, owner_key_id=owner.key_id, title=title,
-            turn_count=len(turns)))
+            turn_count=len(turns), model=model))
         count = len(turns)
     else:
         count = await session.scalar(
@@ -94,11 +96,15 @@ async def page(session: AsyncSession, owner: Owner, *, search: str | None, limit
     return list(rows), total
 
 
-async def rename(session: AsyncSession, owner: Owner, conversation_id: uuid.UUID, title: str) -> Conversation | None:
+async def edit(session: AsyncSession, owner: Owner, conversation_id: uuid.UUID, *, title: str | None,
+               model: str | None, set_model: bool) -> Conversation | None:
     row = await get(session, owner, conversation_id)
     if row is None:
         return None
-    row.title = title
+    if title is not None:
+        row.title = title
+    if set_model:
+        row.model = model
     await session.flush()
     await session.refresh(row)
     return row

@@ -32,7 +32,7 @@ from shared.protocol.openai import (
 from ..auth.deps import principal_of
 from ..clients.chat import merge_tool_calls
 from ..deps import StateDep
-from ..schemas import ChatRequest, ChatResponse
+from ..schemas import ChatLimits, ChatOptions, ChatRequest, ChatResponse, ModelOption
 from ..services.answer import AnswerEvent, AnswerRequest, AnswerService
 from ..services.conversations import ConversationRef
 
@@ -84,19 +84,27 @@ async def _answer_request(request: Request, body: ChatRequest, *, store: bool | 
     if body.conversation_id and body.history:
         raise BadRequest("send either conversation_id (the server keeps the history) or history, not both")
     body, notices = _admin_only_options(request, body)
+    tenant = _tenant(request)
+    # Checked before anything is stored: an unknown name is the caller's to fix (400), never a failed answer.
+    chosen = await state.chat.models.check(tenant, body.model) if body.model is not None else None
     history: list[dict[str, str]] = [t.model_dump() for t in body.history]
     conversation: ConversationRef | None = None
     if body.conversation_id:
         conversation, history = await state.conversations.resume(principal_of(request), body.conversation_id)
+        if body.model is not None and chosen != conversation.model:
+            await state.conversations.update(principal_of(request), conversation.id, model=chosen, set_model=True)
+            conversation = replace(conversation, model=chosen)
+        chosen = conversation.model
     elif (body.store if store is None else store) and not history:
-        conversation = await state.conversations.start(principal_of(request), body.message)
+        conversation = await state.conversations.start(principal_of(request), body.message, chosen)
     tau = settings.tau_confidence if body.tau is None else body.tau
     # The answer's id is always the server's own: feedback addresses it, so a caller-chosen
     # X-Request-ID (kept as a correlation id) can never name, or collide with, someone else's answer.
-    return AnswerRequest(question=body.message.strip(), tenant_id=_tenant(request),
+    return AnswerRequest(question=body.message.strip(), tenant_id=tenant,
                          request_id=uuid.uuid4().hex, correlation_id=request_id_var.get(), tau=tau,
                          force_fallback=body.forceFallback, history=history, conversation=conversation,
-                         notices=notices, caller=principal_of(request).caller)
+                         notices=notices, caller=principal_of(request).caller,
+                         model=await state.chat.models.resolve(chosen))
 
 
 def _sse(events: AsyncIterator[AnswerEvent]) -> EventSourceResponse:
@@ -137,6 +145,14 @@ async def _collect(events: AsyncIterator[AnswerEvent]) -> dict[str, Any]:
     return {"text": "".join(parts).strip(), "tool_calls": tool_calls, "sources": sources, "C": confidence, **done}
 
 
+@router.get("/api/ai/chat/options", response_model=ChatOptions)
+async def chat_options(request: Request, state: StateDep) -> ChatOptions:
+    """What a chat client shows before asking: the question's length limit and the models it may choose."""
+    models = await state.chat.models.options(_tenant(request))
+    return ChatOptions(limits=ChatLimits(max_question_chars=_settings(request).max_query_chars),
+                       models=[ModelOption.model_validate(m) for m in models])
+
+
 @router.post("/api/ai/chat", response_model=ChatResponse)
 async def chat(body: ChatRequest, request: Request, answers: AnswerDep) -> dict[str, Any]:
     """The seed's route: {message, forceFallback, tau} → {text, used, C, sources, request_id, usage}."""
@@ -149,11 +165,13 @@ async def chat_stream_get(request: Request, answers: AnswerDep,
                           tau: Annotated[float | None, Query()] = None,
                           forceFallback: Annotated[bool, Query()] = False,  # noqa: N803
                           conversation_id: Annotated[uuid.UUID | None, Query()] = None,
-                          store: Annotated[bool, Query()] = True) -> EventSourceResponse:
+                          store: Annotated[bool, Query()] = True,
+                          model: Annotated[str | None, Query(description="see GET /api/ai/chat/options")] = None,
+                          ) -> EventSourceResponse:
     """SSE: `sources`, `warn`…, `token`…, then `done` (or `error`)."""
     try:
         body = ChatRequest(message=q, tau=tau, forceFallback=forceFallback, conversation_id=conversation_id,
-                           store=store)
+                           store=store, model=model)
     except ValidationError as exc:
         raise BadRequest("; ".join(f"{'.'.join(map(str, e['loc'])) or 'q'}: {e['msg']}" for e in exc.errors())
                          .replace("message:", "q:")) from exc

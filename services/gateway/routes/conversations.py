@@ -1,4 +1,5 @@
-"""Stored conversations: list (newest first, searchable, paginated), read with turns, rename, delete.
+"""Stored conversations: list (newest first, searchable, paginated), read with turns, rename or choose the
+model that answers it, delete.
 
 A user key sees the conversations it began; an admin key sees every conversation of its tenant.
 """
@@ -51,10 +52,13 @@ async def read_conversation(conversation_id: uuid.UUID, state: StateDep, princip
 
 
 @router.patch("/{conversation_id}", response_model=ConversationSummary)
-async def rename_conversation(conversation_id: uuid.UUID, body: ConversationRename, state: StateDep,
+async def update_conversation(conversation_id: uuid.UUID, body: ConversationRename, state: StateDep,
                               principal: PrincipalDep) -> ConversationSummary:
-    return ConversationSummary.model_validate(await state.conversations.rename(principal, conversation_id,
-                                                                               body.title))
+    """A new title, or the model its next answers come from ('default', 'base' or an adapter version)."""
+    model = await state.chat.models.check(principal.tenant_id, body.model) if body.model is not None else None
+    row = await state.conversations.update(principal, conversation_id, title=body.title, model=model,
+                                           set_model=body.model is not None)
+    return ConversationSummary.model_validate(row)
 
 
 @router.delete("/{conversation_id}", response_model=ConversationDeleted)

@@ -77,6 +77,8 @@ class AnswerRequest:
     # False: neither read nor fill the response cache (an evaluation measures the models, not the cache).
     use_cache: bool = True
     output: dict[str, Any] = field(default_factory=dict)  # OpenAI tools/tool_choice/response_format, passed on
+    # The local model or adapter the conversation chose (the name sent); None: the server's default.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ class AnswerService:
             return None  # tools and structured output: the caller's own contract, answered afresh
         try:
             return await self.cache.probe(tenant_id=req.tenant_id, question=req.question, history=req.history,
-                                          tau=req.tau, force_fallback=req.force_fallback)
+                                          tau=req.tau, force_fallback=req.force_fallback, model=req.model)
         except Exception as exc:
             logger.warning("response cache lookup failed (answering without it): %s", exc)
             return None
@@ -481,7 +483,8 @@ class AnswerService:
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
-                                             request_id=req.correlation_id or req.request_id, output=req.output):
+                                             request_id=req.correlation_id or req.request_id, output=req.output,
+                                             model=req.model):
             out.model = delta.model or out.model  # the adapter version that really served it
             if delta.tool_calls:
                 merge_tool_calls(out.tool_calls, delta.tool_calls)
@@ -566,7 +569,7 @@ class AnswerService:
             **model_input(out.messages, self.policy.log_max_chars),
             "chunk_ids": [s["chunk"] for s in out.sources],
             "fallback": out.used == "fallback", "finish_reason": out.finish_reason,
-            "correlation_id": req.correlation_id,
+            "correlation_id": req.correlation_id, "model_choice": req.model,
             **self._cache_fields(out),
         }
         if self.on_answer:  # before the write: metrics count answers whose record the database refused too

@@ -34,6 +34,7 @@ class ConversationRef:
     owner: Owner
     new: bool
     title: str
+    model: str | None = None  # what answers it: None the server's default (see services/model_choice.py)
 
 
 def owner_of(principal: Principal) -> Owner:
@@ -58,9 +59,10 @@ class ConversationStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
-    async def start(self, principal: Principal, question: str) -> ConversationRef:
+    async def start(self, principal: Principal, question: str, model: str | None = None) -> ConversationRef:
         """A new conversation (stored with its first answer)."""
-        return ConversationRef(id=uuid.uuid4(), owner=owner_of(principal), new=True, title=title_from(question))
+        return ConversationRef(id=uuid.uuid4(), owner=owner_of(principal), new=True, title=title_from(question),
+                               model=model)
 
     async def resume(self, principal: Principal, conversation_id: uuid.UUID
                      ) -> tuple[ConversationRef, list[dict[str, str]]]:
@@ -73,14 +75,14 @@ class ConversationStore:
             turns = await repo.recent_turns(session, row.id, HISTORY_TURNS)
         # The row's own owner, so an admin continuing a user's conversation appends to that user's row.
         ref = ConversationRef(id=row.id, owner=Owner(row.tenant_id, row.owner_key_id, owner.sees_all), new=False,
-                              title=row.title)
+                              title=row.title, model=row.model)
         return ref, [{"role": t.role, "content": t.content} for t in turns]
 
     async def record(self, ref: ConversationRef, question: str, answer: str, request_id: str,
                      question_meta: dict[str, Any], answer_meta: dict[str, Any]) -> bool:
         """Store one complete exchange; False when the conversation was deleted meanwhile."""
         async with self.sessions.begin() as session:
-            return await repo.append(session, ref.owner, ref.id, title=ref.title, new=ref.new, turns=[
+            return await repo.append(session, ref.owner, ref.id, title=ref.title, new=ref.new, model=ref.model, turns=[
                 NewTurn("user", question, request_id, question_meta),
                 NewTurn("assistant", answer, request_id, answer_meta)])
 
@@ -97,9 +99,12 @@ class ConversationStore:
                 raise _not_found(conversation_id)
             return row, await repo.recent_turns(session, row.id)
 
-    async def rename(self, principal: Principal, conversation_id: uuid.UUID, title: str) -> Conversation:
+    async def update(self, principal: Principal, conversation_id: uuid.UUID, *, title: str | None = None,
+                     model: str | None = None, set_model: bool = False) -> Conversation:
+        """A new title and/or model choice (`set_model`: store `model`, None meaning the default)."""
         async with self.sessions.begin() as session:
-            row = await repo.rename(session, owner_of(principal), conversation_id, title)
+            row = await repo.edit(session, owner_of(principal), conversation_id, title=title, model=model,
+                                  set_model=set_model)
         if row is None:
             raise _not_found(conversation_id)
         return row

@@ -162,14 +162,19 @@ class ResponseCache:
         return self.policy.mode != "off"
 
     async def probe(self, *, tenant_id: str, question: str, history: Sequence[dict[str, str]], tau: float,
-                    force_fallback: bool) -> Probe:
-        """Find the stored answer to this question (L1, then L2, then — when on — the nearest by meaning)."""
+                    force_fallback: bool, model: str | None = None) -> Probe:
+        """Find the stored answer to this question (L1, then L2, then — when on — the nearest by meaning).
+
+        `model`: the model or adapter a conversation chose instead of the server's default (its own key).
+        """
         async with self.sessions() as session:
             epoch = await repo.epoch(session, tenant_id)
             normalised = normalise_question(question)
             turns = [(t["role"], normalise_question(t["content"])) for t in history]
+            chosen = () if model is None else (model,)  # the default's keys stay as they were
             context_key = _digest("aion-answer-cache/1", tenant_id, self.policy.fingerprint, epoch.knowledge_version,
-                                  epoch.cache_generation, epoch.active_adapter, repr(float(tau)), force_fallback, turns)
+                                  epoch.cache_generation, epoch.active_adapter, repr(float(tau)), force_fallback, turns,
+                                  *chosen)
             probe = Probe(tenant_id, _digest(context_key, normalised), context_key, epoch.knowledge_version, normalised)
             entry = self.l1.get(probe.cache_key, self.clock())
             if entry is not None:

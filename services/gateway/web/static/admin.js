@@ -1,7 +1,7 @@
 // The admin panel: health, budget, answers, adapters, training, export, dev toggles.
 import { barChart, gauge, lineChart } from "./charts.js";
 import {
-  api, ApiError, authHeaders, devToggles, el, fmtTime, fmtUsd, initKeyBox, saveDevToggles, setKeyRetry,
+  api, authHeaders, devToggles, el, fmtTime, fmtUsd, initKeyBox, saveDevToggles, setKeyRetry,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -330,13 +330,11 @@ async function loadTraining() {
   clearTimeout(jobTimer);
   let job = null;
   try {
-    job = await api("/api/ai/train/lora/status");
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 404)) say("train-result", `Could not read the job: ${err.message}`, false);
-  }
-  renderJob(job);
-  try {
+    // The job list, newest first, rather than /train/lora/status: that answers 404 until a first job
+    // exists, which the browser logs as a console error on every fresh install.
     const { jobs } = await api("/api/ai/train/lora/jobs");
+    job = jobs[0] || null;
+    renderJob(job);
     $("jobs-body").replaceChildren(...jobs.map((j) => el("tr", {},
       el("td", { text: fmtTime(j.created_at) }),
       el("td", {}, el("span", { class: `status-pill ${j.status}`, text: j.status })),
@@ -344,7 +342,8 @@ async function loadTraining() {
       el("td", { text: j.error || (j.progress && j.progress.total ? `${j.progress.step}/${j.progress.total} steps` : "") }))));
     if (!jobs.length) $("jobs-body").append(el("tr", {}, el("td", { colspan: "5", class: "empty", text: "No jobs yet." })));
   } catch (err) {
-    say("train-result", `Could not list jobs: ${err.message}`, false);
+    renderJob(null);
+    say("train-result", `Could not read the training jobs: ${err.message}`, false);
   }
   if (job && ["queued", "running"].includes(job.status)) jobTimer = setTimeout(loadTraining, JOB_POLL_MS);
 }

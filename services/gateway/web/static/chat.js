@@ -1,8 +1,13 @@
-// The chat page: streamed answers with citations, conversation history, documents, feedback.
+// The chat page: streamed answers (markdown) with citations and passage cards, the conversations sidebar,
+// the model picker and length limit, documents, feedback.
+import { loadOptions, selectModel, tooLong, updateCounter } from "./chat_options.js";
 import {
-  api, apiKey, authHeaders, devToggles, el, errorFrom, fmtBytes, fmtTime, initKeyBox, needKey, plural, readSSE,
-  setKeyRetry,
+  api, apiKey, authHeaders, devToggles, el, errorFrom, initKeyBox, readSSE, setKeyRetry,
 } from "./common.js";
+import { initDocuments, loadDocuments } from "./documents.js";
+import { linkCitations, renderMarkdown } from "./markdown.js";
+import { passageCard } from "./passages.js";
+import { exportConversation, initSidebar, markCurrent, refreshSidebar } from "./sidebar.js";
 
 const $ = (id) => document.getElementById(id);
 // The server keeps the conversation; this browser remembers only which one is open (across reloads).
@@ -42,22 +47,22 @@ function warningText(d) {
 
 // ---- rendering ---------------------------------------------------------------------------------
 
-/** Answer text with [n] turned into links to source n of this message (only for sources that exist). */
-function renderAnswer(node, text, msg) {
-  const parts = [];
-  let last = 0;
-  for (const m of text.matchAll(/\[(\d{1,2})\]/g)) {
-    const n = Number(m[1]);
-    if (!msg.sources.has(n)) continue;
-    parts.push(text.slice(last, m.index));
-    parts.push(el("a", {
-      class: "cite", href: `#${msg.id}-src-${n}`, "aria-label": `source ${n}`,
-      onclick: (e) => { e.preventDefault(); showSource(msg, n); },
-    }, `[${n}]`));
-    last = m.index + m[0].length;
-  }
-  parts.push(text.slice(last));
-  node.replaceChildren(...parts);
+/** The answer as markdown, with [n] turned into links to source n of this message (only sources that exist). */
+function renderAnswer(msg) {
+  renderMarkdown(msg.body, msg.text);
+  linkCitations(msg.body, (n) => (msg.sources.has(n) ? el("a", {
+    class: "cite", href: `#${msg.id}-src-${n}`, "aria-label": `source ${n}`,
+    onclick: (e) => { e.preventDefault(); showSource(msg, n); },
+  }, `[${n}]`) : null));
+}
+
+/** While tokens stream in, render at most once a frame: markdown is parsed whole each time. */
+function scheduleRender(msg) {
+  if (msg.frame) return;
+  msg.frame = requestAnimationFrame(() => {
+    msg.frame = null;
+    renderAnswer(msg);
+  });
 }
 
 function showSource(msg, n) {
@@ -69,13 +74,6 @@ function showSource(msg, n) {
   item.classList.add("flash");
   item.scrollIntoView({ block: "nearest", behavior: "smooth" });
   item.focus({ preventScroll: true });
-}
-
-/** Where in the document: the heading path without the document title it usually repeats. */
-function whereIn(s) {
-  const where = s.page_or_heading || "";
-  const title = s.title || "";
-  return title && where.startsWith(`${title} > `) ? where.slice(title.length + 3) : where === title ? "" : where;
 }
 
 // Thumbs drawn inline: emoji fonts are not on every machine (a missing one shows empty boxes).
@@ -92,17 +90,11 @@ function thumb(down) {
   return svgEl;
 }
 
-function renderSources(msg, sources) {
+/** `question`: what the passages were retrieved for (a follow-up's standalone form), to mark their best sentence. */
+function renderSources(msg, sources, question) {
   msg.sources = new Map(sources.map((s) => [s.n, s]));
   const list = msg.sourcesBox.querySelector("ol");
-  list.replaceChildren(...sources.map((s) => el("li", { id: `${msg.id}-src-${s.n}`, tabindex: "-1", class: "source" },
-    el("div", { class: "source-head" },
-      el("span", { class: "source-n", text: `[${s.n}]` }),
-      s.url ? el("a", { href: s.url, rel: "noopener noreferrer", target: "_blank" }, el("strong", { text: s.title || s.url }))
-        : el("strong", { text: s.title || "untitled" }),
-      whereIn(s) ? el("span", { class: "where", text: ` — ${whereIn(s)}` }) : null,
-      el("span", { class: "score", title: "cosine similarity", text: ` · ${Number(s.score).toFixed(2)}` })),
-    el("blockquote", { class: "passage", text: s.text }))));
+  list.replaceChildren(...sources.map((s) => passageCard(s, `${msg.id}-src-${s.n}`, question)));
   msg.sourcesBox.querySelector("summary").textContent = `Sources (${sources.length})`;
   msg.sourcesBox.hidden = sources.length === 0;
 }
@@ -181,15 +173,20 @@ function showScores(msg, C, support) {
   msg.conf.textContent = parts.join(" · ");
 }
 
-function setConversation(id) {
+/** The conversation the page shows (null: a new one, begun by the next question). */
+function setConversation(id, title = null) {
   conversationId = id || null;
   if (conversationId) localStorage.setItem(CONVERSATION_STORE, conversationId);
   else localStorage.removeItem(CONVERSATION_STORE);
+  $("conv-h").textContent = conversationId ? title || $("conv-h").textContent : "New conversation";
+  for (const id of ["rename-chat", "export-md", "export-json", "delete-chat"]) $(id).disabled = !conversationId;
+  closeRename();
+  markCurrent(conversationId);
 }
 
 function requestBody(question) {
   const dev = devToggles();
-  const body = { message: question };
+  const body = { message: question, model: $("model-pick").value || "default" };
   if (conversationId) body.conversation_id = conversationId;
   if (dev.tau !== null) body.tau = dev.tau;
   if (dev.forceFallback) body.forceFallback = true;
@@ -204,6 +201,7 @@ async function ask(question) {
   setStreaming(true);
   let done = null;
   const sentKey = apiKey();
+  const box = $("question");
   try {
     const res = await fetch("/api/ai/chat/stream", {
       method: "POST", signal: controller.signal,
@@ -215,20 +213,25 @@ async function ask(question) {
       if (err.status === 401 || err.status === 403) setKeyRetry(() => ask(question));
       throw err;
     }
+    // Accepted: the box is cleared now, not on Enter, so a refused question is still there to fix.
+    if (box.value.trim() === question) {
+      box.value = "";
+      updateCounter();
+    }
     for await (const { event, data } of readSSE(res.body)) {
       const d = JSON.parse(data);
       if (event === "sources") {
-        renderSources(msg, d.sources);
+        renderSources(msg, d.sources, d.rewritten || question);
         showScores(msg, d.C, null);
       } else if (event === "token") {
         msg.text += d.text;
-        renderAnswer(msg.body, msg.text, msg);
+        scheduleRender(msg);
       } else if (event === "warn") {
         addWarning(msg, warningText(d));
         if (d.restart) {
           // The stream broke and another model starts over: its words replace the partial ones.
           msg.text = "";
-          msg.body.replaceChildren();
+          renderAnswer(msg);
           addWarning(msg, "The answer restarted on another model; the partial text was discarded.", "restart");
         }
       } else if (event === "error") {
@@ -243,9 +246,15 @@ async function ask(question) {
     setBadge(msg, done.used, done.model, done.answer);
     showScores(msg, done.C, done.support);
     msg.state.textContent = "";
-    renderAnswer(msg.body, msg.text, msg);
+    renderAnswer(msg);
     renderFeedback(msg);
-    if (done.conversation_id) setConversation(done.conversation_id);
+    if (done.conversation_id) {
+      const isNew = done.conversation_id !== conversationId;
+      setConversation(done.conversation_id);
+      const items = await refreshSidebar();
+      const mine = (items || []).find((c) => c.id === conversationId);
+      if (isNew && mine) $("conv-h").textContent = mine.title;
+    }
   } catch (err) {
     msg.badge.className = "badge failed";
     if (err.name === "AbortError") {
@@ -256,8 +265,15 @@ async function ask(question) {
       msg.state.className = "state error";
       msg.state.setAttribute("role", "alert");
       msg.state.textContent = `No answer: ${err.message}`;
+      if (!box.value.trim()) { // what was typed comes back, to send again
+        box.value = question;
+        updateCounter();
+      }
     }
   } finally {
+    if (msg.frame) cancelAnimationFrame(msg.frame);
+    msg.frame = null;
+    if (msg.text && !done) renderAnswer(msg); // the words that came before it stopped
     msg.li.removeAttribute("aria-busy");
     controller = null;
     setStreaming(false);
@@ -269,19 +285,29 @@ function stop() {
   if (controller) controller.abort();
 }
 
-/** After a reload: the open conversation, read back from the server. */
-async function restoreConversation() {
-  if (!conversationId) return;
+/** Show a stored conversation: its turns as they were answered, its model choice in the picker. */
+async function openConversation(id) {
+  stop();
   let detail;
   try {
-    detail = await api(`/api/ai/conversations/${conversationId}`);
+    detail = await api(`/api/ai/conversations/${encodeURIComponent(id)}`);
   } catch (err) {
-    if (err.status === 404) setConversation(null); // deleted, or another key's
+    if (err.status === 404) { // deleted meanwhile, or another key's: start afresh
+      if (id === conversationId) setConversation(null);
+      refreshSidebar();
+    } else {
+      $("chat-status").textContent = `Could not open the conversation: ${err.message}`;
+    }
     return;
   }
+  $("messages").replaceChildren();
+  setConversation(detail.id, detail.title);
+  selectModel(detail.model);
+  let asked = "";
   for (const turn of detail.turns) {
     if (turn.role === "user") {
       addUserMessage(turn.content);
+      asked = (turn.meta && turn.meta.rewritten) || turn.content;
       continue;
     }
     const msg = addAssistantMessage();
@@ -289,12 +315,85 @@ async function restoreConversation() {
     msg.text = turn.content;
     msg.requestId = turn.request_id;
     if (turn.request_id) msg.li.dataset.requestId = turn.request_id;
-    renderSources(msg, meta.sources || []);
+    renderSources(msg, meta.sources || [], asked);
     setBadge(msg, meta.used, meta.model, meta.answer);
     showScores(msg, meta.C, meta.support);
-    renderAnswer(msg.body, msg.text, msg);
+    renderAnswer(msg);
     if (turn.request_id) renderFeedback(msg);
     msg.li.removeAttribute("aria-busy");
+  }
+}
+
+function newConversation() {
+  stop();
+  setConversation(null);
+  selectModel(null);
+  $("messages").replaceChildren();
+  $("question").focus();
+}
+
+// ---- the open conversation: model, rename, export, delete ----------------------------------------
+
+async function chooseModel() {
+  const pick = $("model-pick");
+  const label = pick.selectedOptions[0]?.textContent || pick.value;
+  if (!conversationId) {
+    $("chat-status").textContent = `This conversation will be answered by: ${label}.`;
+    return;
+  }
+  try {
+    const row = await api(`/api/ai/conversations/${conversationId}`, { method: "PATCH", json: { model: pick.value } });
+    selectModel(row.model);
+    $("chat-status").textContent = `Next answers come from: ${label}.`;
+  } catch (err) {
+    $("chat-status").textContent = `The model was not changed: ${err.message}`;
+  }
+}
+
+function openRename() {
+  $("rename-input").value = $("conv-h").textContent;
+  $("rename-form").hidden = false;
+  $("conv-h").hidden = true;
+  $("rename-input").focus();
+  $("rename-input").select();
+}
+
+function closeRename() {
+  $("rename-form").hidden = true;
+  $("conv-h").hidden = false;
+}
+
+async function rename(e) {
+  e.preventDefault();
+  const title = $("rename-input").value.trim();
+  if (!title || !conversationId) return closeRename();
+  try {
+    const row = await api(`/api/ai/conversations/${conversationId}`, { method: "PATCH", json: { title } });
+    $("conv-h").textContent = row.title;
+    closeRename();
+    refreshSidebar();
+  } catch (err) {
+    $("chat-status").textContent = `Not renamed: ${err.message}`;
+  }
+}
+
+async function deleteConversation() {
+  if (!conversationId || !confirm(`Delete the conversation "${$("conv-h").textContent}" and all its messages?`)) return;
+  try {
+    await api(`/api/ai/conversations/${conversationId}`, { method: "DELETE" });
+  } catch (err) {
+    $("chat-status").textContent = `Not deleted: ${err.message}`;
+    return;
+  }
+  newConversation();
+  refreshSidebar();
+}
+
+async function download(format) {
+  try {
+    await exportConversation(conversationId, format);
+  } catch (err) {
+    $("chat-status").textContent = `Could not export: ${err.message}`;
   }
 }
 
@@ -307,111 +406,23 @@ function showDevNote() {
   $("dev-note").textContent = `Dev toggles on: ${parts.join(", ")} (change them on the admin page).`;
 }
 
-// ---- documents -------------------------------------------------------------------------------
-
-const RESULT_TEXT = {
-  created: (r) => `added · ${plural(r.chunk_count, "chunk")}`,
-  replaced: (r) => `replaced · ${plural(r.chunk_count, "chunk")}`,
-  duplicate: () => "already in the knowledge base",
-  refused: (r) => `refused: ${r.reason}`,
-  failed: (r) => `failed: ${r.reason}`,
-};
-
-/** One file, one request: XMLHttpRequest because fetch() reports no upload progress. */
-function uploadOne(file, row) {
-  const bar = row.querySelector("progress");
-  const result = row.querySelector(".result");
-  return new Promise((resolve) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/ai/documents");
-    const key = apiKey();
-    if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
-    xhr.upload.onprogress = (e) => {
-      if (!e.lengthComputable) return;
-      bar.value = e.loaded / e.total;
-      if (e.loaded === e.total) result.textContent = "reading and indexing…";
-    };
-    xhr.onload = () => {
-      bar.value = 1;
-      let body = {};
-      try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-      const r = body.results && body.results[0];
-      const ok = xhr.status < 300 || (r && ["created", "replaced", "duplicate"].includes(r.status));
-      row.classList.add(ok ? "ok" : "bad");
-      if (r) result.textContent = (RESULT_TEXT[r.status] || ((x) => x.status))(r);
-      else result.textContent = `failed: ${body?.error?.message || `${xhr.status} ${xhr.statusText}`}`;
-      if ((xhr.status === 401 || xhr.status === 403) && key === apiKey()) {
-        needKey(xhr.status, body?.error?.message || "unauthorized");
-      }
-      resolve();
-    };
-    xhr.onerror = () => {
-      row.classList.add("bad");
-      result.textContent = "failed: the gateway did not answer";
-      resolve();
-    };
-    const form = new FormData();
-    form.append("files", file, file.name);
-    xhr.send(form);
-  });
-}
-
-async function uploadFiles(files) {
-  if (!files.length) return;
-  const rows = [...files].map((f) => {
-    const row = el("li", { class: "upload" },
-      el("span", { class: "name", text: f.name }),
-      el("span", { class: "size", text: fmtBytes(f.size) }),
-      el("progress", { max: "1", value: "0", "aria-label": `Upload of ${f.name}` }),
-      el("span", { class: "result", role: "status", text: "waiting" }));
-    $("uploads").prepend(row);
-    return row;
-  });
-  // One at a time: indexing is CPU work on the same machine, and each file keeps its own progress.
-  for (let i = 0; i < files.length; i++) {
-    rows[i].querySelector(".result").textContent = "uploading…";
-    await uploadOne(files[i], rows[i]);
-  }
-  await loadDocuments();
-}
-
-async function loadDocuments() {
-  const error = $("docs-error");
-  try {
-    const page = await api("/api/ai/documents?limit=200");
-    error.hidden = true;
-    $("doc-count").textContent = `(${page.total})`;
-    $("doc-list").replaceChildren(...page.items.map((d) => el("li", { class: "doc" },
-      el("div", {},
-        el("strong", { class: "doc-title", text: d.title || d.source_name }),
-        el("div", { class: "doc-meta", text: `${d.source_name} · ${plural(d.chunk_count, "chunk")} · ${fmtBytes(d.size_bytes)} · ${fmtTime(d.created_at)}` })),
-      el("button", {
-        type: "button", class: "danger small", "aria-label": `Delete ${d.source_name}`, text: "Delete",
-        onclick: () => deleteDocument(d),
-      }))));
-    if (!page.items.length) $("doc-list").append(el("li", { class: "empty", text: "No documents yet: upload some to ask about them." }));
-  } catch (err) {
-    error.hidden = false;
-    error.textContent = `Could not list documents: ${err.message}`;
-  }
-}
-
-async function deleteDocument(d) {
-  if (!confirm(`Delete "${d.source_name}" and its ${plural(d.chunk_count, "chunk")} from the knowledge base?`)) return;
-  try {
-    await api(`/api/ai/documents/${d.id}`, { method: "DELETE" });
-  } catch (err) {
-    $("docs-error").hidden = false;
-    $("docs-error").textContent = `Could not delete ${d.source_name}: ${err.message}`;
-  }
-  await loadDocuments();
-}
-
 // ---- wiring ----------------------------------------------------------------------------------
+
+/** Everything the page reads from the API (again after a key is entered). */
+async function loadAll() {
+  loadDocuments();
+  refreshSidebar();
+  try {
+    await loadOptions(null);
+  } catch (err) {
+    $("chat-status").textContent = `Could not read the chat options: ${err.message}`;
+  }
+  if (conversationId) await openConversation(conversationId);
+}
 
 function init() {
   initKeyBox();
-  setKeyRetry(loadDocuments);
+  setKeyRetry(loadAll);
   showDevNote();
   window.addEventListener("storage", showDevNote);
   const q = $("question");
@@ -419,9 +430,14 @@ function init() {
     e.preventDefault();
     const text = q.value.trim();
     if (!text || controller) return;
-    q.value = "";
+    const refusal = tooLong(text);
+    if (refusal) {
+      $("chat-status").textContent = refusal;
+      return;
+    }
     ask(text);
   });
+  q.addEventListener("input", updateCounter);
   q.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
@@ -432,32 +448,19 @@ function init() {
     if (e.key === "Escape" && controller) stop();
   });
   $("stop").addEventListener("click", stop);
-  $("new-chat").addEventListener("click", () => {
-    stop();
-    setConversation(null);
-    $("messages").replaceChildren();
-    q.focus();
-  });
-
-  const input = $("file-input");
-  $("pick").addEventListener("click", () => input.click());
-  input.addEventListener("change", () => {
-    uploadFiles([...input.files]);
-    input.value = "";
-  });
-  const drop = $("drop");
-  // A file dropped beside the zone must not make the browser leave the page to open it.
-  for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
-  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    drop.classList.remove("over");
-    uploadFiles([...e.dataTransfer.files]);
-  });
-  $("refresh-docs").addEventListener("click", loadDocuments);
-  loadDocuments();
-  restoreConversation();
+  $("new-chat").addEventListener("click", newConversation);
+  $("model-pick").addEventListener("change", chooseModel);
+  $("rename-chat").addEventListener("click", openRename);
+  $("rename-form").addEventListener("submit", rename);
+  $("rename-cancel").addEventListener("click", closeRename);
+  $("export-md").addEventListener("click", () => download("md"));
+  $("export-json").addEventListener("click", () => download("json"));
+  $("delete-chat").addEventListener("click", deleteConversation);
+  initSidebar(openConversation);
+  setConversation(conversationId);
+  initDocuments();
+  updateCounter();
+  loadAll();
 }
 
 init();
