@@ -206,6 +206,11 @@ class AdapterManager:
             raise Conflict(f"adapter '{name}' is active; activate another one (or the base) first")
         self.runner.model.delete_adapter(name)
         del self.adapters[name]
+        if not self.adapters:
+            # PEFT keeps naming a deleted last adapter as its active one, and then cannot find its own base
+            # model: serve the plain base again (the next load wraps it anew).
+            self.runner.model = self.runner.model.unload()
+            self.runner.peft_wrapped = False
 
     def merge(self, load_base: Callable[[], Any], room_bytes: Callable[[int], int]) -> AdapterInfo:
         """Fold the active adapter into a fresh full-precision copy of the base weights (needs an empty batch).

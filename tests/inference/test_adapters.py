@@ -145,6 +145,30 @@ def test_a_merge_that_would_not_fit_is_refused_before_touching_the_model(adapter
     assert runner.model is model and manager.active == "aion-v1" and manager.merged is None
 
 
+def test_unloading_the_last_adapter_serves_the_base_again(adapters) -> None:
+    """PEFT keeps naming a deleted last adapter as its active one: every request after such an unload failed."""
+    import torch
+
+    from services.inference.adapters import AdapterManager, check_adapter
+    from services.inference.engine.native_runner import NativeRunner
+
+    loaded = load_causal_lm(resolve_base_model("smollm2-135m-instruct", MODEL_CACHE), "cpu", False)
+    runner = NativeRunner(loaded.model, loaded.tokenizer, "cpu")
+    manager = AdapterManager(runner, "smollm2-135m-instruct", four_bit=False)
+    ids = loaded.tokenizer("The orchard robot", add_special_tokens=False)["input_ids"]
+    base_logits, _ = runner.prefill(ids, None)
+    manager.load(check_adapter(adapters["a"], runner.model), "aion-v1", activate=False)
+    manager.unload("aion-v1", {})
+    assert not runner.peft_wrapped and not hasattr(runner.model, "peft_config")
+    after, _ = runner.prefill(ids, None)
+    torch.testing.assert_close(after, base_logits)
+    # The next adapter wraps the base anew and serves.
+    manager.load(check_adapter(adapters["b"], runner.model), "aion-v2", activate=True)
+    assert runner.peft_wrapped
+    served, _ = runner.prefill(ids, "aion-v2")
+    assert not torch.allclose(served, base_logits)
+
+
 def test_merge_keeps_the_adapter_output(server: ServiceProcess) -> None:
     url = server.url
     before = generate(url)  # active adapter aion-v1
