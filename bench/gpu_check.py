@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from shared.library_noise import silence_known_noise
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Qwen/Qwen2.5-7B-Instruct's config.json (the compose gpu profile's model).
@@ -488,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--skip-full-precision", action="store_true", help="leave out the bf16 phase")
     args = parser.parse_args(argv)
+    silence_known_noise()  # this process trains with bitsandbytes; the service's own does it in create_app
     plan = DRY if args.dry_run else REAL
     if not args.dry_run:
         import torch
