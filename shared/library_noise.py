@@ -1,7 +1,7 @@
-"""Known-irrelevant library warnings, dropped where they are logged.
+"""Known-irrelevant library warnings, dropped where they are logged or warned.
 
-Each entry names the logger a library logs the message on, how the message starts, and why AION's user
-has nothing to do about it. Anything else those loggers say still shows. Installed once, early, by
+Each entry names the logger (or the module whose `warnings.warn`) emits the message, how the message
+starts, and why AION's user has nothing to do about it. Anything else those loggers say still shows. Installed once, early, by
 every process that imports bitsandbytes or transformers: the inference service (`create_app`), the
 trainer worker and `bench.gpu_check`.
 """
@@ -9,6 +9,8 @@ trainer worker and `bench.gpu_check`.
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from dataclasses import dataclass
 
 
@@ -28,6 +30,15 @@ KNOWN_NOISE = (
     # Its advice, to download the kernel while online, is what AION must not do at run time. It is logged
     # at import, so every process that loads bitsandbytes printed it, 4-bit model or not.
     Noise("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+)
+
+
+# (category, module, how the message starts) of Python warnings, for `warnings.filterwarnings`.
+KNOWN_WARNINGS = (
+    # peft 0.21 reads transformers' `is_gradient_checkpointing`, which transformers 5 deprecates: one
+    # library asking another, printed wherever an adapter is loaded (serving or training). It changes
+    # nothing and the user can do nothing about it; it goes when peft reads the new name.
+    (FutureWarning, "transformers.modeling_utils", "`is_gradient_checkpointing` is deprecated"),
 )
 
 
@@ -58,3 +69,7 @@ def silence_known_noise() -> None:
         for old in [f for f in logger.filters if isinstance(f, _DropKnownNoise)]:
             logger.removeFilter(old)
         logger.addFilter(_DropKnownNoise(tuple(prefixes)))
+    for category, module, starts_with in KNOWN_WARNINGS:
+        # filterwarnings drops an identical filter before adding it again: calling twice adds one.
+        warnings.filterwarnings("ignore", message=re.escape(starts_with), category=category,
+                                module=re.escape(module))

@@ -11,12 +11,13 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from aion.supervisor import ConsoleLines
-from shared.library_noise import KNOWN_NOISE, silence_known_noise
+from shared.library_noise import KNOWN_NOISE, KNOWN_WARNINGS, silence_known_noise
 from tests.fixtures.servers import REPO, base_env, free_port
 
 # What start-up printed before (bitsandbytes on an AVX512-BF16 CPU, with the hub offline).
@@ -79,6 +80,16 @@ def test_the_known_messages_are_dropped_and_nothing_else(caplog: pytest.LogCaptu
             logger.warning("%s: Version 1 is not available in the local cache.", noise.starts_with)
             logger.warning("Something else went wrong")
         assert [r.getMessage() for r in caplog.records] == ["Something else went wrong"]
+
+
+def test_the_known_python_warnings_are_ignored_and_nothing_else() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_known_noise()
+        for category, module, starts_with in KNOWN_WARNINGS:
+            for message in (f"{starts_with} and will be removed in v6.", "another deprecation"):
+                warnings.warn_explicit(message, category, "modeling_utils.py", 3314, module=module)
+    assert [str(w.message) for w in caught] == ["another deprecation"] * len(KNOWN_WARNINGS)
 
 
 # ---- `aion up`: end to end -------------------------------------------------------------------------
