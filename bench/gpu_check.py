@@ -272,6 +272,7 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
     from trainer.base_model import load_base
     from trainer.data_builder import build_dataset
     from trainer.evaluate import RegressionItem, evaluate_candidate
+    from trainer.model_size import count_parameters
     from trainer.run_lora import train_adapter
     from trainer.settings import TrainerSettings
 
@@ -293,6 +294,7 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     base = load_base(settings)
     loaded_s = time.perf_counter() - started
+    settings = settings.for_model(count_parameters(base.model))  # the size-dependent defaults, as the worker does
     dataset = build_dataset([rows], base.tokenizer, settings)
     adapter_dir = work / "adapters" / "gpu-check-v1"
     trained = train_adapter(base, dataset, adapter_dir, settings)
