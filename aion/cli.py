@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "aion.commands.ingest",
     "aion.commands.search",
     "aion.commands.ask",
+    "aion.commands.chat",
     "aion.commands.eval",
     "aion.commands.export",
     "aion.commands.demo",

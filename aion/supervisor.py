@@ -2,7 +2,8 @@
 
 Each service is one row of a table (`ServiceSpec`: name, argv, env, health URL, what it waits for).
 The supervisor starts a row once the rows it waits for are ready, streams the child's output as
-`[name] line`, and calls the stack up when every row is ready.
+`[name] line` (a progress bar redrawn with carriage returns becomes one line: `ConsoleLines`), and
+calls the stack up when every row is ready.
 
 Policy (documented in docs/deploy.md):
 - Ctrl-C or SIGTERM stops every child, in reverse start order: SIGTERM to the child's process
@@ -16,7 +17,9 @@ Policy (documented in docs/deploy.md):
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import httpx
 
@@ -45,6 +48,79 @@ _LAUNCHER = (
 # Query string of the supervisor's health probes: access-log lines that carry it are not shown.
 PROBE_PARAMS = {"probe": "aion-up"}
 PROBE_MARK = "probe=aion-up"
+
+
+class ConsoleLines:
+    """A child's raw output as whole lines, one line per progress bar.
+
+    Progress bars (tqdm: "Loading weights", "Writing model shards") redraw one line with carriage
+    returns. Prefixed and logged as they come, every redraw of a bar — and the next bar too, when a
+    library clears its bar instead of ending it with a newline — ran together on one line. Here a bar
+    becomes one line with its final state; a bar that runs longer than `every_s` also shows its state
+    that often, so a long download or training run is not silent.
+    """
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self.clock = every_s, clock
+        self._segment = ""  # text since the last \r or \n
+        self._carry = ""  # a trailing \r: the start of a \r\n, or a redraw, as the next chunk will tell
+        self._pending: str | None = None  # the current bar's latest state, not shown yet
+        self._key: str | None = None  # which bar is being redrawn
+        self._shown_at = 0.0
+        self._redrawn = False  # the current line had a carriage return
+
+    @staticmethod
+    def _bar_key(segment: str) -> str:
+        """What stays the same across redraws of one bar: the letters of its description."""
+        return re.sub(r"[^A-Za-z]+", "", segment.split("|", 1)[0])
+
+    def feed(self, text: str) -> list[str]:
+        """The lines complete once `text` (the next piece of output) is added."""
+        text = self._carry + text
+        self._carry = ""
+        if text.endswith("\r"):
+            text, self._carry = text[:-1], "\r"
+        out: list[str] = []
+        for piece in re.split(r"(\r\n|\r|\n)", text):
+            if piece in ("\r\n", "\n"):
+                self._end_segment(out, newline=True)
+            elif piece == "\r":
+                self._end_segment(out, newline=False)
+            else:
+                self._segment += piece
+        return out
+
+    def close(self) -> list[str]:
+        """Whatever is left when the output ends (a last line without a newline)."""
+        out = self.feed("")
+        if self._carry:
+            self._carry = ""
+            self._end_segment(out, newline=False)
+        if self._segment or self._pending is not None:
+            self._end_segment(out, newline=True)
+        return out
+
+    def _end_segment(self, out: list[str], *, newline: bool) -> None:
+        segment, self._segment = self._segment, ""
+        now = self.clock()
+        if segment.strip():
+            key = self._bar_key(segment)
+            if key != self._key:
+                if self._pending is not None:  # another bar (or text) replaced this one: it ended here
+                    out.append(self._pending)
+                self._key, self._shown_at = key, now
+            self._pending = segment
+            if not newline and now - self._shown_at >= self.every_s:
+                out.append(segment)
+                self._pending, self._shown_at = None, now
+        elif newline and not self._redrawn and self._pending is None:
+            out.append("")  # an empty line of the child's own
+        if newline:
+            if self._pending is not None:
+                out.append(self._pending)
+            self._pending, self._key, self._redrawn = None, None, False
+        else:
+            self._redrawn = True
 
 
 class SupervisorError(Exception):
@@ -148,13 +224,21 @@ class Supervisor:
             except (OSError, ValueError):
                 pass  # our own stdout went away (closed pipe); the children still get stopped
 
-    def _pump(self, name: str, stream: TextIO) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            # A service's access log line for our own once-a-second probe is noise while it loads.
-            if PROBE_MARK not in line:
-                self._write(name, line)
+    def _pump(self, name: str, stream: BinaryIO) -> None:
+        lines = ConsoleLines()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        # read1: whatever the child wrote so far, so a bar's carriage returns are seen as they come.
+        while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+            for line in lines.feed(decoder.decode(chunk)):
+                self._show(name, line)
+        for line in lines.feed(decoder.decode(b"", final=True)) + lines.close():
+            self._show(name, line)
         stream.close()
+
+    def _show(self, name: str, line: str) -> None:
+        # A service's access log line for our own once-a-second probe is noise while it loads.
+        if PROBE_MARK not in line:
+            self._write(name, line)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 

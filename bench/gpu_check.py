@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from shared.library_noise import silence_known_noise
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Qwen/Qwen2.5-7B-Instruct's config.json (the compose gpu profile's model).
@@ -270,9 +272,9 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
     from trainer.base_model import load_base
     from trainer.data_builder import build_dataset
     from trainer.evaluate import RegressionItem, evaluate_candidate
+    from trainer.model_size import count_parameters
     from trainer.run_lora import train_adapter
     from trainer.settings import TrainerSettings
-    from trainer.model_size import count_parameters
 
     rng = random.Random(7)
     rows = work / "train.jsonl"
@@ -292,7 +294,7 @@ def train_and_gate(model: Path, plan: Plan, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     base = load_base(settings)
     loaded_s = time.perf_counter() - started
-    settings = settings.for_model(count_parameters(base.model))
+    settings = settings.for_model(count_parameters(base.model))  # the size-dependent defaults, as the worker does
     dataset = build_dataset([rows], base.tokenizer, settings)
     adapter_dir = work / "adapters" / "gpu-check-v1"
     trained = train_adapter(base, dataset, adapter_dir, settings)
@@ -490,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--skip-full-precision", action="store_true", help="leave out the bf16 phase")
     args = parser.parse_args(argv)
+    silence_known_noise()  # this process trains with bitsandbytes; the service's own does it in create_app
     plan = DRY if args.dry_run else REAL
     if not args.dry_run:
         import torch

@@ -15,6 +15,9 @@ class ClientSettings(CommonSettings):
 
     gateway_url: str = Field(default="http://127.0.0.1:3000", validation_alias="AION_GATEWAY_URL")
     api_key: str | None = Field(default=None, validation_alias="AION_API_KEY")
+    # What `aion chat` keeps of the questions typed at its prompt (arrow-up recalls them); empty: kept in
+    # memory for the session only.
+    chat_history: str = Field(default="~/.aion_chat_history", validation_alias="AION_CHAT_HISTORY")
 
 
 def gateway_client(url: str | None, timeout: float) -> httpx.Client:

@@ -79,25 +79,23 @@ def run_demo(url: str | None, question: str, timeout: float, out: TextIO) -> int
 
 def _print_answer(answer: dict, out: TextIO) -> int:
     out.write("A: " + textwrap.indent(answer["text"].strip(), "   ").lstrip() + "\n\n")
-    from .ask import describe
+    from ._answer import describe, source_lines, warning_text
 
     out.write(f"({describe(answer)})\n")
     for warning in answer.get("warnings") or []:
-        out.write(f"note: {warning}\n")
+        out.write(f"warning: {warning_text(warning)}\n")
     sources = answer.get("sources") or []
     if not sources:
         out.write("aion demo: the answer cites no sources; was the knowledge base emptied meanwhile?\n")
         return 1
     out.write("Sources:\n")
-    for s in sources:
-        heading = s.get("page_or_heading")
-        where = f" — {heading}" if heading and heading != s["title"] else ""
-        out.write(f"  [{s['n']}] {s['title']}{where}  (similarity {s['score']:.3f})\n")
+    for line in source_lines(sources):
+        out.write(f"  {line}\n")
     # The passage the answer should rest on, so the grounding is visible whatever the model wrote
     # (the packaged 135M model is small; AION_BASE_MODEL takes a bigger one).
     best = " ".join(sources[0]["text"].split())
     out.write(f"\n[{sources[0]['n']}] says: {textwrap.shorten(best, 400, placeholder=' ...')}\n")
-    out.write("\nAsk your own: aion ask \"...\"; add your files: aion ingest PATH\n")
+    out.write("\nAsk your own: aion ask \"...\" (or talk: aion chat); add your files: aion ingest PATH\n")
     return 0
 
 

@@ -23,8 +23,10 @@ def run(args: argparse.Namespace) -> int:
 
     from services.inference.main import create_app
     from services.inference.settings import InferenceSettings
+    from shared.library_noise import silence_known_noise
     from shared.logging import configure_logging
 
+    silence_known_noise()  # --convert-only loads transformers without create_app
     overrides = {k: v for k, v in {"AION_HOST": args.host, "AION_PORT": args.port,
                                    "AION_EMBEDDINGS_ONLY": args.embeddings_only}.items() if v is not None}
     settings = InferenceSettings(**overrides)

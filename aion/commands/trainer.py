@@ -16,11 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from shared.library_noise import silence_known_noise
     from shared.logging import configure_logging
     from trainer.settings import TrainerSettings
     from trainer.worker import serve
     from trainer.worker_settings import WorkerSettings
 
+    silence_known_noise()  # before a job imports bitsandbytes and transformers
     settings = WorkerSettings()
     configure_logging(settings.log_level, settings.log_json)
     return asyncio.run(serve(settings, TrainerSettings(), once=args.once))

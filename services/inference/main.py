@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from shared.errors import error_body, install_error_handlers
+from shared.library_noise import silence_known_noise
 from shared.logging import RequestIdMiddleware
 
 from .routes import adapters, health, images, native, openai
@@ -18,6 +19,7 @@ from .state import InferenceState
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
+    silence_known_noise()  # before the loader imports bitsandbytes and transformers
     settings = settings or get_settings()
     state = InferenceState(settings)
 
