@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from playwright.sync_api import expect
 
 from aion.commands.demo import sample_documents
 from services.gateway.main import create_app
@@ -85,8 +86,9 @@ def test_the_first_ten_minutes(page, site, adapter) -> None:
     load_demo(site)
     page.goto(site + "/")
     page.locator("#doc-list .doc", has_text="aion-demo/04-pricing.md").wait_for()
-    assert page.locator("#conv-list").inner_text() == "No saved conversations yet."
-    page.locator("#q-count", has_text="0 / 2000 characters").wait_for()
+    # The sidebar and the limit come from separate requests: wait for each, do not read once.
+    expect(page.locator("#conv-list")).to_have_text("No saved conversations yet.")
+    expect(page.locator("#q-count")).to_have_text("0 / 2000 characters")
 
     # The box knows the server's limit: counted as you type, refused before sending, kept for editing.
     box = page.get_by_label("Your question")
@@ -140,8 +142,8 @@ def test_the_first_ten_minutes(page, site, adapter) -> None:
     page.reload()
     page.locator(".msg.assistant").first.wait_for()
     current = page.locator("#conv-list .conv[aria-current='true']")
-    assert current.locator(".conv-title").inner_text() == QUESTION
-    assert page.locator("#conv-h").inner_text() == QUESTION
+    expect(current.locator(".conv-title")).to_have_text(QUESTION)
+    expect(page.locator("#conv-h")).to_have_text(QUESTION)
     page.get_by_label("Search conversations").fill("software plans")
     page.locator("#conv-list .conv").first.wait_for()
     page.get_by_label("Search conversations").fill("tractors")
@@ -154,10 +156,12 @@ def test_the_first_ten_minutes(page, site, adapter) -> None:
     page.locator(".msg.assistant").first.wait_for()
     assert page.locator(".msg.assistant .feedback [aria-pressed='true']").count() == 0  # a new page, a new vote
     ask(page, FOLLOW_UP)
-    assert page.locator(".msg.user").count() == 2 and page.locator("#conv-list .conv").count() == 1
+    expect(page.locator(".msg.user")).to_have_count(2)
+    expect(page.locator("#conv-list .conv")).to_have_count(1)
 
     # The adapter picker: the base, the server's default and the earlier version from the registry.
     picker = page.get_by_label("Model", exact=True)
+    picker.locator("option", has_text="Base model").wait_for(state="attached")
     labels = picker.locator("option").all_inner_texts()
     assert labels[0].startswith("Server default") and labels[1].startswith("Base model")
     assert any(label.startswith(f"Adapter {name} (retired") for label in labels), labels
@@ -179,7 +183,7 @@ def test_the_first_ten_minutes(page, site, adapter) -> None:
     # The choice belongs to the conversation: a reload shows it; rename and export it.
     page.reload()
     page.locator(".msg.assistant").nth(2).wait_for()
-    assert picker.input_value() == name
+    expect(picker).to_have_value(name)
     page.get_by_role("button", name="Rename conversation").click()
     page.get_by_label("Conversation title").fill("Brightwell plans and warranty")
     page.get_by_role("button", name="Save", exact=True).click()
