@@ -7,8 +7,8 @@ ones (never asked before the final measurement, about the same documents), plus 
 made from READMEs that were not ingested (the right reply is "not found").
 
 Each night: training questions are asked through the real gateway; a share is forced to the
-fallback, a stand-in teacher that answers correctly from the passages it is given (the answer and
-the right passage cited, or "not found"); the local model answers the rest, and a simulated user
+fallback, a stand-in teacher that answers correctly from the passages it is given (the sentence
+that holds the answer, restated with the right passage cited, or "not found"); the local model answers the rest, and a simulated user
 gives a thumbs-up to the local answers that are right. Then the scheduler's nightly export runs,
 the trainer worker trains, gates and promotes. A damaged candidate (the same night's rows with
 their replies shuffled) is queued as well and must be rejected by the gate. Before the first night
@@ -46,6 +46,7 @@ from bench.kb_common import RESULTS, CpuMeter, machine, readme_corpus, say
 
 TOKEN = "loop-bench-token"
 TEACHER_MODEL = "teacher"
+TEACHER_SENTENCE_WORDS = 24  # a longer answer would not count as concise (`judge`: <= 25 words)
 COMMON = {"The", "This", "These", "That", "There", "When", "With", "Then", "Note", "Also", "Each",
           "Some", "Many", "Most", "Your", "They", "What", "Which", "While", "Here", "From", "Once", "After"}
 
@@ -169,8 +170,17 @@ def teacher_reply(messages: list[dict[str, str]], key: dict[str, Question]) -> s
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     for n, text in passages_in(system):
         if question.sentence in _clean(text):
-            return f"{question.answer} [{n}]."
+            return teacher_answer(question, n)
     return not_found  # retrieval did not bring the passage: the teacher cannot know
+
+
+def teacher_answer(question: Question, n: int) -> str:
+    """A strong model's answer: the passage's sentence restated with the blank filled, cited; a bare word
+    when the sentence is long. Restating teaches the adapter to answer in the passage's words; a bare word
+    every time would teach it to drop what surrounds an answer (the "metres" of "31 metres")."""
+    if len(question.sentence.split()) <= TEACHER_SENTENCE_WORDS:
+        return f"{question.sentence.rstrip(' .!?')} [{n}]."
+    return f"The missing word is {question.answer} [{n}]."
 
 
 @contextmanager

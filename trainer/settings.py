@@ -96,8 +96,9 @@ class TrainerSettings(CommonSettings):
                                            validation_alias="AION_TRAIN_MIN_HELDOUT_IMPROVEMENT")
     regression_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_REGRESSION_FILE")
     # The RAG regression set (context + question: the answer in the reply and the right passage cited;
-    # or "not found" when the context lacks it): the candidate's score may fall at most this much below
-    # the current model's and the base's.
+    # or "not found" when the context lacks it): each of the candidate's rates (answer, citation,
+    # "not found") may fall at most this much below the current model's and the base's. 0.05 allows one
+    # miss in 20 items of a kind: a set much smaller than that makes the gate reject on one flip.
     rag_regression_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_RAG_REGRESSION_FILE")
     rag_regression_margin: float = Field(default=0.05, ge=0.0, le=1.0,
                                          validation_alias="AION_TRAIN_RAG_REGRESSION_MARGIN")

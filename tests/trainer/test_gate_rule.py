@@ -38,16 +38,23 @@ def test_a_base_that_misses_questions_does_not_doom_every_candidate(settings) ->
     assert decision == "promote", reasons
 
 
-RAG_OK = {"RAG answer score": (0.40, 0.55, 0.35), "RAG not-found rate": (0.25, 0.50, 0.25)}
+RAG_OK = {"RAG answer rate": (0.80, 0.85, 0.80), "RAG citation rate": (0.40, 0.55, 0.0),
+          "RAG not-found rate": (0.25, 0.50, 0.25)}
 
 
 @pytest.mark.parametrize(("rag", "why"), [
     # Learned to answer without reading the context (trained on wrong answers): fewer right answers.
-    ({**RAG_OK, "RAG answer score": (0.40, 0.10, 0.35)}, "RAG answer score fell"),
+    ({**RAG_OK, "RAG answer rate": (0.80, 0.10, 0.80)}, "RAG answer rate fell"),
     # Says "not found" to everything: perfect on the absent items, and still rejected.
-    ({"RAG answer score": (0.40, 0.0, 0.35), "RAG not-found rate": (0.25, 1.0, 0.25)}, "RAG answer score fell"),
+    ({**RAG_OK, "RAG answer rate": (0.80, 0.0, 0.80), "RAG citation rate": (0.40, 0.0, 0.0),
+      "RAG not-found rate": (0.25, 1.0, 0.25)}, "RAG answer rate fell"),
+    # Learned to cite while answering less: the citations do not buy back the lost answers.
+    ({**RAG_OK, "RAG answer rate": (0.86, 0.71, 0.86), "RAG citation rate": (0.0, 0.57, 0.0)},
+     "RAG answer rate fell"),
+    # Answers as well, cites less than the active adapter did.
+    ({**RAG_OK, "RAG citation rate": (0.55, 0.40, 0.0)}, "RAG citation rate fell"),
     # Within the margin of a drifting active adapter, but below the base.
-    ({**RAG_OK, "RAG answer score": (0.30, 0.27, 0.40)}, "below the base"),
+    ({**RAG_OK, "RAG answer rate": (0.77, 0.74, 0.80)}, "below the base"),
     ({**RAG_OK, "RAG not-found rate": (0.50, 0.25, 0.25)}, "RAG not-found rate fell"),
 ])
 def test_rejects_a_worse_rag_answerer(settings, rag: dict, why: str) -> None:
@@ -58,7 +65,7 @@ def test_rejects_a_worse_rag_answerer(settings, rag: dict, why: str) -> None:
 
 def test_promotes_a_better_rag_answerer_and_skips_unmeasured_sets(settings) -> None:
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=RAG_OK)
-    assert decision == "promote" and sum("RAG" in r and "held" in r for r in reasons) == 2
+    assert decision == "promote" and sum("RAG" in r and "held" in r for r in reasons) == 3
     nan = float("nan")
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag={"RAG not-found rate": (nan, nan, nan)})
     assert decision == "promote" and not any("RAG" in r for r in reasons)

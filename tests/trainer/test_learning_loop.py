@@ -86,10 +86,10 @@ def fact_questions(loaded: LoadedModel, questions: list[str], adapter: Path | No
 def trained(base: LoadedModel, workdir: Path) -> Trained:
     # A few grounded replay rows (they are long: a RAG prompt each) keep the adapter answering from context;
     # general replay (the default ratio, short rows) keeps it answering what the base knew.
-    # The RAG subset has 8 answer measures (4 items x answer, cited): one flip moves its score by 0.125, so the
+    # The RAG subset has 4 answerable items: one flip moves its answer or citation rate by 0.25, so the
     # margin is one flip here, as the default 0.05 is on the whole shipped set.
     settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15,
-                                AION_TRAIN_REPLAY_RATIO=0.3, AION_TRAIN_RAG_REGRESSION_MARGIN=0.13)
+                                AION_TRAIN_REPLAY_RATIO=0.3, AION_TRAIN_RAG_REGRESSION_MARGIN=0.26)
     data = write_jsonl(workdir / "export.jsonl", fact_rows(), ["{broken", json.dumps({"kind": "answer"})])
     dataset = build_dataset([data], base.tokenizer, settings)
     heldout_questions = [row_to_messages(r, DEFAULT_SYSTEM_PROMPT)[1]["content"] for r in fact_rows()
@@ -138,7 +138,7 @@ def test_training_learns_the_fact_and_the_gate_promotes(trained: Trained, base: 
     assert gate.regression_total == len(load_regression_set()) >= 20
     assert gate.regression_accuracy_candidate >= 1.0 - trained.settings.regression_margin
     # Grounded answering held too (the replay rows are RAG answers), and the report has every set.
-    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 2, gate.reasons
+    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 3, gate.reasons
     assert set(gate.report) == {"heldout", "rag", "general"} and gate.report["rag"]["candidate"]["items"] == 6
 
 
@@ -176,7 +176,7 @@ def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedMo
     assert gate.decision == "reject"
     assert gate.heldout_loss_candidate < gate.heldout_loss_current  # the held-out rows alone would let it in
     assert gate.rag_score_candidate < gate.rag_score_base - settings.rag_regression_margin
-    assert any("RAG answer score fell" in r for r in gate.reasons), gate.reasons  # the current one is the base
+    assert any("RAG answer rate fell" in r for r in gate.reasons), gate.reasons  # the current one is the base
     assert gate.rag_candidate_failures
 
 

@@ -1,0 +1,34 @@
+"""The loop benchmark's teacher (the fallback stand-in) reads the gateway's real RAG prompt."""
+
+from __future__ import annotations
+
+from bench.loop_bench import Question, teacher_reply
+from trainer.data_builder import DEFAULT_PERSONAS, rag_messages
+
+SHORT = "The scheduler retries a failed export three times before it gives up."
+LONG = ("When the service starts without a configuration file it reads every setting from the environment, "
+        "falls back to the embedded defaults for the rest, and logs which of the two each value came from.")
+
+
+def question(sentence: str, answer: str | None) -> Question:
+    text = f'In the demo documentation, what fills the blank: "{sentence.replace(answer or "", "____")}"'
+    return Question(text, answer, sentence, "demo.md")
+
+
+def messages_for(q: Question, passages: list[str]) -> list[dict[str, str]]:
+    return rag_messages(q.text, [{"source": f"Demo — part {i}", "text": t} for i, t in enumerate(passages)],
+                        DEFAULT_PERSONAS)
+
+
+def test_the_teacher_restates_the_sentence_and_cites_the_passage_that_holds_it() -> None:
+    q = question(SHORT, "three")
+    passages = ["Exports run every night at two.", f"Retries. {SHORT} Then it alerts the owner."]
+    assert teacher_reply(messages_for(q, passages), {q.text: q}) == f"{SHORT[:-1]} [2]."
+
+
+def test_a_long_sentence_gets_the_bare_answer_and_a_missing_passage_not_found() -> None:
+    q = question(LONG, "environment")
+    assert len(LONG.split()) > 24
+    assert teacher_reply(messages_for(q, ["Intro.", LONG]), {q.text: q}) == "The missing word is environment [2]."
+    reply = teacher_reply(messages_for(q, ["Intro.", "Nothing about it."]), {q.text: q})
+    assert "not" in reply.lower() and "[" not in reply
