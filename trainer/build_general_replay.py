@@ -24,7 +24,7 @@ from collections import Counter
 
 from .base_model import load_base
 from .data_builder import DEFAULT_GENERAL_REPLAY_FILE
-from .evaluate import DEFAULT_REGRESSION_FILE, RegressionItem, answer_greedily
+from .evaluate import RegressionItem, answer_greedily, load_regression_set, mentions
 from .model_size import count_parameters
 from .precision import autocast_dtype
 from .settings import TrainerSettings
@@ -464,10 +464,6 @@ def named_answers(item: RegressionItem) -> list[str]:
     return [a for a in item.answers if not a.isdigit() and a.lower() not in _NUMBER_WORDS]
 
 
-def mentions_any(words: list[str], texts: list[str]) -> bool:
-    return bool(words) and any(RegressionItem("", tuple(words)).is_correct(t) for t in texts)
-
-
 def near_regression(question: str, answers: tuple[str, ...], regression: list[RegressionItem]) -> str | None:
     """The regression question this candidate repeats, or None. Repeats: the same normalised text; every
     content word of the regression question in the candidate ("capital", "france" in "What is the capital
@@ -476,7 +472,7 @@ def near_regression(question: str, answers: tuple[str, ...], regression: list[Re
     words = content(question)
     for item in regression:
         if (normalise(item.question) == normalise(question) or not content(item.question) - words
-                or mentions_any(named_answers(item), [question, *answers])):
+                or any(mentions(text, named_answers(item)) for text in (question, *answers))):
             return item.question
     return None
 
@@ -494,8 +490,7 @@ def main() -> None:
     base_settings = TrainerSettings()
     loaded = load_base(base_settings)
     settings = base_settings.for_model(count_parameters(loaded.model))
-    regression = [RegressionItem(r["question"], tuple(r["answers"]))
-                  for r in map(json.loads, DEFAULT_REGRESSION_FILE.read_text().splitlines()) if r]
+    regression = load_regression_set()
     path = DEFAULT_GENERAL_REPLAY_FILE
     existing = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("meta", {}).get("built_by") != BUILT_BY]
@@ -536,7 +531,7 @@ def main() -> None:
         elif item.question in WRONG_IN_DETAIL:
             wrong_detail += 1
             logger.info("wrong in detail %r (%s): %r", item.question, WRONG_IN_DETAIL[item.question], reply)
-        elif mentions_any(regression_answers, [reply]):
+        elif mentions(reply, regression_answers):
             leaks += 1  # the reply itself would teach a regression answer
             logger.info("names a regression answer %r: %r", item.question, reply)
         else:

@@ -53,14 +53,14 @@ class RegressionItem:
     system: str | None = None  # None: the chat template's own default system prompt
 
     def is_correct(self, reply: str) -> bool:
-        return _mentions(reply, self.answers)
+        return mentions(reply, self.answers)
 
     def messages(self) -> list[dict[str, str]]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + [
             {"role": "user", "content": self.question}]
 
 
-def _mentions(reply: str, answers: Sequence[str]) -> bool:
+def mentions(reply: str, answers: Sequence[str]) -> bool:
     """Any of the answers, as a whole word, case-insensitive."""
     return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, re.IGNORECASE) for a in answers)
 
@@ -83,7 +83,7 @@ class RagItem:
         if self.cite is None:
             return {"not_found": is_not_found(reply)}
         cited = {int(n) for n in _CITATION.findall(reply)}
-        return {"answer": _mentions(reply, self.expected), "cited": cited == {self.cite}}
+        return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite}}
 
 
 @dataclass
@@ -345,9 +345,8 @@ def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float
 
 
 def rag_measures(current: RagScore, candidate: RagScore, base: RagScore) -> dict[str, tuple[float, float, float]]:
-    """The RAG set's measures the gate judges, each on its own: one combined score let a candidate that
-    learned to cite trade right answers for citations (measured: answer rate 0.86 -> 0.71 hidden by
-    citations 0 -> 0.57, a damaged adapter promoted)."""
+    """The RAG set's measures the gate judges, each on its own: a combined score lets a candidate that
+    learned to cite trade right answers for citations (docs/benchmarks.md, the learning loop)."""
     return {f"RAG {name}": (getattr(current, attr), getattr(candidate, attr), getattr(base, attr))
             for name, attr in (("answer rate", "answer_rate"), ("citation rate", "citation_rate"),
                                ("not-found rate", "not_found_rate"))}

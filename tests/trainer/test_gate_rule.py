@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.trainer.conftest import trainer_settings
-from trainer.evaluate import decide
+from trainer.build_general_replay import near_regression
+from trainer.data_builder import DEFAULT_GENERAL_REPLAY_FILE
+from trainer.evaluate import decide, load_regression_set
 
 
 @pytest.fixture
@@ -69,3 +72,14 @@ def test_promotes_a_better_rag_answerer_and_skips_unmeasured_sets(settings) -> N
     nan = float("nan")
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag={"RAG not-found rate": (nan, nan, nan)})
     assert decision == "promote" and not any("RAG" in r for r in reasons)
+
+
+def test_no_general_replay_row_repeats_a_regression_question() -> None:
+    """Replaying a regression question would teach the test the gate grades."""
+    regression = load_regression_set()
+    rows = [json.loads(line) for line in DEFAULT_GENERAL_REPLAY_FILE.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 120
+    clashes = {row["messages"][0]["content"]: near_regression(row["messages"][0]["content"], (), regression)
+               for row in rows}
+    assert {q: c for q, c in clashes.items() if c} == {}
+    assert near_regression("What is the capital city of France?", (), regression) == "What is the capital of France?"
