@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from services.gateway.services.not_found import is_not_found
+from services.gateway.services.support import Evidence, measure_support
 from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
 
 from .data_builder import Example, rag_messages
@@ -77,21 +78,25 @@ class RagItem:
     def messages(self, personas: Mapping[str, str]) -> list[dict[str, str]]:
         return rag_messages(self.question, [{"source": s, "text": t} for s, t in self.passages], personas)
 
-    def judge(self, reply: str) -> dict[str, bool]:
+    def judge(self, reply: str, support_threshold: float) -> dict[str, bool]:
         """answer: an expected answer is in the reply; cited: exactly the right passage is cited;
-        not_found: the reply says the documents do not hold it."""
+        supported: the passages back the reply as the gateway's answer path requires before serving it
+        (an unsupported local reply is replaced there); not_found: the reply says the documents do not hold it."""
         if self.cite is None:
             return {"not_found": is_not_found(reply)}
         cited = {int(n) for n in _CITATION.findall(reply)}
-        return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite}}
+        evidence = [Evidence(n, text) for n, (_, text) in enumerate(self.passages, start=1)]
+        supported = measure_support(reply, evidence, self.question).score >= support_threshold
+        return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite}, "supported": supported}
 
 
 @dataclass
 class RagScore:
     """`answer_rate`: answerable items whose reply holds an expected answer; `citation_rate`: those citing
-    exactly the right passage; `not_found_rate`: the items whose context lacks the answer, answered "not
+    exactly the right passage; `supported_rate`: those whose reply its passages back (what the answer path
+    serves rather than replaces); `not_found_rate`: the items whose context lacks the answer, answered "not
     found". The gate judges each rate on its own (`rag_measures`), so saying "not found" to everything,
-    or citing more while answering less, cannot pass. `answer_score` (0.5 for the answer, 0.5 more when
+    citing more while answering less, or answering with sentences the context does not hold, cannot pass. `answer_score` (0.5 for the answer, 0.5 more when
     it also cites the right passage) is the one-number summary shown in the admin panel."""
 
     answer_score: float
@@ -99,12 +104,13 @@ class RagScore:
     citation_rate: float
     not_found_rate: float
     total: int
+    supported_rate: float = math.nan
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
         return {"answer_score": _r(self.answer_score), "answer_rate": _r(self.answer_rate),
-                "citation_rate": _r(self.citation_rate), "not_found_rate": _r(self.not_found_rate),
-                "items": self.total}
+                "citation_rate": _r(self.citation_rate), "supported_rate": _r(self.supported_rate),
+                "not_found_rate": _r(self.not_found_rate), "items": self.total}
 
 
 @dataclass
@@ -248,7 +254,8 @@ def rag_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: Tr
     replies = reply_greedily(model, tokenizer, [i.messages(settings.rag_personas()) for i in items],
                              settings.regression_max_new_tokens, _eval_batch(settings),
                              autocast_dtype(settings.autocast, _device(model)))
-    judged = [(item, item.judge(reply), reply.strip()) for item, reply in zip(items, replies, strict=True)]
+    judged = [(item, item.judge(reply, settings.support_threshold), reply.strip())
+              for item, reply in zip(items, replies, strict=True)]
     answerable = [v for i, v, _ in judged if i.cite is not None]
     absent = [v for i, v, _ in judged if i.cite is None]
     points = [0.5 * v["answer"] + 0.5 * (v["answer"] and v["cited"]) if i.cite is not None else float(v["not_found"])
@@ -259,10 +266,12 @@ def rag_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: Tr
 
     answer_points = [p for (i, _, _), p in zip(judged, points, strict=True) if i.cite is not None]
     failures = [{"question": i.question, "expected": " | ".join(i.expected) or "not found", "cite": i.cite,
-                 "reply": r, **v} for (i, v, r), p in zip(judged, points, strict=True) if p < 1.0]
+                 "reply": r, **v} for (i, v, r), p in zip(judged, points, strict=True)
+                if p < 1.0 or not v.get("supported", True)]
     return RagScore(answer_score=sum(answer_points) / len(answer_points) if answer_points else math.nan,
                     answer_rate=rate(answerable, "answer"), citation_rate=rate(answerable, "cited"),
-                    not_found_rate=rate(absent, "not_found"), total=len(items), failures=failures)
+                    supported_rate=rate(answerable, "supported"), not_found_rate=rate(absent, "not_found"),
+                    total=len(items), failures=failures)
 
 
 def _adapter_identity(path: Path | None) -> tuple[str, int, int] | None:
@@ -349,7 +358,7 @@ def rag_measures(current: RagScore, candidate: RagScore, base: RagScore) -> dict
     learned to cite trade right answers for citations (docs/benchmarks.md, the learning loop)."""
     return {f"RAG {name}": (getattr(current, attr), getattr(candidate, attr), getattr(base, attr))
             for name, attr in (("answer rate", "answer_rate"), ("citation rate", "citation_rate"),
-                               ("not-found rate", "not_found_rate"))}
+                               ("supported rate", "supported_rate"), ("not-found rate", "not_found_rate"))}
 
 
 def _reference_score(model: Any, base: LoadedModel, adapter_path: Path | None, items: list[Any],

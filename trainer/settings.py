@@ -74,8 +74,6 @@ class TrainerSettings(CommonSettings):
     # The owner's own examples (replay not counted) a job needs: with fewer, the held-out split is one
     # or two rows and the gate's verdict is noise. The scheduler queues jobs at the same threshold.
     min_examples: int = Field(default=20, ge=1, validation_alias="AION_TRAIN_MIN_EXAMPLES")
-    # Replay rows per training row (capped by the replay file's size): general Q&A in the base's own
-    # greedy words, checked correct, so forgetting shows up as loss and is trained back.
     # Replay rows per training row, capped by each file's size. Grounded replay: answers about the documents
     # shipped in aion/demo_docs, in the live RAG prompt (trainer/rag_replay.jsonl), so the adapter keeps
     # answering from context and saying "not found" (long rows: a RAG prompt each). General replay: the
@@ -83,7 +81,7 @@ class TrainerSettings(CommonSettings):
     # does not forget what the general regression set checks.
     replay_ratio: float = Field(default=0.5, ge=0.0, le=10.0, validation_alias="AION_TRAIN_REPLAY_RATIO")
     replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_REPLAY_FILE")
-    general_replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0,
+    general_replay_ratio: float = Field(default=3.0, ge=0.0, le=10.0,
                                         validation_alias="AION_TRAIN_GENERAL_REPLAY_RATIO")
     general_replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_GENERAL_REPLAY_FILE")
 
@@ -102,6 +100,9 @@ class TrainerSettings(CommonSettings):
     rag_regression_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_RAG_REGRESSION_FILE")
     rag_regression_margin: float = Field(default=0.05, ge=0.0, le=1.0,
                                          validation_alias="AION_TRAIN_RAG_REGRESSION_MARGIN")
+    # The gateway's own setting: a RAG-set reply counts as supported when the answer path would serve it
+    # (support at or above this), so the gate's "supported rate" is the share users would get unreplaced.
+    support_threshold: float = Field(default=0.6, ge=0.0, le=1.0, validation_alias="AION_SUPPORT_THRESHOLD")
     # Room for the base's own wordy answers ("To add 2 and 3, you simply ... = 5"): 24 cut correct ones off.
     regression_max_new_tokens: int = Field(default=48, ge=1, le=512,
                                            validation_alias="AION_TRAIN_REGRESSION_MAX_NEW_TOKENS")

@@ -10,7 +10,7 @@ import pytest
 from tests.trainer.conftest import trainer_settings
 from trainer.build_general_replay import near_regression
 from trainer.data_builder import DEFAULT_GENERAL_REPLAY_FILE
-from trainer.evaluate import decide, load_regression_set
+from trainer.evaluate import decide, load_rag_regression_set, load_regression_set
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_a_base_that_misses_questions_does_not_doom_every_candidate(settings) ->
 
 
 RAG_OK = {"RAG answer rate": (0.80, 0.85, 0.80), "RAG citation rate": (0.40, 0.55, 0.0),
-          "RAG not-found rate": (0.25, 0.50, 0.25)}
+          "RAG supported rate": (0.70, 0.80, 0.70), "RAG not-found rate": (0.25, 0.50, 0.25)}
 
 
 @pytest.mark.parametrize(("rag", "why"), [
@@ -59,6 +59,9 @@ RAG_OK = {"RAG answer rate": (0.80, 0.85, 0.80), "RAG citation rate": (0.40, 0.5
     # Within the margin of a drifting active adapter, but below the base.
     ({**RAG_OK, "RAG answer rate": (0.77, 0.74, 0.80)}, "below the base"),
     ({**RAG_OK, "RAG not-found rate": (0.50, 0.25, 0.25)}, "RAG not-found rate fell"),
+    # Trained on replies that do not match their passages: it still names the answer and cites, but
+    # says things the context does not hold, which the answer path would replace.
+    ({**RAG_OK, "RAG supported rate": (0.70, 0.45, 0.70)}, "RAG supported rate fell"),
 ])
 def test_rejects_a_worse_rag_answerer(settings, rag: dict, why: str) -> None:
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=rag)
@@ -68,7 +71,7 @@ def test_rejects_a_worse_rag_answerer(settings, rag: dict, why: str) -> None:
 
 def test_promotes_a_better_rag_answerer_and_skips_unmeasured_sets(settings) -> None:
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=RAG_OK)
-    assert decision == "promote" and sum("RAG" in r and "held" in r for r in reasons) == 3
+    assert decision == "promote" and sum("RAG" in r and "held" in r for r in reasons) == 4
     nan = float("nan")
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag={"RAG not-found rate": (nan, nan, nan)})
     assert decision == "promote" and not any("RAG" in r for r in reasons)
@@ -83,3 +86,16 @@ def test_no_general_replay_row_repeats_a_regression_question() -> None:
                for row in rows}
     assert {q: c for q, c in clashes.items() if c} == {}
     assert near_regression("What is the capital city of France?", (), regression) == "What is the capital of France?"
+
+
+def test_a_rag_reply_counts_as_supported_only_when_its_passages_back_it() -> None:
+    """The gate's supported rate judges replies as the gateway's answer path does (support threshold)."""
+    item = next(i for i in load_rag_regression_set() if i.question == "How tall is the Harbin lighthouse?")
+    restated = item.judge("The Harbin Point lighthouse is 31 metres tall [1].", 0.6)
+    assert restated == {"answer": True, "cited": True, "supported": True}
+    invented = item.judge("The Harbin Point lighthouse is 31 metres tall and was painted red by monks in 1990 [1].",
+                          0.6)
+    assert invented["answer"] and invented["cited"] and not invented["supported"]
+    # Support says the context holds it, not that it answers: the answer rate judges that.
+    other = item.judge("The north trail reaches the cliffs after four kilometres [3].", 0.6)
+    assert other == {"answer": False, "cited": False, "supported": True}
