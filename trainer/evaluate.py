@@ -5,9 +5,9 @@ the base, all on what users get:
 - loss on the held-out grounded rows (the exact RAG prompts, answer tokens only): did it learn the
   owner's answers?
 - a fixed RAG regression set, answered greedily in the gateway's RAG prompt: is the answer in the
-  reply and the right passage cited, and does it say "not found" when the context lacks the
-  answer? (Held-out loss on rows like the training rows cannot see an adapter that learned to
-  answer without reading the context.)
+  reply, the right passage cited and the reply backed by its passages, and does it say "not found"
+  when the context lacks the answer? (Held-out loss on rows like the training rows cannot see an
+  adapter that learned to answer without reading the context.)
 - a fixed regression set of general questions: did it forget what the base knew? (Measured: a
   fact-learning run began answering "The capital of France is New York City".)
 The figures of every set are kept in the gate report, stored on the job.

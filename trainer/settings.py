@@ -81,7 +81,7 @@ class TrainerSettings(CommonSettings):
     # does not forget what the general regression set checks.
     replay_ratio: float = Field(default=0.5, ge=0.0, le=10.0, validation_alias="AION_TRAIN_REPLAY_RATIO")
     replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_REPLAY_FILE")
-    general_replay_ratio: float = Field(default=3.0, ge=0.0, le=10.0,
+    general_replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0,
                                         validation_alias="AION_TRAIN_GENERAL_REPLAY_RATIO")
     general_replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_GENERAL_REPLAY_FILE")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +137,8 @@ def test_training_learns_the_fact_and_the_gate_promotes(trained: Trained, base: 
     assert gate.regression_total == len(load_regression_set()) >= 20
     assert gate.regression_accuracy_candidate >= 1.0 - trained.settings.regression_margin
     # Grounded answering held too (the replay rows are RAG answers), and the report has every set.
-    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 3, gate.reasons
+    # Answer, citation, supported and "not found" rates, each judged on its own.
+    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 4, gate.reasons
     assert set(gate.report) == {"heldout", "rag", "general"} and gate.report["rag"]["candidate"]["items"] == 6
 
 
@@ -195,7 +195,6 @@ def test_cancellation_leaves_no_adapter(trained: Trained, base: LoadedModel, wor
     settings = trained.settings
     steps: list[int] = []
     target = settings.root() / "cancelled-v1"
-    started = time.perf_counter()
     with pytest.raises(TrainingCancelled, match="step 2/"):
         train_adapter(base, trained.dataset, target, settings, progress=lambda s, t, loss: steps.append(s),
                       should_cancel=lambda: len(steps) >= 2)
@@ -203,7 +202,6 @@ def test_cancellation_leaves_no_adapter(trained: Trained, base: LoadedModel, wor
     assert not target.exists()
     assert [p.name for p in target.parent.iterdir() if ".partial-" in p.name] == []
     assert not any("lora_" in name for name, _ in base.model.named_parameters())
-    assert time.perf_counter() - started < 120
     # A version name is never reused.
     with pytest.raises(FileExistsError):
         train_adapter(base, trained.dataset, trained.result.adapter_dir, settings)
