@@ -99,6 +99,18 @@ def _pid_jiffies(pid: int) -> int:
     return int(rest[11]) + int(rest[12])  # utime, stime
 
 
+def _tree_jiffies(pid: int) -> int:
+    """CPU time of a process and every live descendant: a server's worker processes (vLLM's engine
+    core and model worker) are its own work, not contention."""
+    import psutil
+
+    try:
+        children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        children = []
+    return _pid_jiffies(pid) + sum(_pid_jiffies(c) for c in children)
+
+
 @dataclass
 class Contention:
     seconds: float
@@ -109,17 +121,18 @@ class Contention:
 
 @contextmanager
 def watch_cpu(pids: list[int]):
-    """Measure the CPU other processes use while the block runs; yields a list that gets one Contention."""
+    """Measure the CPU other processes use while the block runs; yields a list that gets one Contention.
+    `pids` are the measured servers (with their descendants); this process counts as ours too."""
     out: list[Contention] = []
     busy0, steal0 = _busy_jiffies()
-    own0 = sum(_pid_jiffies(p) for p in pids)
+    own0 = sum(_tree_jiffies(p) for p in pids) + _pid_jiffies(os.getpid())
     t0 = time.perf_counter()
     try:
         yield out
     finally:
         seconds = time.perf_counter() - t0
         busy1, steal1 = _busy_jiffies()
-        own = sum(_pid_jiffies(p) for p in pids) - own0
+        own = sum(_tree_jiffies(p) for p in pids) + _pid_jiffies(os.getpid()) - own0
         scale = 1.0 / (HZ * max(seconds, 1e-6))
         out.append(Contention(seconds=seconds, own_cores=own * scale,
                               others_cores=max(0.0, (busy1 - busy0 - own)) * scale,
@@ -407,7 +420,7 @@ def single_stream(threads_list: list[int], backends: list[str], repeats: int, ma
                 # rotate the order so that no backend always runs first after a pause
                 pending = pending[attempt % len(pending):] + pending[:attempt % len(pending)]
                 for worker in pending:
-                    with watch_cpu([worker.proc.pid, os.getpid()]) as watched:
+                    with watch_cpu([worker.proc.pid]) as watched:
                         values = worker.run()
                     c = watched[0]
                     sample = Sample(values, c, clean=c.others_cores <= max_others)
@@ -520,7 +533,7 @@ def http_aggregate(threads_list: list[int], concurrency: list[int], repeats: int
                 for _ in range(max_attempts):
                     if len(s.clean()) >= repeats:
                         break
-                    with watch_cpu([proc.pid, os.getpid()]) as watched:
+                    with watch_cpu([proc.pid]) as watched:
                         values = asyncio.run(_http_burst(url, streams, new_tokens, distinct))
                     c = watched[0]
                     s.samples.append(Sample(values, c, clean=c.others_cores <= max_others))

@@ -110,7 +110,6 @@ def measure(servers: dict[str, tuple[str, Any, str, dict[str, str]]], threads: i
     series: dict[tuple[str, int], Series] = {}
     for url, _, model, headers in servers.values():
         asyncio.run(_http_burst(url, 2, new_tokens, True, model, headers))  # warm-up
-    pids = [proc.pid for _, proc, _, _ in servers.values()] + [os.getpid()]
     for streams in concurrency:
         for name in servers:
             series[(name, streams)] = Series(f"{name}-{streams}", threads)
@@ -121,8 +120,9 @@ def measure(servers: dict[str, tuple[str, Any, str, dict[str, str]]], threads: i
             if attempt % 2:
                 pending.reverse()
             for name in pending:
-                url, _, model, headers = servers[name]
-                with watch_cpu(pids) as watched:
+                url, proc, model, headers = servers[name]
+                # Only the measured server is ours: the other one polling while idle is contention.
+                with watch_cpu([proc.pid]) as watched:
                     values = asyncio.run(_http_burst(url, streams, new_tokens, True, model, headers))
                 c = watched[0]
                 sample = Sample(values, c, clean=c.others_cores <= max_others)
