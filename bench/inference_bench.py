@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 DEFAULT_MODEL_CACHE = REPO / "data" / "models"
@@ -102,8 +104,6 @@ def _pid_jiffies(pid: int) -> int:
 def _tree_jiffies(pid: int) -> int:
     """CPU time of a process and every live descendant: a server's worker processes (vLLM's engine
     core and model worker) are its own work, not contention."""
-    import psutil
-
     try:
         children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:

@@ -49,7 +49,8 @@ def vllm_gateway_env(vllm: VllmProcess, embeddings: ServiceProcess, standin: Sta
     # The support check and the response cache are the answer path's, tested in tests/chat; here every
     # request must reach vLLM and its 32-token greedy reply stay the local one, so that what is checked is
     # the backend's routing, adapters and model names.
-    return {"AION_SUPPORT_THRESHOLD": 0, "AION_RESPONSE_CACHE": "off", "AION_INFERENCE_BACKEND": "vllm", "AION_EMBEDDINGS_URL": embeddings.url,
+    return {"AION_SUPPORT_THRESHOLD": 0, "AION_RESPONSE_CACHE": "off",
+            "AION_INFERENCE_BACKEND": "vllm", "AION_EMBEDDINGS_URL": embeddings.url,
             "AION_INFERENCE_TOKEN": TOKEN, "AION_FALLBACK_BASE_URL": standin.url, "AION_FALLBACK_MODEL": "ok",
             "OPENAI_API_KEY": "test-key", "AION_FALLBACK_SHARE_MIN_ANSWERS": 1000, "AION_LOCAL_MAX_TOKENS": 32,
             "AION_LOCAL_TEMPERATURE": 0, **extra}
