@@ -1,13 +1,19 @@
 """Evaluation gate: promote a candidate adapter only if it learned without getting worse at what users get.
 
-Three measures, candidate vs current (the active adapter, or the base when none is active) and vs
+Four measures, candidate vs current (the active adapter, or the base when none is active) and vs
 the base, all on what users get:
 - loss on the held-out grounded rows (the exact RAG prompts, answer tokens only): did it learn the
   owner's answers?
 - a fixed RAG regression set, answered greedily in the gateway's RAG prompt: is the answer in the
-  reply, the right passage cited and the reply backed by its passages, and does it say "not found"
-  when the context lacks the answer? (Held-out loss on rows like the training rows cannot see an
-  adapter that learned to answer without reading the context.)
+  reply, the right passage cited and no other, and the reply backed by its passages, and does it say
+  "not found" when the context lacks the answer? (Held-out loss on rows like the training rows cannot
+  see an adapter that learned to answer without reading the context.)
+- the grounding gap on that set: how much less likely the model finds a wrong reply (a fact from
+  another passage of the same context, cited and worded like a right one) than the right reply, in
+  loss per answer token. The held-out rows come from the night being judged, so an adapter trained on
+  bad rows (replies that do not answer their question) "improves" on them; and the loss on the right
+  replies alone falls for it too, since it learns the replies' form. The gap is form-free: both replies
+  have the same form, only one answers the question (measured in docs/benchmarks.md).
 - a fixed regression set of general questions: did it forget what the base knew? (Measured: a
   fact-learning run began answering "The capital of France is New York City".)
 The figures of every set are kept in the gate report, stored on the job.
@@ -24,13 +30,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.gateway.services.not_found import is_not_found
 from services.gateway.services.support import Evidence, measure_support
 from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
 
-from .data_builder import Example, rag_messages
+from .data_builder import Example, RowRejected, encode_conversation, rag_messages
 from .loss import answer_loss
 from .precision import autocast, autocast_dtype
 from .run_lora import collate
@@ -74,12 +80,16 @@ class RagItem:
     passages: tuple[tuple[str, str], ...]  # (source, text), numbered from 1 in the prompt
     expected: tuple[str, ...]
     cite: int | None
+    reply: str | None = None  # a right reply, as the prompt asks for it
+    wrong_reply: str | None = None  # the same form, about another passage of the context: not an answer
 
     def messages(self, personas: Mapping[str, str]) -> list[dict[str, str]]:
         return rag_messages(self.question, [{"source": s, "text": t} for s, t in self.passages], personas)
 
     def judge(self, reply: str, support_threshold: float) -> dict[str, bool]:
         """answer: an expected answer is in the reply; cited: exactly the right passage is cited;
+        wrong_citation: a passage that does not hold the answer is cited (a user following it finds
+        nothing; citing nothing at all is not wrong, only uncited);
         supported: the passages back the reply as the gateway's answer path requires before serving it
         (an unsupported local reply is replaced there); not_found: the reply says the documents do not hold it."""
         if self.cite is None:
@@ -87,7 +97,8 @@ class RagItem:
         cited = {int(n) for n in _CITATION.findall(reply)}
         evidence = [Evidence(n, text) for n, (_, text) in enumerate(self.passages, start=1)]
         supported = measure_support(reply, evidence, self.question).score >= support_threshold
-        return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite}, "supported": supported}
+        return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite},
+                "wrong_citation": bool(cited - {self.cite}), "supported": supported}
 
 
 @dataclass
@@ -105,12 +116,14 @@ class RagScore:
     not_found_rate: float
     total: int
     supported_rate: float = math.nan
+    wrong_citation_rate: float = math.nan
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
         return {"answer_score": _r(self.answer_score), "answer_rate": _r(self.answer_rate),
-                "citation_rate": _r(self.citation_rate), "supported_rate": _r(self.supported_rate),
-                "not_found_rate": _r(self.not_found_rate), "items": self.total}
+                "citation_rate": _r(self.citation_rate), "wrong_citation_rate": _r(self.wrong_citation_rate),
+                "supported_rate": _r(self.supported_rate), "not_found_rate": _r(self.not_found_rate),
+                "items": self.total}
 
 
 @dataclass
@@ -145,6 +158,9 @@ class GateResult:
     rag_score_candidate: float = math.nan
     rag_score_base: float = math.nan
     rag_margin: float = 0.0
+    grounding_gap_current: float = math.nan  # GroundingScore.gap of each
+    grounding_gap_candidate: float = math.nan
+    grounding_gap_base: float = math.nan
     # The report shown in the admin panel: per set, the figures of base, current and candidate.
     report: dict[str, Any] = field(default_factory=dict)
     rag_candidate_failures: list[dict[str, Any]] = field(default_factory=list)
@@ -170,14 +186,15 @@ def load_regression_set(path: Path | None = None) -> list[RegressionItem]:
 
 
 def load_rag_regression_set(path: Path | None = None) -> list[RagItem]:
-    """The RAG regression items (JSONL: question, passages [{source, text}], expected, cite); the shipped set by default."""
+    """The RAG regression items (JSONL: question, passages [{source, text}], expected, cite, optional reply
+    and wrong_reply); the shipped set by default."""
     items = []
     for line in (path or DEFAULT_RAG_REGRESSION_FILE).read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
             items.append(RagItem(question=row["question"], expected=tuple(row.get("expected") or ()),
                                  passages=tuple((p.get("source") or "", p["text"]) for p in row["passages"]),
-                                 cite=row.get("cite")))
+                                 cite=row.get("cite"), reply=row.get("reply"), wrong_reply=row.get("wrong_reply")))
     return items
 
 
@@ -267,11 +284,48 @@ def rag_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: Tr
     answer_points = [p for (i, _, _), p in zip(judged, points, strict=True) if i.cite is not None]
     failures = [{"question": i.question, "expected": " | ".join(i.expected) or "not found", "cite": i.cite,
                  "reply": r, **v} for (i, v, r), p in zip(judged, points, strict=True)
-                if p < 1.0 or not v.get("supported", True)]
+                if p < 1.0 or not v.get("supported", True) or v.get("wrong_citation")]
     return RagScore(answer_score=sum(answer_points) / len(answer_points) if answer_points else math.nan,
                     answer_rate=rate(answerable, "answer"), citation_rate=rate(answerable, "cited"),
+                    wrong_citation_rate=rate(answerable, "wrong_citation"),
                     supported_rate=rate(answerable, "supported"), not_found_rate=rate(absent, "not_found"),
                     total=len(items), failures=failures)
+
+
+def reply_example(item: RagItem, reply: str, tokenizer: Any, settings: TrainerSettings) -> Example:
+    messages = [*item.messages(settings.rag_personas()), {"role": "assistant", "content": reply}]
+    ids, labels = encode_conversation(messages, tokenizer, int(settings.sized("max_seq_len")))
+    return Example(input_ids=ids, labels=labels, key=item.question, source="gate")
+
+
+@dataclass(frozen=True)
+class GroundingScore:
+    gap: float  # mean over items of (wrong reply's loss - right reply's), per answer token; NaN: no items
+    right_loss: float  # mean per-token loss of the right replies
+    items: int
+
+
+def grounding_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: TrainerSettings) -> GroundingScore:
+    """How much more likely the model finds each item's right reply than its wrong one, in its own prompt."""
+    cast = autocast_dtype(settings.autocast, _device(model))
+    gaps, rights = [], []
+    for number, item in enumerate(items):
+        if not (item.reply and item.wrong_reply):
+            continue
+        try:
+            right, wrong = (reply_example(item, reply, tokenizer, settings) for reply in (item.reply, item.wrong_reply))
+        except RowRejected as exc:
+            logger.warning("RAG set item %d (%s) left out of the grounding gap: %s", number, item.question, exc)
+            continue
+        # One example at a time: each reply's loss per token on its own, never padded.
+        right_loss, wrong_loss = (heldout_loss(model, [example], tokenizer.pad_token_id, 1,
+                                               chunk_tokens=settings.loss_chunk_tokens, autocast_to=cast)[0]
+                                  for example in (right, wrong))
+        gaps.append(wrong_loss - right_loss)
+        rights.append(right_loss)
+    if not gaps:
+        return GroundingScore(gap=math.nan, right_loss=math.nan, items=0)
+    return GroundingScore(gap=sum(gaps) / len(gaps), right_loss=sum(rights) / len(rights), items=len(gaps))
 
 
 def _adapter_identity(path: Path | None) -> tuple[str, int, int] | None:
@@ -310,13 +364,25 @@ def _use(model: Any, adapter: str | None) -> Iterator[None]:
         yield
 
 
+class Figures(NamedTuple):
+    """One measure of the current model (the active adapter, or the base), the candidate and the base."""
+
+    current: float
+    candidate: float
+    base: float
+    lower_is_better: bool = False
+
+
 def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float,
            acc_current: float, acc_candidate: float, acc_base: float, *,
-           rag: dict[str, tuple[float, float, float]] | None = None) -> tuple[str, list[str]]:
+           rag: Mapping[str, tuple[Any, ...]] | None = None,
+           grounding: tuple[float, float, float] | None = None) -> tuple[str, list[str]]:
     """The gate's rule on the figures; reasons name every check, passed or failed.
 
-    `rag`: {measure: (current, candidate, base)} of the RAG set; a NaN candidate figure (no such items) is
-    not judged."""
+    `rag`: {measure: Figures (or a (current, candidate, base) tuple: higher is better)} of the RAG set; a
+    NaN candidate figure (no such items) is not judged. `grounding`: the RAG set's grounding gap (current,
+    candidate, base); it may fall at most `grounding_margin` (a share of each) below the current's and the
+    base's."""
     reasons, ok = [], True
     if not math.isfinite(loss_candidate) or not math.isfinite(loss_current):
         ok = False
@@ -339,36 +405,57 @@ def decide(settings: TrainerSettings, loss_current: float, loss_candidate: float
     else:
         reasons.append(f"regression accuracy held {acc_current:.3f} -> {acc_candidate:.3f} (base {acc_base:.3f})")
     margin = settings.rag_regression_margin
-    for measure, (current, candidate, base) in (rag or {}).items():
+    for measure, value in (rag or {}).items():
+        current, candidate, base, lower = Figures(*value)
         if math.isnan(candidate):
             continue
-        if candidate + 1e-9 < current - margin:
+        sign = -1.0 if lower else 1.0  # compared as "how good": a rate that should fall is negated
+        worse, below = ("rose", "above") if lower else ("fell", "below")
+        if sign * candidate + 1e-9 < sign * current - margin:
             ok = False
-            reasons.append(f"{measure} fell {current:.3f} -> {candidate:.3f} (margin {margin})")
-        elif candidate + 1e-9 < base - margin:
+            reasons.append(f"{measure} {worse} {current:.3f} -> {candidate:.3f} (margin {margin})")
+        elif sign * candidate + 1e-9 < sign * base - margin:
             ok = False
-            reasons.append(f"{measure} {candidate:.3f} is more than {margin} below the base's {base:.3f}")
+            reasons.append(f"{measure} {candidate:.3f} is more than {margin} {below} the base's {base:.3f}")
         else:
             reasons.append(f"{measure} held {current:.3f} -> {candidate:.3f} (base {base:.3f})")
+    if grounding is not None and not math.isnan(grounding[1]):
+        current, candidate, base = grounding
+        share = settings.grounding_margin
+        if not math.isfinite(candidate) or candidate < current - share * abs(current):
+            ok = False
+            reasons.append(f"grounding gap fell {current:.4f} -> {candidate:.4f} (at most {share:.0%} allowed): "
+                           "it tells a right reply from a wrong one about the same passages less well")
+        elif candidate < base - share * abs(base):
+            ok = False
+            reasons.append(f"grounding gap {candidate:.4f} is more than {share:.0%} below the base's {base:.4f}")
+        else:
+            reasons.append(f"grounding gap held {current:.4f} -> {candidate:.4f} (base {base:.4f})")
     return ("promote" if ok else "reject"), reasons
 
 
-def rag_measures(current: RagScore, candidate: RagScore, base: RagScore) -> dict[str, tuple[float, float, float]]:
+def rag_measures(current: RagScore, candidate: RagScore, base: RagScore) -> dict[str, Figures]:
     """The RAG set's measures the gate judges, each on its own: a combined score lets a candidate that
     learned to cite trade right answers for citations (docs/benchmarks.md, the learning loop)."""
-    return {f"RAG {name}": (getattr(current, attr), getattr(candidate, attr), getattr(base, attr))
-            for name, attr in (("answer rate", "answer_rate"), ("citation rate", "citation_rate"),
-                               ("supported rate", "supported_rate"), ("not-found rate", "not_found_rate"))}
+    return {f"RAG {name}": Figures(getattr(current, attr), getattr(candidate, attr), getattr(base, attr), lower)
+            for name, attr, lower in (("answer rate", "answer_rate", False), ("citation rate", "citation_rate", False),
+                                      ("wrong-citation rate", "wrong_citation_rate", True),
+                                      ("supported rate", "supported_rate", False),
+                                      ("not-found rate", "not_found_rate", False))}
+
+
+_SCORERS = {"general": regression_score, "rag": rag_score, "grounding": grounding_score}
 
 
 def _reference_score(model: Any, base: LoadedModel, adapter_path: Path | None, items: list[Any],
-                     settings: TrainerSettings, *, rag: bool = False) -> Any:
-    """The base's (adapter_path None) or the active adapter's score on a set, computed once per process."""
+                     settings: TrainerSettings, kind: str) -> Any:
+    """The base's (adapter_path None) or the active adapter's score of a kind (`_SCORERS`) on a set,
+    computed once per process."""
     key = (base.path, base.quantization, _adapter_identity(adapter_path), settings.regression_max_new_tokens,
-           tuple(sorted(settings.rag_personas().items())) if rag else None, rag, tuple(items))
+           settings.sized("max_seq_len"), tuple(sorted(settings.rag_personas().items())), kind, tuple(items))
     if key not in _reference_scores:
         with _use(model, CURRENT if adapter_path is not None else None):
-            _reference_scores[key] = (rag_score if rag else regression_score)(model, base.tokenizer, items, settings)
+            _reference_scores[key] = _SCORERS[kind](model, base.tokenizer, items, settings)
     return _reference_scores[key]
 
 
@@ -391,16 +478,20 @@ def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence
         current = CURRENT if current_adapter else None
         with _use(model, current):
             loss_cur, tokens = loss(model)
-        score_cur = _reference_score(model, base, current_adapter, items, settings)
-        score_base = _reference_score(model, base, None, items, settings) if current_adapter else score_cur
-        rag_cur = _reference_score(model, base, current_adapter, rag_items, settings, rag=True)
-        rag_base = _reference_score(model, base, None, rag_items, settings, rag=True) if current_adapter else rag_cur
+        scores: dict[str, tuple[Any, Any]] = {}  # kind -> (current, base)
+        for kind, kind_items in (("general", items), ("rag", rag_items), ("grounding", rag_items)):
+            current_score = _reference_score(model, base, current_adapter, kind_items, settings, kind)
+            scores[kind] = (current_score, _reference_score(model, base, None, kind_items, settings, kind)
+                            if current_adapter else current_score)
+        (score_cur, score_base), (rag_cur, rag_base), (ground_cur, ground_base) = scores.values()
         with _use(model, CANDIDATE):
             loss_cand, _ = loss(model)
             score_cand = regression_score(model, tokenizer, items, settings)
             rag_cand = rag_score(model, tokenizer, rag_items, settings)
+            ground_cand = grounding_score(model, tokenizer, rag_items, settings)
     decision, reasons = decide(settings, loss_cur, loss_cand, score_cur.accuracy, score_cand.accuracy,
-                               score_base.accuracy, rag=rag_measures(rag_cur, rag_cand, rag_base))
+                               score_base.accuracy, rag=rag_measures(rag_cur, rag_cand, rag_base),
+                               grounding=(ground_cur.gap, ground_cand.gap, ground_base.gap))
     report = {
         "heldout": {"examples": len(heldout), "answer_tokens": tokens, "loss_current": _r(loss_cur),
                     "loss_candidate": _r(loss_cand)},
@@ -409,6 +500,10 @@ def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence
         "general": {"base": _r(score_base.accuracy), "current": _r(score_cur.accuracy),
                     "candidate": _r(score_cand.accuracy), "questions": len(items),
                     "margin": settings.regression_margin},
+        "grounding": {"base": _r(ground_base.gap), "current": _r(ground_cur.gap), "candidate": _r(ground_cand.gap),
+                      "right_loss": {"base": _r(ground_base.right_loss), "current": _r(ground_cur.right_loss),
+                                     "candidate": _r(ground_cand.right_loss)},
+                      "items": ground_cand.items, "margin": settings.grounding_margin},
     }
     result = GateResult(
         decision=decision, reasons=reasons, heldout_loss_current=loss_cur, heldout_loss_candidate=loss_cand,
@@ -420,7 +515,9 @@ def evaluate_candidate(base: LoadedModel, candidate_dir: Path, heldout: Sequence
         candidate_failures=score_cand.failures, current_failures=score_cur.failures,
         rag_score_current=rag_cur.answer_score, rag_score_candidate=rag_cand.answer_score,
         rag_score_base=rag_base.answer_score,
-        rag_margin=settings.rag_regression_margin, report=report, rag_candidate_failures=rag_cand.failures)
+        rag_margin=settings.rag_regression_margin, grounding_gap_current=ground_cur.gap,
+        grounding_gap_candidate=ground_cand.gap, grounding_gap_base=ground_base.gap, report=report,
+        rag_candidate_failures=rag_cand.failures)
     logger.info("gate %s for %s: %s", decision, Path(candidate_dir).name, "; ".join(reasons))
     return result
 

@@ -19,7 +19,7 @@ class SizeDefaults:
     max_seq_len: int
 
 
-SMALL = SizeDefaults("under 1B parameters", learning_rate=1e-3, eval_batch_size=8, max_seq_len=2048)
+SMALL = SizeDefaults("under 1B parameters", learning_rate=3e-4, eval_batch_size=8, max_seq_len=2048)
 MEDIUM = SizeDefaults("1B to 10B parameters", learning_rate=2e-4, eval_batch_size=2, max_seq_len=4096)
 LARGE = SizeDefaults("10B parameters or more", learning_rate=1e-4, eval_batch_size=1, max_seq_len=4096)
 

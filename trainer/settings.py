@@ -53,8 +53,9 @@ class TrainerSettings(CommonSettings):
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         validation_alias="AION_TRAIN_LORA_TARGET_MODULES")
 
-    # Unset: by the base model's size (trainer/model_size.py): 1e-3 under 1B parameters (teaches the
-    # 135M default a fact in ~16 steps, FINDINGS), 2e-4 up to 10B (QLoRA's value for 7B), 1e-4 above.
+    # Unset: by the base model's size (trainer/model_size.py): 3e-4 under 1B parameters (measured on
+    # nightly grounded rows: 1e-3 teaches the 135M default a fact in ~16 steps but every night's adapter
+    # forgot general answers; docs/benchmarks.md), 2e-4 up to 10B (QLoRA's value for 7B), 1e-4 above.
     learning_rate: float | None = Field(default=None, gt=0.0, le=1.0, validation_alias="AION_TRAIN_LEARNING_RATE")
     weight_decay: float = Field(default=0.0, ge=0.0, validation_alias="AION_TRAIN_WEIGHT_DECAY")
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, validation_alias="AION_TRAIN_WARMUP_RATIO")
@@ -100,6 +101,11 @@ class TrainerSettings(CommonSettings):
     rag_regression_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_RAG_REGRESSION_FILE")
     rag_regression_margin: float = Field(default=0.05, ge=0.0, le=1.0,
                                          validation_alias="AION_TRAIN_RAG_REGRESSION_MARGIN")
+    # The RAG set's grounding gap (how much less likely a wrong reply about another passage of the same
+    # context is than the right reply, per answer token) may fall at most this share below the current
+    # model's and the base's: an adapter trained on replies that answer other questions loses it, while the
+    # held-out rows, from the night being judged, cannot see such a night (docs/benchmarks.md).
+    grounding_margin: float = Field(default=0.1, ge=0.0, le=10.0, validation_alias="AION_TRAIN_GROUNDING_MARGIN")
     # The gateway's own setting: a RAG-set reply counts as supported when the answer path would serve it
     # (support at or above this), so the gate's "supported rate" is the share users would get unreplaced.
     support_threshold: float = Field(default=0.6, ge=0.0, le=1.0, validation_alias="AION_SUPPORT_THRESHOLD")

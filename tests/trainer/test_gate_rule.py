@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from services.gateway.services.language import choose_language
 from tests.trainer.conftest import trainer_settings
 from trainer.build_general_replay import near_regression
 from trainer.data_builder import DEFAULT_GENERAL_REPLAY_FILE
-from trainer.evaluate import decide, load_rag_regression_set, load_regression_set
+from trainer.evaluate import Figures, decide, load_rag_regression_set, load_regression_set
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ def test_a_base_that_misses_questions_does_not_doom_every_candidate(settings) ->
 
 
 RAG_OK = {"RAG answer rate": (0.80, 0.85, 0.80), "RAG citation rate": (0.40, 0.55, 0.0),
+          "RAG wrong-citation rate": Figures(0.05, 0.03, 0.0, lower_is_better=True),
           "RAG supported rate": (0.70, 0.80, 0.70), "RAG not-found rate": (0.25, 0.50, 0.25)}
 
 
@@ -62,6 +64,11 @@ RAG_OK = {"RAG answer rate": (0.80, 0.85, 0.80), "RAG citation rate": (0.40, 0.5
     # Trained on replies that do not match their passages: it still names the answer and cites, but
     # says things the context does not hold, which the answer path would replace.
     ({**RAG_OK, "RAG supported rate": (0.70, 0.45, 0.70)}, "RAG supported rate fell"),
+    # Learned to cite where the base never did, and cites passages that do not hold the answer: more right
+    # citations too, but a user following a wrong one finds nothing.
+    ({**RAG_OK, "RAG citation rate": (0.0, 0.11, 0.0), "RAG wrong-citation rate": Figures(0.0, 0.14, 0.0, True)},
+     "RAG wrong-citation rate rose"),
+    ({**RAG_OK, "RAG wrong-citation rate": Figures(0.08, 0.10, 0.0, True)}, "above the base"),
 ])
 def test_rejects_a_worse_rag_answerer(settings, rag: dict, why: str) -> None:
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=rag)
@@ -71,10 +78,42 @@ def test_rejects_a_worse_rag_answerer(settings, rag: dict, why: str) -> None:
 
 def test_promotes_a_better_rag_answerer_and_skips_unmeasured_sets(settings) -> None:
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=RAG_OK)
-    assert decision == "promote" and sum("RAG" in r and "held" in r for r in reasons) == 4
+    assert decision == "promote" and sum("RAG" in r and "held" in r for r in reasons) == 5
     nan = float("nan")
     decision, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag={"RAG not-found rate": (nan, nan, nan)})
     assert decision == "promote" and not any("RAG" in r for r in reasons)
+
+
+@pytest.mark.parametrize(("grounding", "decision", "why"), [
+    ((0.51, 0.61, 0.51), "promote", "grounding gap held"),  # tells right from wrong better
+    ((0.51, 0.47, 0.51), "promote", "grounding gap held"),  # within 10%
+    ((0.51, 0.41, 0.51), "reject", "grounding gap fell"),   # trained on replies that answer other questions
+    ((0.50, 0.46, 0.60), "reject", "below the base's"),     # within 10% of a drifting adapter, not of the base
+    ((0.51, float("nan"), 0.51), "promote", ""),            # a RAG set without right/wrong replies: not judged
+    ((0.51, float("inf"), 0.51), "reject", "grounding gap fell"),
+])
+def test_the_grounding_gap_may_not_fall(settings, grounding: tuple, decision: str, why: str) -> None:
+    """The held-out rows come from the night being judged, so their loss cannot see a night of bad rows."""
+    got, reasons = decide(settings, 2.5, 0.4, 1.0, 1.0, 1.0, rag=RAG_OK, grounding=grounding)
+    assert got == decision, reasons
+    assert any(why in r for r in reasons) if why else not any("grounding" in r for r in reasons), reasons
+
+
+def test_every_rag_set_item_has_a_right_and_a_wrong_reply_by_the_gates_own_judge() -> None:
+    """Right replies: the answer, the right passage and no other, backed by the passages; "not found" where
+    the context lacks it. Wrong replies: the same form, a fact of another passage, not the answer. Support
+    matches words, so a Portuguese reply to English passages (the prompt asks for the question's language)
+    is backed only by its numbers: those are not held to it."""
+    for item in load_rag_regression_set():
+        assert item.reply and item.wrong_reply, item.question
+        verdict, wrong = item.judge(item.reply, 0.6), item.judge(item.wrong_reply, 0.6)
+        if item.cite is None:
+            assert verdict == {"not_found": True} and wrong == {"not_found": False}, item
+            continue
+        english = choose_language(item.question) == "en"
+        assert verdict == {"answer": True, "cited": True, "wrong_citation": False,
+                           "supported": verdict["supported"] if not english else True}, item
+        assert not wrong["answer"] and not wrong["cited"] and wrong["wrong_citation"], item
 
 
 def test_no_general_replay_row_repeats_a_regression_question() -> None:
@@ -92,10 +131,12 @@ def test_a_rag_reply_counts_as_supported_only_when_its_passages_back_it() -> Non
     """The gate's supported rate judges replies as the gateway's answer path does (support threshold)."""
     item = next(i for i in load_rag_regression_set() if i.question == "How tall is the Harbin lighthouse?")
     restated = item.judge("The Harbin Point lighthouse is 31 metres tall [1].", 0.6)
-    assert restated == {"answer": True, "cited": True, "supported": True}
+    assert restated == {"answer": True, "cited": True, "wrong_citation": False, "supported": True}
     invented = item.judge("The Harbin Point lighthouse is 31 metres tall and was painted red by monks in 1990 [1].",
                           0.6)
     assert invented["answer"] and invented["cited"] and not invented["supported"]
     # Support says the context holds it, not that it answers: the answer rate judges that.
     other = item.judge("The north trail reaches the cliffs after four kilometres [3].", 0.6)
-    assert other == {"answer": False, "cited": False, "supported": True}
+    assert other == {"answer": False, "cited": False, "wrong_citation": True, "supported": True}
+    uncited = item.judge("The Harbin Point lighthouse is 31 metres tall.", 0.6)
+    assert not uncited["cited"] and not uncited["wrong_citation"]

@@ -86,8 +86,10 @@ def trained(base: LoadedModel, workdir: Path) -> Trained:
     # A few grounded replay rows (they are long: a RAG prompt each) keep the adapter answering from context;
     # general replay (the default ratio, short rows) keeps it answering what the base knew.
     # The RAG subset has 4 answerable items: one flip moves its answer or citation rate by 0.25, so the
-    # margin is one flip here, as the default 0.05 is on the whole shipped set.
+    # margin is one flip here, as the default 0.05 is on the whole shipped set. One fact in 30 rows is
+    # taught at 1e-3 (the default for small models, 3e-4, is chosen for nights of many different answers).
     settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=2, AION_TRAIN_HELDOUT_FRACTION=0.15,
+                                AION_TRAIN_LEARNING_RATE=1e-3,
                                 AION_TRAIN_REPLAY_RATIO=0.3, AION_TRAIN_RAG_REGRESSION_MARGIN=0.26)
     data = write_jsonl(workdir / "export.jsonl", fact_rows(), ["{broken", json.dumps({"kind": "answer"})])
     dataset = build_dataset([data], base.tokenizer, settings)
@@ -137,9 +139,12 @@ def test_training_learns_the_fact_and_the_gate_promotes(trained: Trained, base: 
     assert gate.regression_total == len(load_regression_set()) >= 20
     assert gate.regression_accuracy_candidate >= 1.0 - trained.settings.regression_margin
     # Grounded answering held too (the replay rows are RAG answers), and the report has every set.
-    # Answer, citation, supported and "not found" rates, each judged on its own.
-    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 4, gate.reasons
-    assert set(gate.report) == {"heldout", "rag", "general"} and gate.report["rag"]["candidate"]["items"] == 6
+    # Answer, citation, wrong-citation, supported and "not found" rates, each judged on its own, and the
+    # grounding gap.
+    assert sum("RAG" in r and "held" in r for r in gate.reasons) == 5, gate.reasons
+    assert any("grounding gap held" in r for r in gate.reasons), gate.reasons
+    assert set(gate.report) == {"heldout", "rag", "general", "grounding"}
+    assert gate.report["rag"]["candidate"]["items"] == 6 and gate.report["grounding"]["items"] == 6
 
 
 def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trained, base: LoadedModel) -> None:
@@ -158,14 +163,14 @@ def test_a_candidate_no_better_than_the_active_adapter_is_rejected(trained: Trai
 def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedModel, workdir: Path) -> None:
     """Grounded rows answered the wrong way round: "not found" where the passages hold the answer, and
     another question's answer where they do not. Held-out loss on rows like those cannot see the
-    damage (it falls: the adapter learns them); the RAG set does."""
+    damage (it falls: the adapter learns them); the RAG set and its grounding gap do."""
     rows = [json.loads(line) for line in DEFAULT_REPLAY_FILE.read_text(encoding="utf-8").splitlines()]
     refusal = next(r["answer"] for r in rows if "Não encontrei" in r["answer"])
     answers = [r["answer"] for r in rows if "Não encontrei" not in r["answer"]]
     wrong = [{**row, "answer": refusal if "Não encontrei" not in row["answer"] else answers[i % len(answers)]}
              for i, row in enumerate(rows)]
     settings = trainer_settings(workdir, AION_TRAIN_EPOCHS=1, AION_TRAIN_MAX_STEPS=6, AION_TRAIN_REPLAY_RATIO=0,
-                                AION_TRAIN_GENERAL_REPLAY_RATIO=0,
+                                AION_TRAIN_GENERAL_REPLAY_RATIO=0, AION_TRAIN_LEARNING_RATE=1e-3,
                                 AION_TRAIN_HELDOUT_FRACTION=0.15, AION_TRAIN_WARMUP_RATIO=0)
     dataset = build_dataset([write_jsonl(workdir / "wrong.jsonl", wrong)], base.tokenizer, settings)
     result = train_adapter(base, dataset, settings.root() / "wrong-v1", settings)
@@ -177,6 +182,9 @@ def test_an_adapter_trained_on_wrong_grounded_answers_is_rejected(base: LoadedMo
     assert gate.heldout_loss_candidate < gate.heldout_loss_current  # the held-out rows alone would let it in
     assert gate.rag_score_candidate < gate.rag_score_base - settings.rag_regression_margin
     assert any("RAG answer rate fell" in r for r in gate.reasons), gate.reasons  # the current one is the base
+    # It no longer tells the right reply from a wrong one about the same passages.
+    assert gate.grounding_gap_candidate < gate.grounding_gap_base
+    assert any("grounding gap fell" in r for r in gate.reasons), gate.reasons
     assert gate.rag_candidate_failures
 
 

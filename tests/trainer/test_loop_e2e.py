@@ -83,7 +83,10 @@ def make_worker(sessions, inference_url: str, train_root: Path, workdir: Path, k
                                AION_TRAIN_REGRESSION_FILE=str(short_regression_set(workdir / "regression.jsonl")),
                                # Measured and reported, not judged here: test_learning_loop.py tests that rule.
                                AION_TRAIN_RAG_REGRESSION_FILE=str(short_rag_set(workdir / "rag.jsonl")),
-                               AION_TRAIN_RAG_REGRESSION_MARGIN=1.0,
+                               AION_TRAIN_RAG_REGRESSION_MARGIN=1.0, AION_TRAIN_GROUNDING_MARGIN=10.0,
+                               # One fact in a few rows is taught at 1e-3 (the small-model default, 3e-4,
+                               # is chosen for nights of many different answers).
+                               AION_TRAIN_LEARNING_RATE=1e-3,
                                **trainer_env)
     return Worker(settings, trainer, sessions, InferenceAdmin(inference_url, TOKEN, timeout_s=300))
 
@@ -145,7 +148,7 @@ async def test_logged_answers_become_an_active_adapter_and_rollback_restores_the
             gate = status["metrics"]["gate"]
             assert gate["decision"] == "promote" and gate["heldout_loss_candidate"] < gate["heldout_loss_current"]
             name = status["adapter_name"]
-            assert set(gate["report"]) == {"heldout", "rag", "general"}  # the gate report, stored on the job
+            assert set(gate["report"]) == {"heldout", "rag", "general", "grounding"}  # the gate report, stored on the job
 
             # Promotion unloaded what is neither active nor the rollback target, and deleted its folder.
             assert inference_adapters(inference) == {name, "stray-prev"}

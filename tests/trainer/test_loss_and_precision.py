@@ -104,7 +104,7 @@ def test_defaults_follow_the_model_size(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="for_model"):
         base.sized("learning_rate")
     small, seven_b = base.for_model(SMOLLM2_PARAMETERS), base.for_model(7_615_616_512)
-    assert (small.learning_rate, small.eval_batch_size, small.max_seq_len) == (1e-3, 8, 2048)
+    assert (small.learning_rate, small.eval_batch_size, small.max_seq_len) == (3e-4, 8, 2048)
     assert (seven_b.learning_rate, seven_b.eval_batch_size, seven_b.max_seq_len) == (2e-4, 2, 4096)
     chosen = TrainerSettings(_env_file=None, AION_TRAIN_LEARNING_RATE=5e-5).for_model(7_615_616_512)
     assert chosen.learning_rate == 5e-5 and chosen.eval_batch_size == 2  # what the owner set wins

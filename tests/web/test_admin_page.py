@@ -176,11 +176,15 @@ def build_adapters(root: Path, count: int) -> list[Path]:
 
 GATE_REPORT = {"heldout": {"examples": 3, "answer_tokens": 90, "loss_current": 1.5, "loss_candidate": 1.234},
                "rag": {"margin": 0.05, **{who: {"answer_score": s, "answer_rate": a, "citation_rate": c,
-                                                "supported_rate": b, "not_found_rate": n, "items": 16}
-                                          for who, s, a, c, b, n in [("base", 0.3, 0.5, 0.1, 0.6, 0.0),
-                                                                     ("current", 0.3, 0.5, 0.1, 0.6, 0.0),
-                                                                     ("candidate", 0.55, 0.75, 0.5, 0.8, 0.25)]}},
-               "general": {"base": 1.0, "current": 1.0, "candidate": 0.9615, "questions": 26, "margin": 0.05}}
+                                                "wrong_citation_rate": w, "supported_rate": b, "not_found_rate": n,
+                                                "items": 16}
+                                          for who, s, a, c, w, b, n in [("base", 0.3, 0.5, 0.1, 0.0, 0.6, 0.0),
+                                                                        ("current", 0.3, 0.5, 0.1, 0.0, 0.6, 0.0),
+                                                                        ("candidate", 0.55, 0.75, 0.5, 0.05, 0.8,
+                                                                         0.25)]}},
+               "general": {"base": 1.0, "current": 1.0, "candidate": 0.9615, "questions": 26, "margin": 0.05},
+               "grounding": {"base": 0.512, "current": 0.512, "candidate": 0.613, "items": 49, "margin": 0.1,
+                             "right_loss": {"base": 1.753, "current": 1.753, "candidate": 1.095}}}
 
 
 def register(db: str, name: str, path: Path, created: datetime) -> None:
@@ -291,6 +295,8 @@ def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> 
     assert cells[0] == ["RAG set (16 items): answer score", "30.0%", "30.0%", "55.0%"]
     assert ["RAG: reply backed by its passages", "60.0%", "60.0%", "80.0%"] in cells
     assert ["General questions (26)", "100.0%", "100.0%", "96.2%"] in cells
+    assert ["RAG: a wrong passage cited (lower is better)", "0.0%", "0.0%", "5.0%"] in cells
+    assert ["Grounding gap: wrong reply's loss − right reply's (49)", "0.512", "0.512", "0.613"] in cells
     assert ["Held-out loss (3 rows)", "—", "1.500", "1.234"] in cells
     assert "RAG answer score held" in gate.inner_text()
     assert page.locator("#chart-loss circle").count() == 4

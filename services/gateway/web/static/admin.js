@@ -316,10 +316,13 @@ function renderGate(job) {
   const rows = [
     ...(r.rag ? [rag("answer_score", `RAG set (${r.rag.candidate.items} items): answer score`),
       rag("answer_rate", "RAG: answer in the reply"), rag("citation_rate", "RAG: right passage cited"),
+      rag("wrong_citation_rate", "RAG: a wrong passage cited (lower is better)"),
       rag("supported_rate", "RAG: reply backed by its passages"),
       rag("not_found_rate", "RAG: “not found” when the context lacks it")] : []),
     ...(r.general ? [[`General questions (${r.general.questions})`, pct(r.general.base), pct(r.general.current),
       pct(r.general.candidate)]] : []),
+    ...(r.grounding ? [[`Grounding gap: wrong reply's loss − right reply's (${r.grounding.items})`,
+      num(r.grounding.base, 3), num(r.grounding.current, 3), num(r.grounding.candidate, 3)]] : []),
     [`Held-out loss (${r.heldout.examples} rows)`, "—", num(r.heldout.loss_current, 3), num(r.heldout.loss_candidate, 3)],
   ];
   $("job-gate-body").replaceChildren(...rows.map(([k, ...v]) => el("tr", {}, el("th", { scope: "row", text: k }),
