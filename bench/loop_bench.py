@@ -175,12 +175,18 @@ def teacher_reply(messages: list[dict[str, str]], key: dict[str, Question]) -> s
 
 
 def teacher_answer(question: Question, n: int) -> str:
-    """A strong model's answer: the passage's sentence restated with the blank filled, cited; a bare word
-    when the sentence is long. Restating teaches the adapter to answer in the passage's words; a bare word
-    every time would teach it to drop what surrounds an answer (the "metres" of "31 metres")."""
-    if len(question.sentence.split()) <= TEACHER_SENTENCE_WORDS:
-        return f"{question.sentence.rstrip(' .!?')} [{n}]."
-    return f"The missing word is {question.answer} [{n}]."
+    """A strong model's answer: the passage's sentence restated with the blank filled, cited; a long
+    sentence cut to the words around the answer. Restating teaches the adapter to answer in the passage's
+    words (a bare word would teach it to drop what surrounds an answer, the "metres" of "31 metres"), and
+    a reply the passage backs word for word passes the export's support check ("The missing word is X"
+    did not: those rows were dropped as low support)."""
+    words = question.sentence.rstrip(" .!?").split()
+    if len(words) > TEACHER_SENTENCE_WORDS:
+        at = next((i for i, word in enumerate(words) if question.answer and question.answer in word), 0)
+        start = max(0, min(at - TEACHER_SENTENCE_WORDS // 2, len(words) - TEACHER_SENTENCE_WORDS))
+        words = words[start:start + TEACHER_SENTENCE_WORDS]
+    text = " ".join(words).rstrip(" ,;:")
+    return f"{text[:1].upper()}{text[1:]} [{n}]."
 
 
 @contextmanager
@@ -377,8 +383,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "gain_points": round(100 * ((last["exact_answer_rate"] or 0) - (first["exact_answer_rate"] or 0)), 1),
         "jobs": [(n.get("job") or {}).get("status") if isinstance(n.get("job"), dict) else n.get("job")
                  for n in results["nights"][1:]],
-        "damaged": [n.get("damaged", {}).get("status") for n in results["nights"][1:]]}
+        "damaged": [n.get("damaged", {}).get("status") for n in results["nights"][1:]],
+        "grounding_gap": [{"base": _gate_figure(n.get("job"), "base"), "job": _gate_figure(n.get("job"), "candidate"),
+                           "damaged": _gate_figure(n.get("damaged"), "candidate")} for n in results["nights"][1:]]}
     return results
+
+
+def _gate_figure(entry: Any, who: str) -> float | None:
+    """A night's job's (or damaged candidate's) grounding gap from its gate report, if it was judged."""
+    report = entry.get("gate") if isinstance(entry, dict) else None
+    return ((report or {}).get("grounding") or {}).get(who)
 
 
 async def one_night(night: int, args: argparse.Namespace, gw: str, questions: list[Question],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.loop_bench import Question, teacher_reply
+from services.gateway.services.support import Evidence, measure_support
 from trainer.data_builder import DEFAULT_PERSONAS, rag_messages
 
 SHORT = "The scheduler retries a failed export three times before it gives up."
@@ -26,9 +27,16 @@ def test_the_teacher_restates_the_sentence_and_cites_the_passage_that_holds_it()
     assert teacher_reply(messages_for(q, passages), {q.text: q}) == f"{SHORT[:-1]} [2]."
 
 
-def test_a_long_sentence_gets_the_bare_answer_and_a_missing_passage_not_found() -> None:
+def test_a_long_sentence_is_cut_to_the_words_around_the_answer_and_a_missing_passage_is_not_found() -> None:
+    """A long sentence is cut (a concise answer) to words the passage holds, so the export's support
+    check keeps the row ("The missing word is X" was dropped as low support)."""
     q = question(LONG, "environment")
     assert len(LONG.split()) > 24
-    assert teacher_reply(messages_for(q, ["Intro.", LONG]), {q.text: q}) == "The missing word is environment [2]."
+    reply = teacher_reply(messages_for(q, ["Intro.", LONG]), {q.text: q})
+    assert reply.endswith(" [2].") and "environment" in reply and len(reply.split()) <= 25
+    words = reply.removesuffix(" [2].").split()
+    assert " ".join(words[1:]) in LONG and words[0].lower() in LONG.lower()
+    evidence = [Evidence(1, "Intro."), Evidence(2, LONG)]
+    assert measure_support(reply, evidence, q.text).score == 1.0
     reply = teacher_reply(messages_for(q, ["Intro.", "Nothing about it."]), {q.text: q})
     assert "not" in reply.lower() and "[" not in reply
