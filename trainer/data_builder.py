@@ -30,6 +30,7 @@ from services.gateway.services.prompt import (
 )
 from shared.errors import AionError
 
+from .passage_order import reorder_passages
 from .settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,19 @@ class Example:
     labels: list[int]
     key: str  # content hash: decides the split and de-duplicates
     source: str = "data"  # "data" or "replay"
+    # The same row with its passages in another order (passage_order), trained in its place when the
+    # row lands on the training side; held-out rows are judged as they were served.
+    reordered: tuple[list[int], list[int]] | None = None
 
     @property
     def answer_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    def for_training(self) -> Example:
+        if self.reordered is None:
+            return self
+        ids, labels = self.reordered
+        return Example(input_ids=ids, labels=labels, key=self.key, source=self.source)
 
 
 @dataclass
@@ -76,13 +86,15 @@ class BuiltDataset:
     heldout: list[Example]
     rows_read: int = 0
     replay_rows: int = 0
+    reordered_rows: int = 0  # training rows whose passages were put in another order
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     reject_samples: list[str] = field(default_factory=list)  # "file:line: reason (detail)", first few
 
     def summary(self) -> dict[str, Any]:
         return {"rows_read": self.rows_read, "train": len(self.train), "heldout": len(self.heldout),
-                "replay": self.replay_rows, "duplicates": self.duplicates,
+                "replay": self.replay_rows,
+                "reordered": self.reordered_rows, "duplicates": self.duplicates,
                 "rejected": dict(self.rejected), "reject_samples": list(self.reject_samples)}
 
 
@@ -237,9 +249,22 @@ def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
                 yield where, RowRejected("invalid_json", str(exc)[:80])
 
 
+def _reordered(row: Any, messages: list[dict[str, str]], key: str, tokenizer: Any,
+               settings: TrainerSettings) -> tuple[list[int], list[int]] | None:
+    """The row's encoding with its passages in an order seeded by its content, when it can be reordered."""
+    moved = reorder_passages(messages, row.get("meta"), seed=settings.seed ^ int(key[:16], 16))
+    if moved is None or moved == messages:
+        return None
+    try:
+        return encode_conversation(moved, tokenizer, int(settings.sized("max_seq_len")))
+    except RowRejected:
+        return None  # e.g. renumbering made it a token too long: train it as logged
+
+
 def load_examples(paths: Sequence[Path], tokenizer: Any, settings: TrainerSettings, source: str = "data",
-                  collector: _Collector | None = None) -> tuple[list[Example], int, int]:
-    """Every valid, distinct row of the files as an Example; returns (examples, rows read, duplicates)."""
+                  collector: _Collector | None = None, reorder: bool = False) -> tuple[list[Example], int, int]:
+    """Every valid, distinct row of the files as an Example; returns (examples, rows read, duplicates).
+    `reorder`: also encode each grounded chat row with its passages in another order (Example.reordered)."""
     collector = collector or _Collector()
     examples: list[Example] = []
     seen: set[str] = set()
@@ -260,7 +285,8 @@ def load_examples(paths: Sequence[Path], tokenizer: Any, settings: TrainerSettin
                 collector.reject(where, exc)
                 continue
             seen.add(key)
-            examples.append(Example(input_ids=ids, labels=labels, key=key, source=source))
+            moved = _reordered(row, messages, key, tokenizer, settings) if reorder and "messages" in row else None
+            examples.append(Example(input_ids=ids, labels=labels, key=key, source=source, reordered=moved))
     return examples, rows, duplicates
 
 
@@ -290,11 +316,14 @@ def pick_replay(pool: list[Example], count: int, seed: int) -> list[Example]:
 def build_dataset(paths: Sequence[Path], tokenizer: Any, settings: TrainerSettings) -> BuiltDataset:
     """Read the exported JSONL files into train / held-out examples, with replay rows mixed into train."""
     collector = _Collector()
-    examples, rows, duplicates = load_examples(paths, tokenizer, settings, "data", collector)
+    examples, rows, duplicates = load_examples(paths, tokenizer, settings, "data", collector,
+                                               reorder=settings.shuffle_passages)
     if len(examples) < 2:
         raise EmptyDataset(f"{len(examples)} usable rows in {[str(p) for p in paths]} (need 2: one to train, one "
                            f"to evaluate); rejected: {dict(collector.rejected)}")
     train, heldout = split_heldout(examples, settings.heldout_fraction)
+    reordered = sum(1 for e in train if e.reordered is not None)
+    train = [e.for_training() for e in train]
     replay: list[Example] = []
     for ratio, path in ((settings.replay_ratio, settings.replay_file or DEFAULT_REPLAY_FILE),
                         (settings.general_replay_ratio, settings.general_replay_file or DEFAULT_GENERAL_REPLAY_FILE)):
@@ -304,7 +333,8 @@ def build_dataset(paths: Sequence[Path], tokenizer: Any, settings: TrainerSettin
             pool, _, _ = load_examples([path], tokenizer, settings, "replay")
             replay += pick_replay(pool, wanted, settings.seed)
     dataset = BuiltDataset(train=train + replay, heldout=heldout, rows_read=rows, replay_rows=len(replay),
-                           duplicates=duplicates, rejected=collector.rejected, reject_samples=collector.samples)
+                           reordered_rows=reordered, duplicates=duplicates, rejected=collector.rejected,
+                           reject_samples=collector.samples)
     if collector.rejected:
         logger.warning("dataset: rejected %d rows %s; e.g. %s", sum(collector.rejected.values()),
                        dict(collector.rejected), collector.samples[:3])

@@ -85,6 +85,9 @@ class TrainerSettings(CommonSettings):
     general_replay_ratio: float = Field(default=1.0, ge=0.0, le=10.0,
                                         validation_alias="AION_TRAIN_GENERAL_REPLAY_RATIO")
     general_replay_file: Path | None = Field(default=None, validation_alias="AION_TRAIN_GENERAL_REPLAY_FILE")
+    # Train each grounded row with its passages in a seeded random order and its citations renumbered:
+    # retrieval ranks the answer's passage first, so rows as logged teach "cite [1]" (trainer/passage_order.py).
+    shuffle_passages: bool = Field(default=True, validation_alias="AION_TRAIN_SHUFFLE_PASSAGES")
 
     # Gate: the candidate's regression accuracy may fall at most this much below the current model's
     # and the base's (the base too, so small drops cannot pile up over many promotions).
