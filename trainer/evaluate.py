@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from services.gateway.services.citations import check_citations
 from services.gateway.services.not_found import is_not_found
 from services.gateway.services.support import Evidence, measure_support
 from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
@@ -50,7 +51,7 @@ CANDIDATE, CURRENT = "candidate", "current"
 # The base's and the active adapter's regression scores only change when they do: keep them per
 # (base, adapter, questions) so a worker running job after job scores each once.
 _reference_scores: dict[tuple[Any, ...], Any] = {}
-_CITATION = re.compile(r"\[(\d+)\]")
+_CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")  # [2] or [1, 3]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,13 @@ class RagItem:
     def messages(self, personas: Mapping[str, str]) -> list[dict[str, str]]:
         return rag_messages(self.question, [{"source": s, "text": t} for s, t in self.passages], personas)
 
+    def served(self, reply: str, support_threshold: float) -> str:
+        """The reply as the answer path serves it: its citation marks checked against the passages."""
+        return check_citations(reply, self.evidence(), self.question, support_threshold)
+
+    def evidence(self) -> list[Evidence]:
+        return [Evidence(n, text) for n, (_, text) in enumerate(self.passages, start=1)]
+
     def judge(self, reply: str, support_threshold: float) -> dict[str, bool]:
         """answer: an expected answer is in the reply; cited: exactly the right passage is cited;
         wrong_citation: a passage that does not hold the answer is cited (a user following it finds
@@ -94,9 +102,8 @@ class RagItem:
         (an unsupported local reply is replaced there); not_found: the reply says the documents do not hold it."""
         if self.cite is None:
             return {"not_found": is_not_found(reply)}
-        cited = {int(n) for n in _CITATION.findall(reply)}
-        evidence = [Evidence(n, text) for n, (_, text) in enumerate(self.passages, start=1)]
-        supported = measure_support(reply, evidence, self.question).score >= support_threshold
+        cited = {int(n) for mark in _CITATION.findall(reply) for n in mark.split(",")}
+        supported = measure_support(reply, self.evidence(), self.question).score >= support_threshold
         return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite},
                 "wrong_citation": bool(cited - {self.cite}), "supported": supported}
 
@@ -271,6 +278,13 @@ def rag_score(model: Any, tokenizer: Any, items: Sequence[RagItem], settings: Tr
     replies = reply_greedily(model, tokenizer, [i.messages(settings.rag_personas()) for i in items],
                              settings.regression_max_new_tokens, _eval_batch(settings),
                              autocast_dtype(settings.autocast, _device(model)))
+    return judge_replies(items, replies, settings)
+
+
+def judge_replies(items: Sequence[RagItem], replies: Sequence[str], settings: TrainerSettings) -> RagScore:
+    """The RAG set's replies judged per item, as served (citation marks checked when the gateway does)."""
+    if settings.check_citations:  # judged as users get them
+        replies = [item.served(reply, settings.support_threshold) for item, reply in zip(items, replies, strict=True)]
     judged = [(item, item.judge(reply, settings.support_threshold), reply.strip())
               for item, reply in zip(items, replies, strict=True)]
     answerable = [v for i, v, _ in judged if i.cite is not None]

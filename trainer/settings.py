@@ -112,6 +112,8 @@ class TrainerSettings(CommonSettings):
     # The gateway's own setting: a RAG-set reply counts as supported when the answer path would serve it
     # (support at or above this), so the gate's "supported rate" is the share users would get unreplaced.
     support_threshold: float = Field(default=0.6, ge=0.0, le=1.0, validation_alias="AION_SUPPORT_THRESHOLD")
+    # The gateway's own setting too: RAG-set replies are judged with their citation marks checked, as served.
+    check_citations: bool = Field(default=True, validation_alias="AION_CHECK_CITATIONS")
     # Room for the base's own wordy answers ("To add 2 and 3, you simply ... = 5"): 24 cut correct ones off.
     regression_max_new_tokens: int = Field(default=48, ge=1, le=512,
                                            validation_alias="AION_TRAIN_REGRESSION_MAX_NEW_TOKENS")

@@ -106,6 +106,7 @@ def build_chat(settings: GatewaySettings, sessions: async_sessionmaker[AsyncSess
         prices=settings.fallback_prices, unknown_price=settings.fallback_unknown_price,
         max_passages=settings.prompt_max_passages, passage_tokens=settings.prompt_passage_tokens,
         context_window=settings.local_context_tokens or None, support_threshold=settings.support_threshold,
+        check_citations=settings.check_citations,
         low_confidence_local=settings.low_confidence_answer == "local", log_max_chars=settings.answer_log_max_chars)
     conversations = ConversationStore(sessions)
     cache = build_cache(settings, sessions, inference, policy)

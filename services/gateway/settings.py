@@ -95,6 +95,10 @@ class GatewaySettings(DatabaseSettings, ExportPolicySettings):
     # A local answer whose passages back less than this share of it (services/support.py) is re-answered
     # by the fallback when allowed, else replaced by the passages' own sentences, quoted. 0: never.
     support_threshold: float = Field(default=0.6, ge=0.0, le=1.0, validation_alias="AION_SUPPORT_THRESHOLD")
+    # Each citation mark is checked against the sentence it ends as the answer streams (at the support
+    # threshold): a passage that does not back it is replaced by one that does; a number naming no
+    # passage the model was given is dropped (services/citations.py).
+    check_citations: bool = Field(default=True, validation_alias="AION_CHECK_CITATIONS")
     # Below τ with no fallback: "not_found" says the documents do not seem to cover it (quoting the
     # closest passages); "local" lets the local model try anyway (its answer is still support-checked).
     low_confidence_answer: Literal["not_found", "local"] = Field(default="not_found",

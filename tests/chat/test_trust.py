@@ -5,12 +5,16 @@ contradicted or a paid call counted."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import psycopg
 import pytest
 
+from services.gateway.services.citations import check_citations
+from services.gateway.services.support import Evidence
 from tests.chat.conftest import answer_events, ledger_rows, sse
-from tests.fixtures.openai_standin import CONTRADICTION, REPLY
+from tests.fixtures.openai_standin import CONTRADICTION, MISCITED, REPLY
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +76,23 @@ def test_an_unsupported_answer_is_re_answered_by_the_fallback_within_the_budget(
     assert budget["spent_usd"] == pytest.approx(rows[0]["cost"]) and budget["spent_usd"] <= 1.0
 
 
+def test_a_citation_of_the_wrong_passage_is_renumbered_as_it_streams(chat_gateway, clean_db, standin) -> None:
+    """The stand-in states the first passage's fact and cites [3]: the client and the record get [1]."""
+    env = {"AION_LOCAL_CHAT_URL": standin.url, "AION_LOCAL_MODEL": "miscite", "OPENAI_API_KEY": None,
+           "AION_FALLBACK_BASE_URL": None, "AION_SUPPORT_THRESHOLD": 0.6}
+    with chat_gateway(**env) as url:
+        events = sse(url, "/api/ai/chat/stream", params={"q": CHAIN})
+    sources = next(d for n, d in events if n == "sources")["sources"]
+    assert CHAIN_SENTENCE in sources[0]["text"] and CHAIN_SENTENCE not in sources[2]["text"]
+    served = MISCITED.replace("[3]", "[1]")
+    assert "".join(d["text"] for n, d in events if n == "token") == served
+    assert not any(n == "warn" for n, _ in events)  # nothing retracted: only the mark waited for its "]"
+    done = events[-1][1]
+    assert done["used"] == "local" and done["answer"] == "generated"
+    logged = answer_events(clean_db, done["request_id"])
+    assert logged[0]["reply"] == served and logged[0]["citations_corrected"] == 1
+
+
 def test_the_prompt_speaks_the_question_s_language(chat_gateway, clean_db, standin) -> None:
     with chat_gateway(AION_LOCAL_CHAT_URL=standin.url, AION_LOCAL_MODEL="ok", AION_TAU_CONFIDENCE=0.3) as url:
         english = ask(url, message=CHAIN, store=False)
@@ -96,6 +117,10 @@ def test_the_real_model_answers_an_english_question_in_english_without_echoing(c
     assert out["used"] == ("local" if out["answer"] == "generated" else "documents")
     for instruction in ("Use APENAS", "CONTEXTO", "Pergunta:", "Instruções", "using only the documents below"):
         assert instruction not in out["text"]
+    # Whatever the model cited, every mark served names a passage it was given and passes the check again.
+    evidence = [Evidence(s["n"], s["text"]) for s in out["sources"]]
+    assert {int(n) for n in re.findall(r"\[(\d+)\]", out["text"])} <= {s["n"] for s in out["sources"]}
+    assert check_citations(out["text"], evidence, CHAIN, 0.6) == out["text"]
     if out["answer"] == "quoted":  # the model's words were not backed: the passage's own sentence replaced them
         assert CHAIN_SENTENCE in out["text"] and out["support"] < 0.6
 

@@ -11,7 +11,7 @@ from services.gateway.services.language import choose_language
 from tests.trainer.conftest import trainer_settings
 from trainer.build_general_replay import near_regression
 from trainer.data_builder import DEFAULT_GENERAL_REPLAY_FILE
-from trainer.evaluate import Figures, decide, load_rag_regression_set, load_regression_set
+from trainer.evaluate import Figures, decide, judge_replies, load_rag_regression_set, load_regression_set
 
 
 @pytest.fixture
@@ -114,6 +114,8 @@ def test_every_rag_set_item_has_a_right_and_a_wrong_reply_by_the_gates_own_judge
         assert verdict == {"answer": True, "cited": True, "wrong_citation": False,
                            "supported": verdict["supported"] if not english else True}, item
         assert not wrong["answer"] and not wrong["cited"] and wrong["wrong_citation"], item
+        # Both cite the passage that backs what they say: the answer path serves them as written.
+        assert item.served(item.reply, 0.6) == item.reply and item.served(item.wrong_reply, 0.6) == item.wrong_reply
 
 
 def test_no_general_replay_row_repeats_a_regression_question() -> None:
@@ -140,3 +142,16 @@ def test_a_rag_reply_counts_as_supported_only_when_its_passages_back_it() -> Non
     assert other == {"answer": False, "cited": False, "wrong_citation": True, "supported": True}
     uncited = item.judge("The Harbin Point lighthouse is 31 metres tall.", 0.6)
     assert not uncited["cited"] and not uncited["wrong_citation"]
+
+
+def test_the_gate_judges_citations_as_the_answer_path_serves_them(tmp_path: Path) -> None:
+    """The answer path renumbers a mark to the passage that backs its sentence (services/citations.py), so a
+    right answer cited by position is a right citation for users; a wrong answer stays wrong."""
+    items = [i for i in load_rag_regression_set() if i.question in (
+        "How tall is the Harbin lighthouse?", "How many steps lead to the gallery of the Harbin lighthouse?")]
+    replies = ["The Harbin Point lighthouse is 31 metres tall [2].", "The lighthouse is 31 metres tall [1]."]
+    served = judge_replies(items, replies, trainer_settings(tmp_path))
+    assert (served.citation_rate, served.wrong_citation_rate, served.answer_rate) == (0.5, 0.5, 0.5)
+    assert [f["reply"] for f in served.failures] == ["The lighthouse is 31 metres tall [1]."]
+    as_written = judge_replies(items, replies, trainer_settings(tmp_path, AION_CHECK_CITATIONS=False))
+    assert (as_written.citation_rate, as_written.wrong_citation_rate) == (0.0, 1.0)

@@ -25,6 +25,7 @@ from shared.errors import AionError
 from ..clients.chat import ChatClient, ChatUnavailable, ContextOverflow, merge_tool_calls
 from .answer_record import model_input
 from .budget import BudgetGuard, Denial, Reservation
+from .citations import CitationCheck
 from .context_fit import ChatTokens, PromptBudget, PromptTooLong, fit_history, fit_passages
 from .conversations import ConversationRef, ConversationStore
 from .language import Language, choose_language
@@ -97,6 +98,7 @@ class AnswerPolicy:
     passage_tokens: int = 600
     context_window: int | None = None  # None: what the model server says
     support_threshold: float = 0.6
+    check_citations: bool = True
     low_confidence_local: bool = False  # below τ with no fallback, let the local model try anyway
     log_max_chars: int = 64_000  # AION_ANSWER_LOG_MAX_CHARS: the messages an answer event may hold
 
@@ -132,6 +134,7 @@ class _Outcome:
     messages: list[dict[str, str]] = field(default_factory=list)  # exactly what the answering model got
     cache: dict[str, Any] | None = None  # set when the answer came from the response cache
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    citations_corrected: int = 0  # citation marks renumbered or dropped (services/citations.py)
 
 
 def source_item(n: int, passage: Passage) -> dict[str, Any]:
@@ -464,6 +467,12 @@ class AnswerService:
     def _evidence(out: _Outcome) -> list[Evidence]:
         return [Evidence(p.n, p.text) for p in out.passages]
 
+    def _citation_check(self, req: AnswerRequest, out: _Outcome) -> CitationCheck | None:
+        """Checks the answer's citation marks as it streams; none for structured output or without passages."""
+        if not (self.policy.check_citations and out.passages) or req.output:
+            return None
+        return CitationCheck(self._evidence(out), req.question, self.policy.support_threshold)
+
     async def _reserve(self, req: AnswerRequest, messages: list[dict[str, str]]) -> Reservation | Denial:
         if self.fallback is None:
             return Denial("fallback_disabled", "no fallback is configured (set OPENAI_API_KEY or "
@@ -480,6 +489,7 @@ class AnswerService:
     async def _stream_local(self, req: AnswerRequest, messages: list[dict[str, str]], out: _Outcome,
                             started: float) -> AsyncIterator[AnswerEvent]:
         out.used, out.model, out.messages, out.finish_reason = "local", self.local.model, messages, None
+        citations = self._citation_check(req, out)
         async for delta in self.local.stream(messages, max_tokens=self.policy.local_max_tokens,
                                              temperature=self.policy.local_temperature,
                                              frequency_penalty=self.policy.local_frequency_penalty or None,
@@ -489,13 +499,18 @@ class AnswerService:
             if delta.tool_calls:
                 merge_tool_calls(out.tool_calls, delta.tool_calls)
                 yield AnswerEvent("tool_call", {"tool_calls": delta.tool_calls})
-            if delta.text:
-                out.parts.append(delta.text)
+            text = citations.feed(delta.text) if citations and delta.text else delta.text
+            if text:
+                out.parts.append(text)
                 out.first_token_ms = out.first_token_ms or int((time.perf_counter() - started) * 1000)
-                yield AnswerEvent("token", {"text": delta.text})
+                yield AnswerEvent("token", {"text": text})
             if delta.prompt_tokens is not None:
                 out.prompt_tokens, out.completion_tokens = delta.prompt_tokens, delta.completion_tokens or 0
             out.finish_reason = delta.finish_reason or out.finish_reason
+        if citations and (tail := citations.flush()):
+            out.parts.append(tail)
+            yield AnswerEvent("token", {"text": tail})
+        out.citations_corrected += citations.corrected if citations else 0
         out.complete = True
 
     async def _stream_fallback(self, req: AnswerRequest, reservation: Reservation, messages: list[dict[str, str]],
@@ -503,7 +518,8 @@ class AnswerService:
         """Stream from the paid model; settle the reservation whatever happens."""
         assert self.fallback is not None
         out.used, out.model, out.messages, out.finish_reason = "fallback", reservation.model, messages, None
-        parts: list[str] = []
+        citations = self._citation_check(req, out)
+        parts: list[str] = []  # as the provider sent them: what an estimate of its usage counts
         usage: tuple[int, int] | None = None
         failed: str | None = None
         try:
@@ -515,12 +531,18 @@ class AnswerService:
                     yield AnswerEvent("tool_call", {"tool_calls": delta.tool_calls})
                 if delta.text:
                     parts.append(delta.text)
-                    out.parts.append(delta.text)
+                text = citations.feed(delta.text) if citations and delta.text else delta.text
+                if text:
+                    out.parts.append(text)
                     out.first_token_ms = out.first_token_ms or int((time.perf_counter() - started) * 1000)
-                    yield AnswerEvent("token", {"text": delta.text})
+                    yield AnswerEvent("token", {"text": text})
                 if delta.prompt_tokens is not None:
                     usage = (delta.prompt_tokens, delta.completion_tokens or 0)
                 out.finish_reason = delta.finish_reason or out.finish_reason
+            if citations and (tail := citations.flush()):
+                out.parts.append(tail)
+                yield AnswerEvent("token", {"text": tail})
+            out.citations_corrected += citations.corrected if citations else 0
             out.complete = True
         except ChatUnavailable as exc:
             failed = str(exc)
@@ -569,6 +591,7 @@ class AnswerService:
             **model_input(out.messages, self.policy.log_max_chars),
             "chunk_ids": [s["chunk"] for s in out.sources],
             "fallback": out.used == "fallback", "finish_reason": out.finish_reason,
+            "citations_corrected": out.citations_corrected,
             "correlation_id": req.correlation_id, "model_choice": req.model,
             **self._cache_fields(out),
         }

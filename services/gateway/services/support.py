@@ -127,36 +127,69 @@ def _passage_units(evidence: Sequence[Evidence]) -> list[tuple[int, set[str]]]:
     return units
 
 
-def measure_support(answer: str, evidence: Sequence[Evidence], question: str = "") -> Support:
-    """The share of the answer that its passages back, sentence by sentence (0 for an empty answer).
+@dataclass(frozen=True)
+class SentenceBacking:
+    """How far each passage backs one sentence."""
+
+    claim_weight: int  # weight of what the sentence adds to the question; 0: it only restates it
+    said_weight: int  # weight of all its terms
+    by_passage: dict[int, float]  # passage number -> share of the claim its best sentence (pair) holds
+
+    def best(self) -> tuple[int | None, float]:
+        """The passage that backs it most (the earlier one on a tie) and its share; (None, 0.0) when none."""
+        best_n, best_score = None, 0.0
+        for n, score in self.by_passage.items():
+            if score > best_score:
+                best_n, best_score = n, score
+        return best_n, best_score
+
+
+class Backing:
+    """Scores sentences against one answer's passages (built once per answer).
 
     Only what a sentence adds to the question counts as a claim: restating the question backs nothing.
     And a passage backs a sentence only if it speaks of what was asked: when the sentence names the
     question's subject, the backing sentence must name its rarest word too ("the warranty is 18,500
     euros" is not backed by "a Pomelo costs 18,500 euros").
     """
-    units = _passage_units(evidence)
-    asked = set(terms(question))
-    frequency = {t: sum(t in unit for _, unit in units) for t in asked}
-    scored: list[SentenceSupport] = []
-    for sentence in split_sentences(answer, clauses=True):
+
+    def __init__(self, evidence: Sequence[Evidence], question: str = "") -> None:
+        self._units = _passage_units(evidence)
+        self._asked = set(terms(question))
+        self._frequency = {t: sum(t in unit for _, unit in self._units) for t in self._asked}
+
+    def sentence(self, sentence: str) -> SentenceBacking | None:
+        """None when the sentence asserts nothing a passage could back ("Yes.", a list number)."""
         said = terms(sentence)
         if not said:
-            continue  # "Yes." or a list number asserts nothing a passage could back
-        weight = sum(w for t, w in said.items() if t not in asked)
+            return None
+        weight = sum(w for t, w in said.items() if t not in self._asked)
         if weight == 0:
-            scored.append(SentenceSupport(sentence, 0.0, sum(said.values()), None))
-            continue
-        subject = [t for t in said if t in asked and frequency[t]]
-        anchor = min(subject, key=lambda t: frequency[t]) if subject else None
-        best_score, best_n = 0.0, None
-        for n, unit in units:
+            return SentenceBacking(0, sum(said.values()), {})
+        subject = [t for t in said if t in self._asked and self._frequency[t]]
+        anchor = min(subject, key=lambda t: self._frequency[t]) if subject else None
+        by_passage: dict[int, float] = {}
+        for n, unit in self._units:
             if anchor and anchor not in unit:
                 continue
-            score = sum(w for t, w in said.items() if t not in asked and t in unit) / weight
-            if score > best_score:
-                best_score, best_n = score, n
-        scored.append(SentenceSupport(sentence, best_score, weight, best_n))
+            score = sum(w for t, w in said.items() if t not in self._asked and t in unit) / weight
+            by_passage[n] = max(score, by_passage.get(n, 0.0))
+        return SentenceBacking(weight, sum(said.values()), by_passage)
+
+
+def measure_support(answer: str, evidence: Sequence[Evidence], question: str = "") -> Support:
+    """The share of the answer that its passages back, sentence by sentence (0 for an empty answer)."""
+    backing = Backing(evidence, question)
+    scored: list[SentenceSupport] = []
+    for sentence in split_sentences(answer, clauses=True):
+        found = backing.sentence(sentence)
+        if found is None:
+            continue
+        if found.claim_weight == 0:
+            scored.append(SentenceSupport(sentence, 0.0, found.said_weight, None))
+            continue
+        best_n, best_score = found.best()
+        scored.append(SentenceSupport(sentence, best_score, found.claim_weight, best_n))
     total = sum(s.weight for s in scored)
     score = sum(s.score * s.weight for s in scored) / total if total else 0.0
     return Support(round(score, 4), tuple(scored))
