@@ -5,7 +5,8 @@ the base, all on what users get:
 - loss on the held-out grounded rows (the exact RAG prompts, answer tokens only): did it learn the
   owner's answers?
 - a fixed RAG regression set, answered greedily in the gateway's RAG prompt: is the answer in the
-  reply, the right passage cited and no other, and the reply backed by its passages, and does it say
+  reply, the right passage cited, no mark naming a passage that says nothing of its sentence (replies
+  judged as served, marks checked), and the reply backed by its passages, and does it say
   "not found" when the context lacks the answer? (Held-out loss on rows like the training rows cannot
   see an adapter that learned to answer without reading the context.)
 - the grounding gap on that set: how much less likely the model finds a wrong reply (a fact from
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from services.gateway.services.citations import check_citations
+from services.gateway.services.citations import CitationCheck, check_citations
 from services.gateway.services.not_found import is_not_found
 from services.gateway.services.support import Evidence, measure_support
 from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
@@ -96,16 +97,19 @@ class RagItem:
 
     def judge(self, reply: str, support_threshold: float) -> dict[str, bool]:
         """answer: an expected answer is in the reply; cited: exactly the right passage is cited;
-        wrong_citation: a passage that does not hold the answer is cited (a user following it finds
-        nothing; citing nothing at all is not wrong, only uncited);
+        wrong_citation: a mark names a passage that backs nothing of the sentence it ends, or no passage
+        given (a user following it finds nothing of it; citing nothing is not wrong, only uncited, and a
+        wrong answer citing the passage it came from is judged by the answer rate);
         supported: the passages back the reply as the gateway's answer path requires before serving it
         (an unsupported local reply is replaced there); not_found: the reply says the documents do not hold it."""
         if self.cite is None:
             return {"not_found": is_not_found(reply)}
         cited = {int(n) for mark in _CITATION.findall(reply) for n in mark.split(",")}
         supported = measure_support(reply, self.evidence(), self.question).score >= support_threshold
+        marks = CitationCheck(self.evidence(), self.question, support_threshold)
+        marks.feed(reply)
         return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite},
-                "wrong_citation": bool(cited - {self.cite}), "supported": supported}
+                "wrong_citation": marks.misattributed > 0, "supported": supported}
 
 
 @dataclass

@@ -61,3 +61,18 @@ def test_portuguese_answers_are_checked_too() -> None:
     passages = [Evidence(1, "O robô Pomelo conta maçãs."), Evidence(2, "Um robô Pomelo custa 18.500 euros.")]
     assert check_citations("Custa 18.500 euros [1].", passages, "Quanto custa o robô Pomelo?", 0.6) \
         == "Custa 18.500 euros [2]."
+
+
+@pytest.mark.parametrize(("answer", "misattributed"), [
+    ("It costs 18,500 euros [2].", 0),
+    ("It costs 18,500 euros [1].", 1),  # passage 1 names the Pomelo, but that is the question, not the claim
+    ("A Pomelo robot costs 18,500 euros, counting apples [1].", 0),  # passage 1 backs part of it
+    ("Its battery lasts nine hours [3].", 1),  # passage 3 says nothing of batteries or hours
+    ("It costs 18,500 euros [7].", 1),  # no passage 7
+    ("Pomelo robot [3]", 0),  # claims nothing
+])
+def test_misattributed_counts_marks_whose_passage_shares_nothing_with_their_sentence(answer: str,
+                                                                                   misattributed: int) -> None:
+    check = CitationCheck(PASSAGES, QUESTION, 0.6)
+    check.feed(answer)
+    assert check.misattributed == misattributed

@@ -113,7 +113,8 @@ def test_every_rag_set_item_has_a_right_and_a_wrong_reply_by_the_gates_own_judge
         english = choose_language(item.question) == "en"
         assert verdict == {"answer": True, "cited": True, "wrong_citation": False,
                            "supported": verdict["supported"] if not english else True}, item
-        assert not wrong["answer"] and not wrong["cited"] and wrong["wrong_citation"], item
+        # Most cite the passage their fact came from (the answer rate judges those, not the citation).
+        assert not wrong["answer"] and not wrong["cited"], item
         # Both cite the passage that backs what they say: the answer path serves them as written.
         assert item.served(item.reply, 0.6) == item.reply and item.served(item.wrong_reply, 0.6) == item.wrong_reply
 
@@ -139,7 +140,10 @@ def test_a_rag_reply_counts_as_supported_only_when_its_passages_back_it() -> Non
     assert invented["answer"] and invented["cited"] and not invented["supported"]
     # Support says the context holds it, not that it answers: the answer rate judges that.
     other = item.judge("The north trail reaches the cliffs after four kilometres [3].", 0.6)
-    assert other == {"answer": False, "cited": False, "wrong_citation": True, "supported": True}
+    assert other == {"answer": False, "cited": False, "wrong_citation": False, "supported": True}
+    # Cited to a passage that says nothing of it (the tickets), or to one the model was not given.
+    assert item.judge("The Harbin Point lighthouse is 31 metres tall [2].", 0.6)["wrong_citation"]
+    assert item.judge("The Harbin Point lighthouse is 31 metres tall [1] [5].", 0.6)["wrong_citation"]
     uncited = item.judge("The Harbin Point lighthouse is 31 metres tall.", 0.6)
     assert not uncited["cited"] and not uncited["wrong_citation"]
 
@@ -149,9 +153,10 @@ def test_the_gate_judges_citations_as_the_answer_path_serves_them(tmp_path: Path
     right answer cited by position is a right citation for users; a wrong answer stays wrong."""
     items = [i for i in load_rag_regression_set() if i.question in (
         "How tall is the Harbin lighthouse?", "How many steps lead to the gallery of the Harbin lighthouse?")]
-    replies = ["The Harbin Point lighthouse is 31 metres tall [2].", "The lighthouse is 31 metres tall [1]."]
+    replies = ["The Harbin Point lighthouse is 31 metres tall [2].", "The gallery has 142 steps [3]."]
     served = judge_replies(items, replies, trainer_settings(tmp_path))
-    assert (served.citation_rate, served.wrong_citation_rate, served.answer_rate) == (0.5, 0.5, 0.5)
-    assert [f["reply"] for f in served.failures] == ["The lighthouse is 31 metres tall [1]."]
+    assert (served.citation_rate, served.wrong_citation_rate, served.answer_rate) == (1.0, 0.0, 1.0)
+    assert served.failures == []
     as_written = judge_replies(items, replies, trainer_settings(tmp_path, AION_CHECK_CITATIONS=False))
     assert (as_written.citation_rate, as_written.wrong_citation_rate) == (0.0, 1.0)
+    assert [f["reply"] for f in as_written.failures] == replies

@@ -7,6 +7,9 @@ when none does but another passage does, the mark names that passage; a number t
 the model was given is dropped. A mark after words that claim nothing beyond the question, or that
 no passage backs, stays as written: the whole answer's support check judges those.
 
+`misattributed` counts marks, as written, whose passage shares no claimed word or number with their
+sentence: what a user following one would find nothing of (the gate's wrong-citation rate).
+
 Only a mark is held back while it streams (a few characters), so tokens still reach the client as
 they come.
 """
@@ -34,6 +37,8 @@ class CitationCheck:
         self._said = ""  # the text let through so far: a mark is judged against its last sentence
         self._held = ""
         self.corrected = 0  # marks renumbered or dropped
+        # Marks, as written, naming a passage that shares nothing with the claim they end, or no passage given.
+        self.misattributed = 0
 
     def feed(self, text: str) -> str:
         self._held += text
@@ -71,7 +76,11 @@ class CitationCheck:
         found = self._backing.sentence(sentences[-1]) if sentences else None
         given = [n for n in cited if n in self._numbers]
         if found is None or found.claim_weight == 0:
+            self.misattributed += len(given) < len(cited)
             return self._written(mark, cited, given)
+        # Shares nothing at all: the subject rule is left out here, since a passage often names its subject
+        # only in its title, which the model is not shown.
+        self.misattributed += any(n not in found.touched for n in cited)
         backers = [n for n in given if found.by_passage.get(n, 0.0) >= self._threshold]
         if backers:
             return self._written(mark, cited, backers)

@@ -134,6 +134,7 @@ class SentenceBacking:
     claim_weight: int  # weight of what the sentence adds to the question; 0: it only restates it
     said_weight: int  # weight of all its terms
     by_passage: dict[int, float]  # passage number -> share of the claim its best sentence (pair) holds
+    touched: frozenset[int] = frozenset()  # passages sharing any claimed term with it, subject or not
 
     def best(self) -> tuple[int | None, float]:
         """The passage that backs it most (the earlier one on a tie) and its share; (None, 0.0) when none."""
@@ -169,12 +170,15 @@ class Backing:
         subject = [t for t in said if t in self._asked and self._frequency[t]]
         anchor = min(subject, key=lambda t: self._frequency[t]) if subject else None
         by_passage: dict[int, float] = {}
+        touched: set[int] = set()
         for n, unit in self._units:
+            score = sum(w for t, w in said.items() if t not in self._asked and t in unit) / weight
+            if score:
+                touched.add(n)
             if anchor and anchor not in unit:
                 continue
-            score = sum(w for t, w in said.items() if t not in self._asked and t in unit) / weight
             by_passage[n] = max(score, by_passage.get(n, 0.0))
-        return SentenceBacking(weight, sum(said.values()), by_passage)
+        return SentenceBacking(weight, sum(said.values()), by_passage, frozenset(touched))
 
 
 def measure_support(answer: str, evidence: Sequence[Evidence], question: str = "") -> Support:
