@@ -295,7 +295,7 @@ def test_training_status_is_live_with_a_loss_curve(page, site, database_url) -> 
     assert cells[0] == ["RAG set (16 items): answer score", "30.0%", "30.0%", "55.0%"]
     assert ["RAG: reply backed by its passages", "60.0%", "60.0%", "80.0%"] in cells
     assert ["General questions (26)", "100.0%", "100.0%", "96.2%"] in cells
-    assert ["RAG: a wrong passage cited (lower is better)", "0.0%", "0.0%", "5.0%"] in cells
+    assert ["RAG: a cited passage says nothing of its sentence (lower is better)", "0.0%", "0.0%", "5.0%"] in cells
     assert ["Grounding gap: wrong reply's loss − right reply's (49)", "0.512", "0.512", "0.613"] in cells
     assert ["Held-out loss (3 rows)", "—", "1.500", "1.234"] in cells
     assert "RAG answer score held" in gate.inner_text()

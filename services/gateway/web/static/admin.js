@@ -316,7 +316,7 @@ function renderGate(job) {
   const rows = [
     ...(r.rag ? [rag("answer_score", `RAG set (${r.rag.candidate.items} items): answer score`),
       rag("answer_rate", "RAG: answer in the reply"), rag("citation_rate", "RAG: right passage cited"),
-      rag("wrong_citation_rate", "RAG: a cited passage backs nothing of its sentence (lower is better)"),
+      rag("wrong_citation_rate", "RAG: a cited passage says nothing of its sentence (lower is better)"),
       rag("supported_rate", "RAG: reply backed by its passages"),
       rag("not_found_rate", "RAG: “not found” when the context lacks it")] : []),
     ...(r.general ? [[`General questions (${r.general.questions})`, pct(r.general.base), pct(r.general.current),
