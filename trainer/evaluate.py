@@ -93,7 +93,7 @@ class RagItem:
         return check_citations(reply, self.evidence(), self.question, support_threshold)
 
     def evidence(self) -> list[Evidence]:
-        return [Evidence(n, text) for n, (_, text) in enumerate(self.passages, start=1)]
+        return [Evidence(n, text, source) for n, (source, text) in enumerate(self.passages, start=1)]
 
     def judge(self, reply: str, support_threshold: float) -> dict[str, bool]:
         """answer: an expected answer is in the reply; cited: exactly the right passage is cited;

@@ -465,7 +465,7 @@ class AnswerService:
 
     @staticmethod
     def _evidence(out: _Outcome) -> list[Evidence]:
-        return [Evidence(p.n, p.text) for p in out.passages]
+        return [Evidence(p.n, p.text, p.source) for p in out.passages]
 
     def _citation_check(self, req: AnswerRequest, out: _Outcome) -> CitationCheck | None:
         """Checks the answer's citation marks as it streams; none for structured output or without passages."""

@@ -65,6 +65,9 @@ class Evidence:
 
     n: int
     text: str
+    # Its document's title and heading: a passage often names its subject only there ("Lumo reservoir —
+    # Dam": "Its concrete dam was finished in 1962"), so it counts as speaking of what the title names.
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,14 +153,18 @@ class Backing:
 
     Only what a sentence adds to the question counts as a claim: restating the question backs nothing.
     And a passage backs a sentence only if it speaks of what was asked: when the sentence names the
-    question's subject, the backing sentence must name its rarest word too ("the warranty is 18,500
-    euros" is not backed by "a Pomelo costs 18,500 euros").
+    question's subject, the backing sentence (or its passage's title) must name its rarest word too
+    ("the warranty is 18,500 euros" is not backed by "a Pomelo costs 18,500 euros").
     """
 
     def __init__(self, evidence: Sequence[Evidence], question: str = "") -> None:
         self._units = _passage_units(evidence)
+        self._titles = {e.n: set(terms(e.title)) for e in evidence}
         self._asked = set(terms(question))
-        self._frequency = {t: sum(t in unit for _, unit in self._units) for t in self._asked}
+        self._frequency = {t: sum(self._names(t, n, unit) for n, unit in self._units) for t in self._asked}
+
+    def _names(self, term: str, n: int, unit: set[str]) -> bool:
+        return term in unit or term in self._titles.get(n, ())
 
     def sentence(self, sentence: str) -> SentenceBacking | None:
         """None when the sentence asserts nothing a passage could back ("Yes.", a list number)."""
@@ -175,7 +182,7 @@ class Backing:
             score = sum(w for t, w in said.items() if t not in self._asked and t in unit) / weight
             if score:
                 touched.add(n)
-            if anchor and anchor not in unit:
+            if anchor and not self._names(anchor, n, unit):
                 continue
             by_passage[n] = max(score, by_passage.get(n, 0.0))
         return SentenceBacking(weight, sum(said.values()), by_passage, frozenset(touched))
