@@ -78,7 +78,7 @@ def test_misattributed_counts_marks_whose_passage_shares_nothing_with_their_sent
     assert check.misattributed == misattributed
 
 
-def test_a_passage_that_names_its_subject_only_in_its_title_backs_and_is_cited() -> None:
+def test_a_passage_that_names_its_subject_only_in_its_title_is_the_one_cited() -> None:
     """The model is shown the passage's text; its document's title says what "its dam" is."""
     passages = [Evidence(1, "The blue line runs from the coast to the mountains in three hours.", "Regional trains"),
                 Evidence(2, "Its concrete dam is 54 metres high and was finished in 1962.", "Lumo reservoir — Dam"),
@@ -86,7 +86,7 @@ def test_a_passage_that_names_its_subject_only_in_its_title_backs_and_is_cited()
     question = "When was the Lumo dam finished?"
     answer = "The Lumo dam was finished in 1962 [3]."
     assert check_citations(answer, passages, question, 0.6) == "The Lumo dam was finished in 1962 [2]."
-    assert measure_support(answer, passages, question).score == 1.0
     untitled = [Evidence(p.n, p.text) for p in passages]  # "Lumo" is only in passage 3's text
     assert check_citations(answer, untitled, question, 0.6) == answer
-    assert measure_support(answer, untitled, question).score == 0.0
+    # Whether it is backed enough to serve stays the strict measure's call: titles do not count there.
+    assert measure_support(answer, passages, question).score == measure_support(answer, untitled, question).score == 0

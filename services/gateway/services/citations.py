@@ -2,7 +2,8 @@
 
 A small model cites by position more than by content: retrieval ranks the answer's passage first, so
 "[1]" is its habit whatever it read. Each mark is judged when it closes, against the sentence it ends
-(support.py's measure at the answer path's threshold): numbers whose passage backs that sentence stay;
+(support.py's measure at the answer path's threshold, a passage's title naming the subject for it):
+numbers whose passage backs that sentence stay;
 when none does but another passage does, the mark names that passage; a number that names no passage
 the model was given is dropped. A mark after words that claim nothing beyond the question, or that
 no passage backs, stays as written: the whole answer's support check judges those.
@@ -31,7 +32,7 @@ class CitationCheck:
     """Feed it an answer's text as it streams; it returns what may be sent now, marks corrected."""
 
     def __init__(self, evidence: Sequence[Evidence], question: str, threshold: float) -> None:
-        self._backing = Backing(evidence, question)
+        self._backing = Backing(evidence, question, titles=True)  # which passage a sentence comes from
         self._numbers = {e.n for e in evidence}
         self._threshold = threshold
         self._said = ""  # the text let through so far: a mark is judged against its last sentence

@@ -66,7 +66,8 @@ class Evidence:
     n: int
     text: str
     # Its document's title and heading: a passage often names its subject only there ("Lumo reservoir —
-    # Dam": "Its concrete dam was finished in 1962"), so it counts as speaking of what the title names.
+    # Dam": "Its concrete dam was finished in 1962"). Used to tell which passage a sentence comes from
+    # (`Backing(titles=True)`), not whether an answer is backed enough to serve.
     title: str = ""
 
 
@@ -153,13 +154,15 @@ class Backing:
 
     Only what a sentence adds to the question counts as a claim: restating the question backs nothing.
     And a passage backs a sentence only if it speaks of what was asked: when the sentence names the
-    question's subject, the backing sentence (or its passage's title) must name its rarest word too
-    ("the warranty is 18,500 euros" is not backed by "a Pomelo costs 18,500 euros").
+    question's subject, the backing sentence must name its rarest word too ("the warranty is 18,500
+    euros" is not backed by "a Pomelo costs 18,500 euros"); with `titles`, its passage's title may name
+    it instead. The support measure leaves titles out: with them it served more of the small model's
+    wrong answers (docs/benchmarks.md, the citation check).
     """
 
-    def __init__(self, evidence: Sequence[Evidence], question: str = "") -> None:
+    def __init__(self, evidence: Sequence[Evidence], question: str = "", *, titles: bool = False) -> None:
         self._units = _passage_units(evidence)
-        self._titles = {e.n: set(terms(e.title)) for e in evidence}
+        self._titles = {e.n: set(terms(e.title)) for e in evidence} if titles else {}
         self._asked = set(terms(question))
         self._frequency = {t: sum(self._names(t, n, unit) for n, unit in self._units) for t in self._asked}
 
