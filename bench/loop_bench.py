@@ -12,8 +12,10 @@ that holds the answer, restated with the right passage cited, or "not found"); t
 gives a thumbs-up to the local answers that are right. Then the scheduler's nightly export runs,
 the trainer worker trains, gates and promotes. A damaged candidate (the same night's rows with
 their replies shuffled) is queued as well and must be rejected by the gate. Before the first night
-and after each one, the held-out and absent questions are asked to the local model (tau 0: never
-the fallback) through the gateway and scored.
+and after each one, the held-out and absent questions are asked through the gateway at tau 0 (low
+confidence never routes to the fallback) and scored twice: as users get them (the support check may
+still re-answer an unsupported local answer with the fallback, or quote the passages) and as the local
+model answered them itself (`used == "local"`).
 
     python -m bench.loop_bench --nights 3            # ~1-2 hours on 2 CPU cores
     python -m bench.loop_bench --nights 1 --train-per-night 24 --heldout 16 --absent 6   # a quick look
@@ -69,14 +71,40 @@ class Scores:
     absent: int = 0
     not_found: int = 0  # absent questions answered "not found"
     below_tau: int = 0  # C under the default tau: the fallback would have answered at default settings
+    # The local model's own: tau 0 keeps low confidence from routing to the fallback, but the support
+    # check still re-answers an unsupported local answer with the fallback (or quotes the passages).
+    by_local: int = 0  # answerable questions the local model answered itself (`used == "local"`)
+    local_exact: int = 0  # ... and answered exactly
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, question: Question, out: dict[str, Any], tau_default: float) -> None:
+        """One gateway answer (POST /api/ai/chat's body) to `question`, judged and counted."""
+        verdict = judge(question, out)
+        self.asked += 1
+        self.below_tau += out["C"] < tau_default
+        if verdict["absent"]:
+            self.absent += 1
+            self.not_found += verdict["not_found"]
+        else:
+            self.exact += verdict["exact"]
+            self.contains += verdict["contains"]
+            self.retrieved += verdict["retrieved"]
+            self.cited += verdict["cited"]
+            local = out.get("used") == "local"
+            self.by_local += local
+            self.local_exact += local and verdict["exact"]
+        if len(self.samples) < 6:
+            self.samples.append({"question": question.text, "answer": question.answer, "reply": out["text"][:300],
+                                 "model": out["model"], "used": out.get("used"), **verdict})
 
     def figures(self) -> dict[str, Any]:
         def rate(n: int, d: int) -> float | None:
             return round(n / d, 4) if d else None
         answerable = self.asked - self.absent
         return {"held_out": answerable, "exact_answer_rate": rate(self.exact, answerable),
+                "local_exact_answer_rate": rate(self.local_exact, answerable),
+                "answered_by_local_rate": rate(self.by_local, answerable),
                 "contains_answer_rate": rate(self.contains, answerable),
                 "citation_correct_rate": rate(self.cited, self.retrieved),
                 "retrieval_hit_rate": rate(self.retrieved, answerable), "absent": self.absent,
@@ -244,21 +272,8 @@ def measure(gateway: str, questions: list[Question], tau_default: float) -> Scor
     scores = Scores()
     started = time.perf_counter()
     for question in questions:
-        out = ask(gateway, question, force_fallback=False, tau=0.0)  # the local model, always
-        verdict = judge(question, out)
-        scores.asked += 1
-        scores.below_tau += out["C"] < tau_default
-        if verdict["absent"]:
-            scores.absent += 1
-            scores.not_found += verdict["not_found"]
-        else:
-            scores.exact += verdict["exact"]
-            scores.contains += verdict["contains"]
-            scores.retrieved += verdict["retrieved"]
-            scores.cited += verdict["cited"]
-        if len(scores.samples) < 6:
-            scores.samples.append({"question": question.text, "answer": question.answer, "reply": out["text"][:300],
-                                   "model": out["model"], **verdict})
+        out = ask(gateway, question, force_fallback=False, tau=0.0)  # never routed by low confidence
+        scores.add(question, out, tau_default)
     scores.seconds = time.perf_counter() - started
     return scores
 
@@ -380,6 +395,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     first, last = measured[0], measured[-1]
     results["summary"] = {
         "exact_answer_rate": {n["night"]: n["exact_answer_rate"] for n in measured},
+        "local_exact_answer_rate": {n["night"]: n.get("local_exact_answer_rate") for n in measured},
         "gain_points": round(100 * ((last["exact_answer_rate"] or 0) - (first["exact_answer_rate"] or 0)), 1),
         "jobs": [(n.get("job") or {}).get("status") if isinstance(n.get("job"), dict) else n.get("job")
                  for n in results["nights"][1:]],

@@ -40,3 +40,21 @@ def test_a_long_sentence_is_cut_to_the_words_around_the_answer_and_a_missing_pas
     assert measure_support(reply, evidence, q.text).score == 1.0
     reply = teacher_reply(messages_for(q, ["Intro.", "Nothing about it."]), {q.text: q})
     assert "not" in reply.lower() and "[" not in reply
+
+
+def test_held_out_answers_count_what_users_get_and_what_the_local_model_answered_itself() -> None:
+    """At tau 0 the support check may still hand an unsupported local answer to the fallback (the
+    teacher): that answer counts for users, not for the local model."""
+    from bench.loop_bench import Scores
+
+    q = question(SHORT, "three")
+    sources = [{"n": 1, "text": SHORT}]
+    scores = Scores()
+    for used in ("local", "fallback", "documents"):
+        scores.add(q, {"text": f"{SHORT[:-1]} [1].", "sources": sources, "C": 0.9, "used": used,
+                       "model": used}, 0.62)
+    scores.add(q, {"text": "I do not know [1].", "sources": sources, "C": 0.9, "used": "local", "model": "m"}, 0.62)
+    figures = scores.figures()
+    assert figures["exact_answer_rate"] == 0.75  # what users got: 3 of 4 right
+    assert figures["local_exact_answer_rate"] == 0.25  # the local model's own: 1 of 4
+    assert figures["answered_by_local_rate"] == 0.5
