@@ -12,10 +12,11 @@ that holds the answer, restated with the right passage cited, or "not found"); t
 gives a thumbs-up to the local answers that are right. Then the scheduler's nightly export runs,
 the trainer worker trains, gates and promotes. A damaged candidate (the same night's rows with
 their replies shuffled) is queued as well and must be rejected by the gate. Before the first night
-and after each one, the held-out and absent questions are asked through the gateway at tau 0 (low
-confidence never routes to the fallback) and scored twice: as users get them (the support check may
-still re-answer an unsupported local answer with the fallback, or quote the passages) and as the local
-model answered them itself (`used == "local"`).
+and after each one, the held-out and absent questions go through the gateway's evaluation route
+(`aion eval`: never trained on, never cached) at tau 0 (low confidence never routes to the fallback)
+and are scored twice: as users get them (the support check may still re-answer an unsupported local
+answer with the fallback, or quote the passages) and as the local model answered them itself (the
+run keeps a replaced local answer).
 
     python -m bench.loop_bench --nights 3            # ~1-2 hours on 2 CPU cores
     python -m bench.loop_bench --nights 1 --train-per-night 24 --heldout 16 --absent 6   # a quick look
@@ -45,6 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from bench.kb_common import RESULTS, CpuMeter, machine, readme_corpus, say
+from services.gateway.services.not_found import fold
 
 TOKEN = "loop-bench-token"
 TEACHER_MODEL = "teacher"
@@ -71,18 +73,21 @@ class Scores:
     absent: int = 0
     not_found: int = 0  # absent questions answered "not found"
     below_tau: int = 0  # C under the default tau: the fallback would have answered at default settings
-    # The local model's own: tau 0 keeps low confidence from routing to the fallback, but the support
-    # check still re-answers an unsupported local answer with the fallback (or quotes the passages).
-    by_local: int = 0  # answerable questions the local model answered itself (`used == "local"`)
-    local_exact: int = 0  # ... and answered exactly
+    # The local model's own answers: at tau 0 low confidence never routes to the fallback, but the
+    # support check still replaces an unsupported local answer (fallback or quoted passages); `aion
+    # eval` keeps the replaced answer, so the local model is judged on what it wrote itself.
+    by_local: int = 0  # answerable questions whose served answer is the local model's (`used == "local"`)
+    local_exact: int = 0  # answerable questions the local model itself answered exactly (served or replaced)
+    local_cited: int = 0  # ... whose own answer cites exactly the right passage
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, question: Question, out: dict[str, Any], tau_default: float) -> None:
-        """One gateway answer (POST /api/ai/chat's body) to `question`, judged and counted."""
-        verdict = judge(question, out)
+    def add(self, question: Question, result: dict[str, Any], tau_default: float) -> None:
+        """One `aion eval` outcome (a result row of POST /api/ai/eval) for `question`, judged and counted."""
+        reply = result.get("answer") or ""
+        verdict = judge(question, reply, result.get("rank"))
         self.asked += 1
-        self.below_tau += out["C"] < tau_default
+        self.below_tau += (result.get("confidence") or 0.0) < tau_default
         if verdict["absent"]:
             self.absent += 1
             self.not_found += verdict["not_found"]
@@ -91,12 +96,15 @@ class Scores:
             self.contains += verdict["contains"]
             self.retrieved += verdict["retrieved"]
             self.cited += verdict["cited"]
-            local = out.get("used") == "local"
-            self.by_local += local
-            self.local_exact += local and verdict["exact"]
+            self.by_local += result.get("used") == "local"
+            own = result.get("local_answer") or (reply if result.get("used") == "local" else "")
+            mine = judge(question, own, result.get("rank"))
+            self.local_exact += mine["exact"]
+            self.local_cited += mine["cited"]
         if len(self.samples) < 6:
-            self.samples.append({"question": question.text, "answer": question.answer, "reply": out["text"][:300],
-                                 "model": out["model"], "used": out.get("used"), **verdict})
+            self.samples.append({"question": question.text, "answer": question.answer, "reply": reply[:300],
+                                 "local_answer": (result.get("local_answer") or "")[:300] or None,
+                                 "model": result.get("model"), "used": result.get("used"), **verdict})
 
     def figures(self) -> dict[str, Any]:
         def rate(n: int, d: int) -> float | None:
@@ -104,6 +112,7 @@ class Scores:
         answerable = self.asked - self.absent
         return {"held_out": answerable, "exact_answer_rate": rate(self.exact, answerable),
                 "local_exact_answer_rate": rate(self.local_exact, answerable),
+                "local_citation_correct_rate": rate(self.local_cited, self.retrieved),
                 "answered_by_local_rate": rate(self.by_local, answerable),
                 "contains_answer_rate": rate(self.contains, answerable),
                 "citation_correct_rate": rate(self.cited, self.retrieved),
@@ -151,7 +160,8 @@ def questions_from_chunks(chunks: list[tuple[str, str]]) -> list[Question]:
         for sentence in _SENTENCE.split(_clean(text)):
             sentence = _LIST_MARK.sub("", sentence)
             made = cloze(sentence)
-            if made is None or sentence in seen:
+            # `aion eval` finds the passage by the sentence as the passage holds it (markup kept).
+            if made is None or sentence in seen or fold(sentence) not in fold(text):
                 continue
             seen.add(sentence)
             out.append(Question(make_question(doc, made[0]), made[1], sentence, doc))
@@ -253,27 +263,38 @@ def ask(gateway: str, question: Question, *, force_fallback: bool, tau: float | 
     return r.json()
 
 
-def judge(question: Question, out: dict[str, Any]) -> dict[str, Any]:
+def judge(question: Question, reply: str, rank: int | None) -> dict[str, Any]:
+    """`reply` to `question`; `rank`: the source number of the passage holding the question's sentence."""
     from services.gateway.services.not_found import is_not_found
 
-    reply = out["text"]
     head = reply.split("Fontes:")[0].split("Sources:")[0]
-    right = next((s["n"] for s in out["sources"] if question.sentence in _clean(s["text"])), None)
     cited = {int(n) for n in re.findall(r"\[(\d+)\]", reply)}
     if question.answer is None:
         return {"absent": True, "not_found": is_not_found(reply)}
     found = re.search(rf"(?<!\w){re.escape(question.answer)}(?!\w)", reply, re.IGNORECASE) is not None
     in_head = re.search(rf"(?<!\w){re.escape(question.answer)}(?!\w)", head, re.IGNORECASE) is not None
     return {"absent": False, "contains": found, "exact": in_head and len(head.split()) <= 25,
-            "retrieved": right is not None, "cited": right is not None and cited == {right}}
+            "retrieved": rank is not None, "cited": rank is not None and cited == {rank}}
 
 
-def measure(gateway: str, questions: list[Question], tau_default: float) -> Scores:
+def eval_question(question: Question) -> dict[str, Any]:
+    """The question as a line of an `aion eval` set."""
+    if question.answer is None:
+        return {"question": question.text, "unanswerable": True}
+    return {"question": question.text, "expect_document": question.doc, "expect_passage": question.sentence,
+            "answer_contains": [question.answer]}
+
+
+def measure(gateway: str, questions: list[Question], tau_default: float, label: str) -> Scores:
+    """The questions through `aion eval`'s route at tau 0 (low confidence never routes to the fallback):
+    its answers are never trained on nor cached, and it keeps a local answer the answer path replaced."""
     scores = Scores()
     started = time.perf_counter()
-    for question in questions:
-        out = ask(gateway, question, force_fallback=False, tau=0.0)  # never routed by low confidence
-        scores.add(question, out, tau_default)
+    r = httpx.post(f"{gateway}/api/ai/eval", json={"questions": [eval_question(q) for q in questions],
+                                                   "label": label, "tau": 0.0}, timeout=7200)
+    r.raise_for_status()
+    for question, result in zip(questions, r.json()["results"], strict=True):
+        scores.add(question, result, tau_default)
     scores.seconds = time.perf_counter() - started
     return scores
 
@@ -374,7 +395,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         eval_set = heldout + absent
                         measured = {1, args.nights} if args.measure_after is None else set(args.measure_after)
                         with CpuMeter(ours={inference.proc.pid, gateway.proc.pid}) as meter:
-                            before = measure(gw, eval_set, args.tau)
+                            before = measure(gw, eval_set, args.tau, "loop night 0")
                             say(f"night 0 (base): {before.figures()}")
                             results["nights"].append({"night": 0, "adapter": None, **before.figures(),
                                                       "samples": before.samples})
@@ -397,6 +418,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "exact_answer_rate": {n["night"]: n["exact_answer_rate"] for n in measured},
         "local_exact_answer_rate": {n["night"]: n.get("local_exact_answer_rate") for n in measured},
         "gain_points": round(100 * ((last["exact_answer_rate"] or 0) - (first["exact_answer_rate"] or 0)), 1),
+        "local_gain_points": round(100 * ((last["local_exact_answer_rate"] or 0)
+                                          - (first["local_exact_answer_rate"] or 0)), 1),
         "jobs": [(n.get("job") or {}).get("status") if isinstance(n.get("job"), dict) else n.get("job")
                  for n in results["nights"][1:]],
         "damaged": [n.get("damaged", {}).get("status") for n in results["nights"][1:]],
@@ -423,7 +446,8 @@ async def one_night(night: int, args: argparse.Namespace, gw: str, questions: li
             teacher += 1
             continue
         local += 1
-        verdict = judge(question, out)
+        verdict = judge(question, out["text"], next((s["n"] for s in out["sources"]
+                                                     if fold(question.sentence) in fold(s["text"])), None))
         if verdict.get("exact") and verdict.get("cited"):  # a user who checks the answer gives a thumbs-up
             httpx.post(f"{gw}/api/ai/feedback", json={"request_id": out["request_id"], "rating": "up"},
                        timeout=30).raise_for_status()
@@ -456,7 +480,7 @@ async def one_night(night: int, args: argparse.Namespace, gw: str, questions: li
     active = httpx.get(f"{gw}/api/ai/llm/health", timeout=30).json().get("adapter")
     report["adapter"] = active
     if eval_set:  # measured after this night
-        scores = measure(gw, eval_set, args.tau)
+        scores = measure(gw, eval_set, args.tau, f"loop night {night}")
         report.update({**scores.figures(), "samples": scores.samples})
     report["night_seconds"] = round(time.perf_counter() - started, 1)
     say(f"night {night}: {json.dumps({k: v for k, v in report.items() if k != 'samples'}, ensure_ascii=False)}")

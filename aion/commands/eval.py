@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval-only", action="store_true", help="score retrieval alone (no answers generated)")
     p.add_argument("--vector-weight", type=float, help="with --retrieval-only: the ANN arm's weight (0: off)")
     p.add_argument("--text-weight", type=float, help="with --retrieval-only: the full-text arm's weight (0: off)")
+    p.add_argument("--tau", type=float,
+                   help="the confidence threshold for this run (default: the gateway's AION_TAU_CONFIDENCE)")
     p.add_argument("--label", help="the run's name in the admin panel (default: the file's name)")
     p.add_argument("--json", action="store_true", help="print the stored run as JSON instead of a table")
     p.add_argument("--url", help="gateway URL (env AION_GATEWAY_URL, default http://127.0.0.1:3000)")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"questions": [q.model_dump(exclude_none=True) for q in questions],
                             "label": args.label or args.questions.name, "retrieval_only": args.retrieval_only,
                             "stream": True}
-    for key, value in (("vector_weight", args.vector_weight), ("text_weight", args.text_weight)):
+    for key, value in (("vector_weight", args.vector_weight), ("text_weight", args.text_weight), ("tau", args.tau)):
         if value is not None:
             body[key] = value
     run_result = _stream(args.url, body, len(questions))
@@ -114,7 +116,10 @@ def format_table(run: dict[str, Any]) -> str:
         rows += [("answer containment", _pct(a["containment"])), ("citation correct", _pct(a["citation_correct"])),
                  ("'not found' when uncovered", _pct(a["not_found_correct"])),
                  ("'not found' when covered", _pct(a["false_not_found"])),
-                 ("fallback rate", _pct(a["fallback_rate"])), ("instruction echo", str(a["instruction_echo"])),
+                 ("fallback rate", _pct(a["fallback_rate"])),
+                 ("local model's own containment", _pct(a.get("local_containment"))),
+                 ("local answers replaced", str(a.get("replaced_local", 0))),
+                 ("instruction echo", str(a["instruction_echo"])),
                  ("errors", str(a["errors"])), ("cost", f"${a['cost_usd']:.4f}")]
     rows += [("latency p50 / p95", f"{m['latency_ms']['p50']:.0f} / {m['latency_ms']['p95']:.0f} ms")]
     if m.get("degraded"):

@@ -300,6 +300,10 @@ class EvalRequest(BaseModel):
     label: str = Field(default="eval", min_length=1, max_length=200, description="the set's name in stored runs")
     retrieval_only: bool = Field(default=False, description="score retrieval alone (no answers generated)")
     stream: bool = Field(default=False, description="SSE: a `result` event per question, then `done`")
+    tau: float | None = Field(default=None, ge=0.0, le=1.0,
+                              description="the confidence threshold for this run (default: AION_TAU_CONFIDENCE); "
+                                          "0 keeps every question on the local model unless the passages do not "
+                                          "back its answer")
     vector_weight: float | None = Field(default=None, ge=0.0, le=10.0,
                                         description="retrieval-only runs: the ANN arm's weight (0: off)")
     text_weight: float | None = Field(default=None, ge=0.0, le=10.0,

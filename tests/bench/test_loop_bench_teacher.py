@@ -43,18 +43,23 @@ def test_a_long_sentence_is_cut_to_the_words_around_the_answer_and_a_missing_pas
 
 
 def test_held_out_answers_count_what_users_get_and_what_the_local_model_answered_itself() -> None:
-    """At tau 0 the support check may still hand an unsupported local answer to the fallback (the
-    teacher): that answer counts for users, not for the local model."""
-    from bench.loop_bench import Scores
+    """At tau 0 the support check may still replace an unsupported local answer (the teacher re-answers,
+    or the passages are quoted): that answer counts for users; the local model is judged on its own."""
+    from bench.loop_bench import Scores, eval_question
 
     q = question(SHORT, "three")
-    sources = [{"n": 1, "text": SHORT}]
+    right, wrong = f"{SHORT[:-1]} [1].", "I do not know."
     scores = Scores()
-    for used in ("local", "fallback", "documents"):
-        scores.add(q, {"text": f"{SHORT[:-1]} [1].", "sources": sources, "C": 0.9, "used": used,
-                       "model": used}, 0.62)
-    scores.add(q, {"text": "I do not know [1].", "sources": sources, "C": 0.9, "used": "local", "model": "m"}, 0.62)
+    scores.add(q, {"answer": right, "rank": 1, "confidence": 0.9, "used": "local", "local_answer": None}, 0.62)
+    scores.add(q, {"answer": right, "rank": 1, "confidence": 0.5, "used": "fallback", "local_answer": wrong}, 0.62)
+    scores.add(q, {"answer": right, "rank": 1, "confidence": 0.9, "used": "documents", "local_answer": right}, 0.62)
+    scores.add(q, {"answer": wrong, "rank": None, "confidence": 0.9, "used": "local", "local_answer": None}, 0.62)
     figures = scores.figures()
     assert figures["exact_answer_rate"] == 0.75  # what users got: 3 of 4 right
-    assert figures["local_exact_answer_rate"] == 0.25  # the local model's own: 1 of 4
+    assert figures["local_exact_answer_rate"] == 0.5  # the local model's own: served once, replaced once
     assert figures["answered_by_local_rate"] == 0.5
+    assert figures["citation_correct_rate"] == 1.0 and figures["local_citation_correct_rate"] == round(2 / 3, 4)
+    assert figures["fallback_share_at_default_tau"] == 0.25
+    absent = Question(q.text, None, SHORT, "other.md")
+    assert eval_question(q)["expect_passage"] == SHORT and eval_question(absent) == {"question": q.text,
+                                                                                      "unanswerable": True}

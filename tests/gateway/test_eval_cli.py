@@ -40,7 +40,7 @@ def test_aion_eval_prints_the_figures_and_stores_the_run(clean_db, inference_url
         assert "retrieval hit@1   " in table and "100.0%" in table and "answer containment" not in table
 
         answer_set = _write(tmp_path / "answers.jsonl", [json.dumps(QUESTIONS[0]), json.dumps(QUESTIONS[2])])
-        assert main(["eval", str(answer_set), "--json", "--url", url]) == 0
+        assert main(["eval", str(answer_set), "--json", "--tau", "0", "--url", url]) == 0
         run = json.loads(capsys.readouterr().out)
         runs = httpx.get(f"{url}/api/ai/eval/runs", timeout=30).json()["runs"]
     answers = run["metrics"]["answers"]
@@ -50,6 +50,9 @@ def test_aion_eval_prints_the_figures_and_stores_the_run(clean_db, inference_url
     assert answers["fallback_rate"]["rate"] == 0.0 and answers["cost_usd"] == 0.0
     # "documents": the answer path quoted the passages instead of an unsupported local answer (no fallback here).
     assert all(r["used"] in ("local", "documents") and r["answer"] for r in run["results"])
+    # ... and then the run keeps the local model's own answer, judged apart (at tau 0 it answered them all).
+    assert all((r["used"] == "documents") == bool(r["local_answer"]) for r in run["results"])
+    assert answers["local_containment"]["of"] == 1 and run["settings"]["tau"] == 0.0
     assert [(r["label"], r["mode"], r["questions"]) for r in runs] == [("answers.jsonl", "answer", 2),
                                                                         ("retrieval.jsonl", "retrieval", 3)]
     with psycopg.connect(clean_db) as conn:

@@ -53,7 +53,8 @@ def seed(db: str) -> None:
                        "retrieval": {"questions": 8, "hit@1": hit1, "hit@5": 1.0, "mrr": 0.9}}
             if containment is not None:
                 metrics["answers"] = {"containment": {"rate": containment, "of": 8}, "instruction_echo": 0,
-                                      "not_found_correct": {"rate": 1.0, "of": 2}, "fallback_rate": {"rate": 0, "of": 10}}
+                                      "not_found_correct": {"rate": 1.0, "of": 2}, "fallback_rate": {"rate": 0, "of": 10},
+                                      "local_containment": {"rate": 0.625, "of": 8}}
             conn.execute("INSERT INTO eval_runs (id, tenant_id, label, set_sha256, mode, questions, model, settings, "
                          "metrics, created_at) VALUES (%s, %s, %s, %s, %s, 10, 'default', %s, %s, %s)",
                          (uuid.uuid4(), TENANT, label, "0" * 64, mode,
@@ -117,6 +118,8 @@ def test_panel_shows_health_budget_and_answer_charts(page, site) -> None:
     runs = page.locator("#evals-body tr")
     assert runs.count() == 2
     assert "answer" in runs.nth(0).inner_text() and "75.0%" in runs.nth(0).inner_text()
+    assert runs.nth(0).locator(".local-alone").inner_text() == "62.5%"  # the local model's own answers
+    assert runs.nth(1).locator(".local-alone").inner_text() == "—"
     assert "80.0% / 100.0% / 0.9" in runs.nth(1).inner_text()
     assert page.locator("#chart-evals path.line").count() == 2
 

@@ -35,7 +35,8 @@ def _options(body: EvalRequest, settings: GatewaySettings) -> EvalOptions:
                 "chunk_tokens": settings.chunk_tokens, "hnsw_ef_search": settings.hnsw_ef_search}
     return EvalOptions(label=body.label, retrieval_only=body.retrieval_only, arms=arms, k=settings.top_k,
                        top_n=settings.top_n, lam=settings.mmr_lambda,
-                       duplicate_similarity=settings.mmr_duplicate_similarity, tau=settings.tau_confidence,
+                       duplicate_similarity=settings.mmr_duplicate_similarity,
+                       tau=settings.tau_confidence if body.tau is None else body.tau,
                        max_query_chars=settings.max_query_chars, settings=recorded)
 
 

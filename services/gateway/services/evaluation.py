@@ -52,6 +52,10 @@ class QuestionResult:
     model: str | None = None  # the model (adapter) that answered
     answer: str | None = None
     contains: bool | None = None
+    # The local model's own answer where the answer path replaced it (unsupported by the passages:
+    # re-answered by the fallback or quoted); None when the served answer is the local model's or it gave none.
+    local_answer: str | None = None
+    local_contains: bool | None = None  # the local model's own answer (served or replaced) holds the answer
     citation_correct: bool | None = None
     not_found: bool | None = None
     instruction_echo: bool | None = None
@@ -132,6 +136,7 @@ async def run_answers(questions: Sequence[EvalQuestion], answer: AnswerFn, *, te
         sources: list[dict[str, Any]] = []
         parts: list[str] = []
         done: dict[str, Any] | None = None
+        local: str | None = None  # the local model's answer, once the answer path replaced it
         request = AnswerRequest(question=q.question, tenant_id=tenant_id, request_id=f"{EVAL_REQUEST_PREFIX}{run_id}-{index}",
                                 tau=tau, use_cache=False)
         async for event in answer(request):
@@ -140,8 +145,11 @@ async def run_answers(questions: Sequence[EvalQuestion], answer: AnswerFn, *, te
             elif event.type == "token":
                 parts.append(event.data["text"])
             elif event.type == "warn":
-                result.warnings.append(event.data.get("reason", "warn"))
+                reason = event.data.get("reason", "warn")
+                result.warnings.append(reason)
                 if event.data.get("restart"):
+                    if reason == "unsupported_answer" and local is None:
+                        local = "".join(parts).strip()
                     parts.clear()
             elif event.type == "error":
                 result.error = event.data.get("message", "the answer failed")
@@ -157,8 +165,11 @@ async def run_answers(questions: Sequence[EvalQuestion], answer: AnswerFn, *, te
             result.answer = text[:MAX_ANSWER_CHARS]
             result.not_found = is_not_found(text)
             result.instruction_echo = echoes_instructions(text)
+            result.local_answer = None if local is None else local[:MAX_ANSWER_CHARS]
+            own = local if local is not None else text if result.used == "local" else None
             if q.answer_contains:
                 result.contains = contains_any(text, q.answer_contains)
+                result.local_contains = None if own is None else contains_any(own, q.answer_contains)
             if q.expect_document:
                 cited = [candidates[n - 1].document for n in cited_numbers(text) if 1 <= n <= len(candidates)]
                 result.citation_correct = q.expect_document in cited
@@ -188,6 +199,9 @@ def summarize(questions: Sequence[EvalQuestion], results: Sequence[QuestionResul
             "not_found_correct": _share([bool(r.not_found) for q, r in answered if q.unanswerable]),
             "false_not_found": _share([bool(r.not_found) for q, r in answered if not q.unanswerable]),
             "fallback_rate": _share([r.used == "fallback" for _, r in answered]),
+            # The local model alone, replaced answers included: whether the model itself gets better.
+            "local_containment": _share([r.local_contains for _, r in answered if r.local_contains is not None]),
+            "replaced_local": sum(r.local_answer is not None for _, r in answered),
             "instruction_echo": sum(bool(r.instruction_echo) for _, r in answered),
             "cost_usd": round(sum(r.cost_usd for r in results), 6),
         }

@@ -171,13 +171,14 @@ async function loadEvals() {
         el("td", { text: `vector ${arms.vector ?? "—"} · text ${arms.text ?? "—"}` }),
         el("td", { text: `${pct(ret["hit@1"])} / ${pct(ret["hit@5"])} / ${ret.mrr ?? "—"}` }),
         el("td", { text: share(ans.containment) }),
+        el("td", { class: "local-alone", text: share(ans.local_containment) }),
         el("td", { text: share(ans.not_found_correct) }),
         el("td", { text: share(ans.fallback_rate) }),
         el("td", { text: ans.instruction_echo ?? "—" }),
         el("td", { text: ms(m.latency_ms && m.latency_ms.p95) }));
     }));
     if (!runs.length) {
-      $("evals-body").append(el("tr", {}, el("td", { colspan: "11", class: "empty", text: "No evaluation yet: run `aion eval QUESTIONS.jsonl`." })));
+      $("evals-body").append(el("tr", {}, el("td", { colspan: "12", class: "empty", text: "No evaluation yet: run `aion eval QUESTIONS.jsonl`." })));
     }
     const oldestFirst = [...runs].reverse();
     lineChart($("chart-evals"), {
