@@ -46,6 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from bench.kb_common import RESULTS, CpuMeter, machine, readme_corpus, say
+from services.gateway.services.citations import cited_numbers
 from services.gateway.services.not_found import fold
 
 TOKEN = "loop-bench-token"
@@ -268,7 +269,7 @@ def judge(question: Question, reply: str, rank: int | None) -> dict[str, Any]:
     from services.gateway.services.not_found import is_not_found
 
     head = reply.split("Fontes:")[0].split("Sources:")[0]
-    cited = {int(n) for n in re.findall(r"\[(\d+)\]", reply)}
+    cited = cited_numbers(reply)
     if question.answer is None:
         return {"absent": True, "not_found": is_not_found(reply)}
     found = re.search(rf"(?<!\w){re.escape(question.answer)}(?!\w)", reply, re.IGNORECASE) is not None

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from services.gateway.services.citations import CitationCheck, check_citations
+from services.gateway.services.citations import CitationCheck, check_citations, cited_numbers
 from services.gateway.services.not_found import is_not_found
 from services.gateway.services.support import Evidence, measure_support
 from services.inference.loader import LoadedModel, disable_cpu_4bit_repack
@@ -52,7 +52,6 @@ CANDIDATE, CURRENT = "candidate", "current"
 # The base's and the active adapter's regression scores only change when they do: keep them per
 # (base, adapter, questions) so a worker running job after job scores each once.
 _reference_scores: dict[tuple[Any, ...], Any] = {}
-_CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")  # [2] or [1, 3]
 
 
 @dataclass(frozen=True)
@@ -104,11 +103,11 @@ class RagItem:
         (an unsupported local reply is replaced there); not_found: the reply says the documents do not hold it."""
         if self.cite is None:
             return {"not_found": is_not_found(reply)}
-        cited = {int(n) for mark in _CITATION.findall(reply) for n in mark.split(",")}
-        supported = measure_support(reply, self.evidence(), self.question).score >= support_threshold
-        marks = CitationCheck(self.evidence(), self.question, support_threshold)
+        evidence = self.evidence()
+        supported = measure_support(reply, evidence, self.question).score >= support_threshold
+        marks = CitationCheck(evidence, self.question, support_threshold)
         marks.feed(reply)
-        return {"answer": mentions(reply, self.expected), "cited": cited == {self.cite},
+        return {"answer": mentions(reply, self.expected), "cited": cited_numbers(reply) == {self.cite},
                 "wrong_citation": marks.misattributed > 0, "supported": supported}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway.services.citations import CitationCheck, check_citations
+from services.gateway.services.citations import CitationCheck, check_citations, cited_numbers
 from services.gateway.services.support import Evidence, measure_support
 
 ROBOT = Evidence(1, "The Pomelo robot counts apples in orchards. It was designed in Lisbon.")
@@ -90,3 +90,9 @@ def test_a_passage_that_names_its_subject_only_in_its_title_is_the_one_cited() -
     assert check_citations(answer, untitled, question, 0.6) == answer
     # Whether it is backed enough to serve stays the strict measure's call: titles do not count there.
     assert measure_support(answer, passages, question).score == measure_support(answer, untitled, question).score == 0
+
+
+def test_cited_numbers_reads_single_and_grouped_marks():
+    """One reading of marks for the check, `aion eval` and the gate: "[1, 3]" names two passages."""
+    assert cited_numbers("It is 4.5 bar [2]. Both say so [1, 3].") == {1, 2, 3}
+    assert cited_numbers("No marks, a list [a] or a year [2026 only]") == set()

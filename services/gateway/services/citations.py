@@ -28,6 +28,11 @@ _PARTIAL_MARK = re.compile(r"\s*(?:\[[\d,\s]{0,15})?")  # what may still close a
 _TRAILING_SPACE = re.compile(r"\s*$")
 
 
+def cited_numbers(text: str) -> set[int]:
+    """The passage numbers a text's marks name ("[2]", "[1, 3]")."""
+    return {int(n) for mark in _MARK.finditer(text) for n in mark.group(2).split(",")}
+
+
 class CitationCheck:
     """Feed it an answer's text as it streams; it returns what may be sent now, marks corrected."""
 

@@ -9,7 +9,6 @@ and model it ran with are stored in `eval_runs`, so runs compare over time.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from shared.errors import BadRequest
 
 from .answer import AnswerEvent, AnswerRequest
+from .citations import cited_numbers
 from .eval_set import EvalQuestion
 from .not_found import fold, is_not_found
 from .selection import EVAL_REQUEST_PREFIX
@@ -28,7 +28,6 @@ from .selection import EVAL_REQUEST_PREFIX
 # Lines of the RAG prompt that an answer should never repeat (Portuguese prompt, and its English form).
 INSTRUCTION_MARKERS = ("use apenas", "pergunta:", "contexto:", "instrucoes:", "nao invente", "cite as passagens",
                        "use only", "question:", "context:", "instructions:", "do not make up", "cite the passages")
-_CITATION = re.compile(r"\[(\d{1,3})\]")
 MAX_ANSWER_CHARS = 4000  # stored per question; longer answers are cut (the figures use the whole text)
 
 
@@ -101,10 +100,6 @@ def contains_any(answer: str, expected: Sequence[str]) -> bool:
 def echoes_instructions(answer: str) -> bool:
     folded = fold(answer)
     return any(marker in folded for marker in INSTRUCTION_MARKERS)
-
-
-def cited_numbers(answer: str) -> set[int]:
-    return {int(n) for n in _CITATION.findall(answer)}
 
 
 def check_documents(questions: Sequence[EvalQuestion], known: set[str]) -> None:
